@@ -1,0 +1,1 @@
+"""gnn-agent: sandbox."""
