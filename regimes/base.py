@@ -26,6 +26,8 @@ Classification = Literal["converged", "partial", "failed"]
 CONFIG_SECTIONS = ("simulation", "graph_model", "training", "claude")
 #: The only keys allowed in a config's `claude:` section (seed documents).
 CLAUDE_KEYS = ("n_epochs", "data_augmentation_loop", "n_iter_block", "ucb_c")
+DEFAULT_IMPORT_ALLOWLIST = ("torch", "numpy", "math", "random", "functools", "itertools",
+                            "collections", "dataclasses", "typing", "time", "regimes")
 
 
 class ParamSpec(BaseModel):
@@ -191,6 +193,11 @@ class Regime(BaseModel):
     instructions: Path
     #: the seed document's strategy table names this regime's heuristic may use
     strategies: list[str] = Field(default_factory=lambda: ["exploit", "explore"])
+    #: top-level modules edited code may import (the guard enforces it)
+    import_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_IMPORT_ALLOWLIST))
+    #: identifiers and string fragments that name ground truth; the guard
+    #: rejects an edit whose new code mentions one (e.g. "truth", "metabolite_type")
+    truth_identifiers: list[str] = Field(default_factory=lambda: ["truth"])
 
     @model_validator(mode="after")
     def _check_contract(self) -> "Regime":
