@@ -1,0 +1,68 @@
+"""The policy contract (docs/contracts.md §5).
+
+A policy answers the graph's steps through the same tools: it receives a
+`StepContext` (paths and small text, never tensors) and a `tools.ToolBox`
+holding the tools allowed at that step, and calls them until
+`ToolBox.done()` says the step's required calls were made.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
+    from tools.toolbox import ToolBox
+
+Step = Literal["prepare", "analyse", "log", "select_parent", "block_end", "mutate"]
+STEPS: tuple[str, ...] = ("prepare", "analyse", "log", "select_parent", "block_end", "mutate")
+
+
+class StepContext(BaseModel):
+    """What a policy sees at one graph step (paths and small text, no tensors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: Step
+    run_dir: Path
+    regime_name: str
+    block: int
+    iter_in_block: int
+    n_iter_block: int
+    #: slots this step concerns
+    slots: list[int]
+    #: per slot: node id, metrics, classification, score, degeneracy, plots,
+    #: config, mutation, status, traceback tail (see agent.graph for the keys)
+    results: list[dict] = Field(default_factory=list)
+    memory: str = ""
+    instructions: str = ""
+    ucb: str = ""
+    code_allowed: bool = False
+    code_block_reason: str | None = None
+    #: seed for deterministic policies (run seed); extra, optional
+    seed: int = 0
+    #: finished iterations so far in the run (extra, for policies' rng streams)
+    iterations_done: int = 0
+
+
+class PolicyError(RuntimeError):
+    """Raised by a policy that cannot answer a step (e.g. the LLM deadline passed).
+
+    The loop catches any exception from `Policy.act`, re-runs the step with the
+    heuristic policy from a clean ToolBox, and records the fallback."""
+
+
+class Policy(ABC):
+    """Anything that answers the graph's steps through the tools."""
+
+    name: str = "policy"
+
+    @abstractmethod
+    def act(self, ctx: StepContext, tools: "ToolBox") -> None:
+        """Answer one step by calling `tools.call(name, args)` until `tools.done()`."""
+
+    def close(self) -> None:
+        """Release resources (HTTP clients, ...). Default: nothing."""
