@@ -1,0 +1,133 @@
+"""agent.llm.LLMClient through the real anthropic SDK against the fake Messages API server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from agent.llm import (FALLBACK_PRICE, CostLimitReached, LLMClient, LLMUnavailable, cost_usd, price_for)
+from agent.policies.base import PolicyError
+
+try:
+    from tests.fake_anthropic import fake_anthropic, usage  # noqa: F401 (fixture)
+except ImportError:  # tests/ itself on sys.path
+    from fake_anthropic import fake_anthropic, usage  # noqa: F401
+
+TOOLS = [
+    {"name": "choose_parent", "description": "pick a parent",
+     "input_schema": {"type": "object", "properties": {"slot": {"type": "integer"}}, "required": ["slot"]}},
+    {"name": "read_file", "description": "read a file",
+     "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}},
+]
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_call_sends_cached_prefix_and_records_usage_cost_latency(fake_anthropic, tmp_path):
+    fake_anthropic.text("hello", usage_=usage(input_tokens=1000, output_tokens=200,
+                                              cache_creation=3000, cache_read=50_000))
+    log = tmp_path / "llm_calls.jsonl"
+    client = LLMClient("claude-sonnet-4-6", max_retries=0, deadline_s=10, log_path=log)
+    assert client.base_url.rstrip("/") == fake_anthropic.url  # ANTHROPIC_BASE_URL honoured
+    msgs = [{"role": "user", "content": "do the step"}]
+    msg = client.create("analyse", ["SYSTEM PROMPT", "REGIME INSTRUCTIONS"], TOOLS, msgs)
+    assert msg.content[0].text == "hello"
+    assert msgs == [{"role": "user", "content": "do the step"}]  # caller's list untouched
+
+    body = fake_anthropic.requests[0]
+    hdr = fake_anthropic.headers[0]  # ANTHROPIC_API_KEY honoured (this SDK sends it as a bearer token)
+    assert hdr.get("x-api-key") == "test-key" or hdr.get("authorization") == "Bearer test-key"
+    assert body["model"] == "claude-sonnet-4-6"
+    assert [t["name"] for t in body["tools"]] == ["choose_parent", "read_file"]
+    assert body["tools"][0]["input_schema"]["required"] == ["slot"]
+    assert "cache_control" not in body["tools"][0]
+    assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert [b["text"] for b in body["system"]] == ["SYSTEM PROMPT", "REGIME INSTRUCTIONS"]
+    assert "cache_control" not in body["system"][0]
+    assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
+
+    (rec,) = _records(log)
+    assert rec["step"] == "analyse" and rec["model"] == "claude-sonnet-4-6" and rec["ok"] is True
+    assert (rec["input_tokens"], rec["output_tokens"], rec["cache_creation_input_tokens"],
+            rec["cache_read_input_tokens"]) == (1000, 200, 3000, 50_000)
+    # sonnet: $3 in, $15 out per MTok; cache write 1.25x, read 0.1x
+    expected = (1000 * 3 + 200 * 15 + 3000 * 3 * 1.25 + 50_000 * 3 * 0.1) / 1e6
+    assert rec["cost_usd"] == pytest.approx(expected)
+    assert rec["total_cost_usd"] == pytest.approx(expected)
+    assert rec["latency_s"] > 0 and rec["attempts"] == 1
+    assert rec["stop_reason"] == "end_turn" and rec["error"] is None and rec["price_note"] is None
+    assert client.total_cost_usd == pytest.approx(expected)
+
+
+def test_only_last_message_block_carries_cache_control():
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "a"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "b"}]},
+            {"role": "user", "content": [{"type": "text", "text": "c"}, {"type": "text", "text": "d"}]}]
+    req = LLMClient.build_request("sys", [], msgs)
+    marks = [(i, j) for i, m in enumerate(req["messages"]) for j, b in enumerate(m["content"])
+             if "cache_control" in b]
+    assert marks == [(2, 1)]
+    assert "cache_control" not in msgs[2]["content"][1]
+    assert req["tools"] == []
+
+
+def test_prices_by_family_and_fallback():
+    assert price_for("claude-opus-4-5")[0].input == 5.0
+    assert price_for("claude-opus-4-1-20250805")[0].input == 15.0
+    assert price_for("claude-haiku-4-5")[0].output == 5.0
+    p, note = price_for("claude-fable-5")
+    assert p == FALLBACK_PRICE and "unknown model" in note
+    assert cost_usd("claude-haiku-4-5", {"input_tokens": 1_000_000}) == pytest.approx(1.0)
+
+
+def test_500_then_stall_raises_unavailable_within_deadline(fake_anthropic, tmp_path):
+    fake_anthropic.error(500).otherwise("stall", seconds=30)
+    log = tmp_path / "llm_calls.jsonl"
+    client = LLMClient("claude-sonnet-4-6", max_retries=2, deadline_s=1.5, log_path=log)
+    t0 = time.monotonic()
+    with pytest.raises(LLMUnavailable, match="deadline") as ei:
+        client.create("mutate", "sys", TOOLS, [{"role": "user", "content": "go"}])
+    elapsed = time.monotonic() - t0
+    assert isinstance(ei.value, PolicyError)  # the loop's fallback catches PolicyError
+    assert elapsed < 1.5 + 1.0
+    assert len(fake_anthropic.requests) >= 2  # the 500 was retried by the SDK
+    (rec,) = _records(log)
+    assert rec["ok"] is False and "deadline" in rec["error"] and rec["cost_usd"] == 0.0
+
+
+def test_persistent_500_after_retries_names_the_status(fake_anthropic, tmp_path):
+    fake_anthropic.otherwise("error", status=503)
+    client = LLMClient("claude-sonnet-4-6", max_retries=1, deadline_s=10, log_path=tmp_path / "l.jsonl")
+    with pytest.raises(LLMUnavailable, match="HTTP 503"):
+        client.create("log", "sys", [], [{"role": "user", "content": "go"}])
+    assert len(fake_anthropic.requests) == 2  # 1 + max_retries
+    assert client.last_record.attempts == 2
+
+
+def test_max_cost_stops_before_the_next_call_and_survives_resume(fake_anthropic, tmp_path):
+    # 100k output tokens on sonnet = $1.50 > the $1 limit
+    fake_anthropic.text("expensive", usage_=usage(input_tokens=10, output_tokens=100_000))
+    log = tmp_path / "llm_calls.jsonl"
+    client = LLMClient("claude-sonnet-4-6", max_retries=0, deadline_s=10, max_cost_usd=1.0, log_path=log)
+    client.create("prepare", "sys", [], [{"role": "user", "content": "go"}])
+    assert client.cost_exceeded
+    with pytest.raises(CostLimitReached, match="max-cost-usd"):
+        client.create("analyse", "sys", [], [{"role": "user", "content": "go"}])
+    assert len(fake_anthropic.requests) == 1  # the limit is checked before calling
+    assert not isinstance(CostLimitReached("x"), PolicyError)  # stops the run, no fallback
+    resumed = LLMClient("claude-sonnet-4-6", max_retries=0, deadline_s=10, max_cost_usd=1.0, log_path=log)
+    assert resumed.total_cost_usd == pytest.approx(1.5 + 10 * 3 / 1e6)
+    with pytest.raises(CostLimitReached):
+        resumed.create("analyse", "sys", [], [{"role": "user", "content": "go"}])
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="deadline_s"):
+        LLMClient("claude-sonnet-4-6", deadline_s=0)
+    with pytest.raises(ValueError, match="max_cost_usd"):
+        LLMClient("claude-sonnet-4-6", max_cost_usd=-1)
