@@ -1,0 +1,79 @@
+"""The learned model of SCIENCE.md B2 (Signal_Propagation):
+
+    du_i/dt = lin_phi([u_i, a_i]) + sum_j W_ij * lin_edge([u_j, a_j])
+
+lin_edge depends only on the presynaptic neuron j, so it is evaluated once
+per (frame, neuron) and the sum over j is one matmul with the masked W:
+never a per-edge computation.
+"""
+
+from __future__ import annotations
+
+import math  # noqa: F401  (used by code strategies, e.g. a 1/sqrt(n) W init)
+
+import torch
+from torch import nn
+
+from regimes.signal.config import GraphModelConfig
+
+
+class MLP(nn.Module):
+    """`n_layers` linear layers with ReLU between them (hidden width `hidden`)."""
+
+    def __init__(self, n_in: int, hidden: int, n_out: int, n_layers: int):
+        super().__init__()
+        dims = [n_in] + [hidden] * (n_layers - 1) + [n_out]
+        layers: list[nn.Module] = []
+        for i in range(n_layers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < n_layers - 1:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+        for m in self.net:
+            if isinstance(m, nn.Linear):  # hidden-layer init std 0.1, zero bias (seed document)
+                nn.init.normal_(m.weight, std=0.1)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SignalGNN(nn.Module):
+    """W (n x n, diagonal masked), embeddings a (n x emb), lin_edge, lin_phi."""
+
+    def __init__(self, n_neurons: int, cfg: GraphModelConfig | None = None):
+        super().__init__()
+        cfg = cfg or GraphModelConfig()
+        self.n_neurons = n_neurons
+        self.lin_edge_mode = cfg.lin_edge_mode
+        self.W = nn.Parameter(torch.randn(n_neurons, n_neurons))  # W init: N(0, 1) (SCIENCE.md B2)
+        self.register_buffer("mask", 1.0 - torch.eye(n_neurons))
+        self.a = nn.Parameter(torch.ones(n_neurons, cfg.embedding_dim))
+        self.lin_edge = MLP(1 + cfg.embedding_dim, cfg.hidden_dim, 1, cfg.n_layers)
+        self.lin_phi = MLP(1 + cfg.embedding_dim, cfg.hidden_dim, 1, cfg.n_layers)
+
+    def _with_embedding(self, u: torch.Tensor) -> torch.Tensor:
+        """(..., n) activities -> (..., n, 1 + emb) inputs [u_j, a_j]."""
+        a = self.a.expand(*u.shape, self.a.shape[1])
+        return torch.cat([u.unsqueeze(-1), a], dim=-1)
+
+    def edge(self, u: torch.Tensor) -> torch.Tensor:
+        """lin_edge([u_j, a_j]) for activities u (..., n) -> (..., n)."""
+        if self.lin_edge_mode == "tanh":
+            return torch.tanh(u)
+        return self.lin_edge(self._with_embedding(u)).squeeze(-1)
+
+    def phi(self, u: torch.Tensor) -> torch.Tensor:
+        """lin_phi([u_i, a_i]) for activities u (..., n) -> (..., n)."""
+        return self.lin_phi(self._with_embedding(u)).squeeze(-1)
+
+    def masked_W(self) -> torch.Tensor:
+        return self.W * self.mask
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """du/dt predicted for activities u (batch, n)."""
+        return self.phi(u) + self.edge(u) @ self.masked_W().T
+
+    def forward_with_edge(self, u: torch.Tensor, edge_u: torch.Tensor) -> torch.Tensor:
+        """Same as forward when lin_edge(u) is already computed (saves one MLP pass)."""
+        return self.phi(u) + edge_u @ self.masked_W().T

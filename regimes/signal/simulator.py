@@ -1,0 +1,73 @@
+"""Generators of SCIENCE.md B1: connectivity matrices and the rate network
+du_i/dt = -u_i + g * sum_j W_ij tanh(u_j), integrated by explicit Euler.
+
+The derivative is always a dense matrix-vector product with exactly the W
+that is stored, so a test can recompute every saved du/dt from the saved u.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from regimes.signal.config import SimulationConfig
+
+
+def make_connectivity(cfg: SimulationConfig, gen: torch.Generator) -> torch.Tensor:
+    """The true W (n x n, float32, zero diagonal) for `cfg.connectivity_type`."""
+    n = cfg.n_neurons
+    if cfg.connectivity_type == "sparse":
+        w = torch.randn(n, n, generator=gen, dtype=torch.float64) / math.sqrt(n)
+        keep = torch.rand(n, n, generator=gen, dtype=torch.float64) < cfg.filling_factor
+        w = w * keep
+    elif cfg.connectivity_type == "low_rank":
+        r = cfg.connectivity_rank
+        u = torch.randn(n, r, generator=gen, dtype=torch.float64)
+        v = torch.randn(r, n, generator=gen, dtype=torch.float64)
+        w = u @ v / math.sqrt(r * n)
+    else:  # the config model already restricts the choice
+        raise ValueError(f"simulation.connectivity_type: unknown type {cfg.connectivity_type!r}")
+    w.fill_diagonal_(0.0)
+    return w.to(torch.float32)
+
+
+def derivative(u: torch.Tensor, w: torch.Tensor, gain: float) -> torch.Tensor:
+    """du/dt for a batch of states u (..., n): -u + g * tanh(u) @ W^T."""
+    return -u + gain * (torch.tanh(u) @ w.T)
+
+
+def simulate(cfg: SimulationConfig, w: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrate all runs at once (one batched matmul per step).
+
+    Returns (u, du), each (n_runs, n_frames, n) float32: the state at each saved
+    frame and the generator's exact du/dt at that state. The first `burn_in`
+    steps are discarded; each run starts from its own u0 ~ init_scale * N(0, 1).
+    """
+    n, t_total = cfg.n_neurons, cfg.burn_in + cfg.n_frames
+    x = cfg.init_scale * torch.randn(cfg.n_runs, n, generator=gen, dtype=torch.float32)
+    u_out = torch.empty(cfg.n_runs, cfg.n_frames, n, dtype=torch.float32)
+    du_out = torch.empty_like(u_out)
+    for t in range(t_total):
+        du = derivative(x, w, cfg.gain)
+        if t >= cfg.burn_in:
+            u_out[:, t - cfg.burn_in] = x
+            du_out[:, t - cfg.burn_in] = du
+        x = x + cfg.delta_t * du
+    return u_out, du_out
+
+
+def spectral_radius(w: torch.Tensor) -> float:
+    """Largest |eigenvalue| of W."""
+    return float(np.abs(np.linalg.eigvals(w.double().numpy())).max())
+
+
+def effective_rank(u: torch.Tensor, fractions=(0.9, 0.99)) -> list[int]:
+    """Number of principal components of the activity (frames x n) needed to
+    explain each fraction of its variance (columns centred)."""
+    x = u.double() - u.double().mean(0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    var = s**2
+    cum = torch.cumsum(var, 0) / var.sum().clamp_min(1e-300)
+    return [int(torch.searchsorted(cum, torch.tensor(f, dtype=cum.dtype)).item()) + 1 for f in fractions]
