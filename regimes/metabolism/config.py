@@ -1,0 +1,291 @@
+"""Pydantic models of the metabolism config (sections simulation, graph_model,
+training, claude) and `load_config`.
+
+Every model forbids unknown keys. `load_config` turns any validation problem
+into a `ConfigError` whose message is ONE line naming the dotted key, e.g.
+``config error: training.learning_rate_kk: unknown key``; the training entry
+prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE = "metabolism"
+
+
+class ConfigError(ValueError):
+    """A broken config; str(err) is one line naming the dotted key or path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class SimulationConfig(_Strict):
+    """The data (SCIENCE.md A1-A2). Its canonical JSON hash is the cache key."""
+
+    network: Literal["random", "cycles"]
+    generator: Literal["mlp_rates", "mass_action"]
+    n_metabolites: int = Field(100, ge=3)
+    n_reactions: int = Field(256, ge=1)
+    n_frames: int = Field(2880, ge=10)
+    delta_t: float = Field(gt=0)
+    log_k_min: float
+    log_k_max: float
+    c_init_min: float = Field(ge=0)
+    c_init_max: float = Field(gt=0)
+    #: flux limiter of the mlp_rates generator (one step never consumes more than exists)
+    flux_limiter: bool = False
+    #: homeostasis term -lambda_t (c_i - b_t); the types split the metabolites in equal consecutive blocks
+    homeostasis: bool = False
+    homeostasis_lambda: list[float] = Field(default_factory=lambda: [0.001, 0.002])
+    homeostasis_baseline: list[float] = Field(default_factory=lambda: [4.0, 6.0])
+    #: hidden width of the generator's random msg_mlp / rate_mlp (mlp_rates) and message width
+    generator_hidden: int = Field(64, ge=1)
+    generator_msg_dim: int = Field(16, ge=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> "SimulationConfig":
+        if self.log_k_min > self.log_k_max:
+            raise ValueError("log_k_min: must be <= log_k_max")
+        if self.c_init_min > self.c_init_max:
+            raise ValueError("c_init_min: must be <= c_init_max")
+        if len(self.homeostasis_lambda) != len(self.homeostasis_baseline) or not self.homeostasis_lambda:
+            raise ValueError("homeostasis_lambda: needs one value per type, as many as homeostasis_baseline")
+        if self.homeostasis and self.n_metabolites < len(self.homeostasis_lambda):
+            raise ValueError("n_metabolites: fewer metabolites than homeostasis types")
+        if self.network == "cycles" and self.n_metabolites < 3:
+            raise ValueError("n_metabolites: cycles need at least 3 metabolites")
+        if self.network == "random" and self.n_metabolites < 6:
+            raise ValueError("n_metabolites: random reactions need at least 6 metabolites")
+        return self
+
+    @property
+    def log_k_center(self) -> float:
+        """Centre of the configured log10 k range (prior knowledge, not ground truth)."""
+        return 0.5 * (self.log_k_min + self.log_k_max)
+
+
+class GraphModelConfig(_Strict):
+    """Which learned model and its sizes (SCIENCE.md A3); frozen for the agent."""
+
+    #: stoichiometry: msg_mlp/rate_mlp rates; kinetics: k * prod MLP_sub (+ MLP_node)
+    model: Literal["stoichiometry", "kinetics"]
+    #: tied: substrate magnitude = |sto_all| at that edge; untied: separate sto_sub
+    variant: Literal["tied", "untied"] = "tied"
+    hidden_dim: int = Field(64, ge=1)
+    msg_dim: int = Field(16, ge=1)
+    embedding_dim: int = Field(2, ge=1)
+    #: kinetics: include MLP_node([c, a]) (homeostasis) in dc/dt
+    use_mlp_node: bool = True
+    init_S_std: float = Field(0.1, ge=0)
+    init_log_k_min: float = -2.0
+    init_log_k_max: float = 1.0
+    init_embedding_std: float = Field(0.1, ge=0)
+    #: evaluation: DBSCAN eps on the embeddings, rollout length on run 1, grid size of function fits
+    dbscan_eps: float = Field(0.1, gt=0)
+    dbscan_min_samples: int = Field(5, ge=1)
+    test_rollout_frames: int = Field(2000, ge=2)
+    eval_grid: int = Field(100, ge=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> "GraphModelConfig":
+        if self.init_log_k_min > self.init_log_k_max:
+            raise ValueError("init_log_k_min: must be <= init_log_k_max")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """Training keys (SCIENCE.md A4). A learning rate left None falls back to
+    learning_rate_start. Keys that cannot act on the chosen model must stay at
+    their neutral value (checked in `Config`), so no key is silently ignored."""
+
+    learning_rate_start: float = Field(1e-3, gt=0)
+    learning_rate_S_start: float = Field(0.0, ge=0)
+    learning_rate_k: float | None = Field(None, gt=0)
+    learning_rate_sub: float | None = Field(None, gt=0)
+    learning_rate_node: float | None = Field(None, gt=0)
+    learning_rate_embedding: float | None = Field(None, gt=0)
+    coeff_S_L1: float = Field(0.0, ge=0)
+    coeff_S_L2: float = Field(0.0, ge=0)
+    coeff_S_integer: float = Field(0.0, ge=0)
+    coeff_mass_conservation: float = Field(0.0, ge=0)
+    n_epochs_init: int = Field(0, ge=0)
+    first_coeff_L1: float = Field(0.0, ge=0)
+    coeff_MLP_sub_diff: float = Field(0.0, ge=0)
+    coeff_MLP_sub_norm: float = Field(0.0, ge=0)
+    coeff_MLP_node_L1: float = Field(0.0, ge=0)
+    coeff_k_center: float = Field(0.0, ge=0)
+    freeze_stoichiometry: bool = False
+    batch_size: int = Field(8, ge=1)
+    n_epochs: int = Field(1, ge=0)
+    data_augmentation_loop: int = Field(100, ge=1)
+    seed: int = 0
+    recurrent_training: bool = False
+    time_step: int = Field(1, ge=1)
+    noise_recurrent_level: float = Field(0.0, ge=0)
+    homeostasis_training: bool = False
+    skip_phase1: bool = False
+    homeostasis_time_step: int = Field(4, ge=1)
+    learning_rate_node_homeostasis: float = Field(1e-2, gt=0)
+    learning_rate_embedding_homeostasis: float = Field(1e-3, gt=0)
+    #: model.pt of a phase-1 training (kinetics model, S frozen); needed when skip_phase1
+    phase1_checkpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingConfig":
+        if self.skip_phase1 and not self.homeostasis_training:
+            raise ValueError("skip_phase1: true needs homeostasis_training: true (nothing would train)")
+        if self.skip_phase1 and not self.phase1_checkpoint:
+            raise ValueError("phase1_checkpoint: required when skip_phase1 is true")
+        if self.phase1_checkpoint and not self.skip_phase1:
+            raise ValueError("phase1_checkpoint: only used with skip_phase1: true")
+        if self.noise_recurrent_level > 0 and not (self.recurrent_training or self.homeostasis_training):
+            raise ValueError("noise_recurrent_level: has no effect without recurrent_training or homeostasis_training")
+        if self.time_step > 1 and not self.recurrent_training:
+            raise ValueError("time_step: has no effect without recurrent_training: true")
+        if self.first_coeff_L1 > 0 and self.n_epochs_init == 0:
+            raise ValueError("first_coeff_L1: has no effect with n_epochs_init: 0")
+        return self
+
+    def lr(self, name: str) -> float:
+        """The learning rate of a parameter group, with the learning_rate_start fallback."""
+        if name == "S":
+            return self.learning_rate_S_start or self.learning_rate_start
+        v = getattr(self, f"learning_rate_{name}")
+        return self.learning_rate_start if v is None else v
+
+
+class ClaudeConfig(_Strict):
+    """The loop's section: accepted and ignored by training (budget caps, block size, UCB c)."""
+
+    n_epochs: int | None = None
+    data_augmentation_loop: int | None = None
+    n_iter_block: int | None = None
+    ucb_c: float | None = None
+
+
+#: training keys that only act on the kinetics model / the stoichiometry model,
+#: with their neutral values; a non-neutral value on the other model is an error
+_KINETICS_ONLY = {"learning_rate_sub": None, "learning_rate_node": None, "learning_rate_embedding": None,
+                  "coeff_MLP_sub_diff": 0.0, "coeff_MLP_sub_norm": 0.0, "coeff_MLP_node_L1": 0.0,
+                  "homeostasis_training": False}
+_LEARNED_S_ONLY = {"learning_rate_S_start": 0.0, "coeff_S_L1": 0.0, "coeff_S_L2": 0.0, "coeff_S_integer": 0.0,
+                   "coeff_mass_conservation": 0.0, "n_epochs_init": 0, "first_coeff_L1": 0.0}
+_NODE_ONLY = {"learning_rate_node": None, "learning_rate_embedding": None, "coeff_MLP_node_L1": 0.0,
+              "homeostasis_training": False}
+
+
+class Config(_Strict):
+    """A whole metabolism config."""
+
+    simulation: SimulationConfig
+    graph_model: GraphModelConfig
+    training: TrainingConfig
+    claude: ClaudeConfig = Field(default_factory=ClaudeConfig)
+
+    @model_validator(mode="after")
+    def _applicable(self) -> "Config":
+        t, g = self.training, self.graph_model
+        inert: dict[str, str] = {}
+        if g.model == "stoichiometry":
+            for k, v in _KINETICS_ONLY.items():
+                if getattr(t, k) != v:
+                    inert[k] = "only acts on graph_model.model: kinetics"
+        elif not g.use_mlp_node:
+            for k, v in _NODE_ONLY.items():
+                if getattr(t, k) != v:
+                    inert[k] = "only acts with graph_model.use_mlp_node: true"
+        if t.freeze_stoichiometry:
+            for k, v in _LEARNED_S_ONLY.items():
+                if getattr(t, k) != v:
+                    inert.setdefault(k, "has no effect with freeze_stoichiometry: true")
+        if t.homeostasis_training and not t.freeze_stoichiometry:
+            inert.setdefault("homeostasis_training", "phase 2 needs freeze_stoichiometry: true")
+        if t.skip_phase1:
+            # phase-1 keys would silently do nothing when phase 1 is skipped
+            for k in ("learning_rate_k", "learning_rate_sub", "learning_rate_node", "learning_rate_embedding"):
+                if getattr(t, k) is not None:
+                    inert.setdefault(k, "phase 1 is skipped (skip_phase1: true)")
+            for k in ("coeff_MLP_sub_diff", "coeff_MLP_sub_norm", "coeff_k_center", "coeff_MLP_node_L1"):
+                if getattr(t, k) != 0:
+                    inert.setdefault(k, "phase 1 is skipped (skip_phase1: true)")
+            if t.recurrent_training:
+                inert.setdefault("recurrent_training", "phase 1 is skipped (skip_phase1: true)")
+        if g.model == "stoichiometry" and g.use_mlp_node is False:
+            pass
+        if g.variant == "untied" and t.freeze_stoichiometry:
+            inert.setdefault("__variant", "graph_model.variant: untied has no effect with a frozen S")
+        if inert:
+            k, why = sorted(inert.items())[0]
+            if k == "__variant":
+                raise ValueError(why)
+            raise ValueError(f"training.{k}: {why}")
+        return self
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line naming the first problem's dotted key."""
+    err = e.errors()[0]
+    key = _loc(err)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "missing key"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        # validators name the key themselves as "key: reason"
+        if ": " in msg and " " not in msg.split(": ", 1)[0]:
+            inner, msg = msg.split(": ", 1)
+            key = f"{key}.{inner}" if key and not inner.startswith(key.split(".")[0] + ".") else inner
+    return f"config error: {key or '<root>'}: {msg}"
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a config dict; raise ConfigError (one line) when broken."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config error: <root>: expected a mapping with sections simulation, graph_model, training, claude")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config error: {p}: no such file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        line = str(e).replace("\n", " ")
+        raise ConfigError(f"config error: {p}: invalid YAML ({line})") from None
+    return parse_config(raw)
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def simulation_hash(sim: SimulationConfig | dict) -> str:
+    """sha256 of the canonical JSON of the (validated, defaults-filled) simulation section + package name."""
+    if isinstance(sim, dict):
+        sim = SimulationConfig.model_validate(sim)
+    return hashlib.sha256((PACKAGE + ":" + canonical_json(sim.model_dump(mode="json"))).encode()).hexdigest()[:24]

@@ -1,0 +1,227 @@
+"""The learned models (SCIENCE.md A3).
+
+Both models share the stoichiometry part: the support (met_sub/rxn_sub,
+met_all/rxn_all) is a fixed buffer; the coefficients on it are buffers when S
+is frozen (given) and parameters (init N(0, init_S_std^2)) otherwise. In
+variant `tied` the substrate magnitude is |sto_all| at that edge; in `untied`
+it is a separate parameter |sto_sub|.
+
+- `StoichiometryModel`: v_j = k_j softplus(rate_mlp(sum_e msg_mlp([c, |s|]))).
+- `KineticsModel`: v_j = k_j prod_{e in sub(j)} MLP_sub(c_e, |s_e|) (+ MLP_node([c_i, a_i])).
+  With S frozen, MLP_sub runs once per distinct (metabolite, |s|) pair.
+
+dc/dt = S v, computed as v @ S_dense^T (S_dense assembled from the edge
+coefficients each call, differentiable), which is faster than a scatter at
+these sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regimes.metabolism.config import GraphModelConfig
+from regimes.metabolism.data import TrainingData
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with tanh between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def padded_layout(rxn_of_item: torch.Tensor, n_rxn: int, pad_value: int) -> torch.Tensor:
+    """(n_rxn, max_items) index matrix listing each reaction's items, padded with `pad_value`."""
+    n = len(rxn_of_item)
+    counts = torch.bincount(rxn_of_item, minlength=n_rxn)
+    width = max(1, int(counts.max()) if n else 1)
+    order = torch.argsort(rxn_of_item * (n + 1) + torch.arange(n))
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(n) - starts[rxn_of_item[order]]
+    out = torch.full((n_rxn, width), pad_value, dtype=torch.long)
+    out[rxn_of_item[order], slot] = order
+    return out
+
+
+class _Stoichiometry(nn.Module):
+    """The S part shared by both models."""
+
+    def __init__(self, gm: GraphModelConfig, data: TrainingData, freeze_S: bool):
+        super().__init__()
+        self.n_met, self.n_rxn = data.n_met, data.n_rxn
+        self.freeze_S = freeze_S
+        self.variant = gm.variant
+        for name in ("met_sub", "rxn_sub", "met_all", "rxn_all", "sub_to_all"):
+            self.register_buffer(name, getattr(data, name).clone(), persistent=False)
+        self.register_buffer("lin_all", data.met_all * data.n_rxn + data.rxn_all, persistent=False)
+        self.register_buffer("n_sub", torch.bincount(data.rxn_sub, minlength=data.n_rxn), persistent=False)
+        e_all, e_sub = len(data.met_all), len(data.met_sub)
+        if freeze_S:
+            if data.s_all is None or data.s_sub is None:
+                raise ValueError("freeze_stoichiometry needs the given S values in the training data")
+            self.register_buffer("sto_all", data.s_all.clone())
+            self.register_buffer("sto_sub", data.s_sub.clone())
+            S = torch.zeros(self.n_met * self.n_rxn).index_put((self.lin_all,), self.sto_all).view(self.n_met, self.n_rxn)
+            self.register_buffer("S_frozen_T", S.T.contiguous(), persistent=False)
+        else:
+            self.sto_all = nn.Parameter(torch.randn(e_all) * gm.init_S_std)
+            if gm.variant == "untied":
+                self.sto_sub = nn.Parameter(torch.randn(e_sub) * gm.init_S_std)
+            else:
+                self.sto_sub = None
+        self.log_k = nn.Parameter(gm.init_log_k_min + (gm.init_log_k_max - gm.init_log_k_min) * torch.rand(self.n_rxn))
+
+    def substrate_magnitude(self) -> torch.Tensor:
+        """|s| on each substrate edge (E_sub,)."""
+        if self.freeze_S:
+            return self.sto_sub
+        if self.sto_sub is not None:
+            return self.sto_sub.abs()
+        return self.sto_all[self.sub_to_all].abs()
+
+    def S_T(self) -> torch.Tensor:
+        """S transposed (n_rxn, n_met), differentiable in sto_all when learned."""
+        if self.freeze_S:
+            return self.S_frozen_T
+        S = torch.zeros(self.n_met * self.n_rxn, dtype=self.sto_all.dtype, device=self.sto_all.device)
+        return S.index_put((self.lin_all,), self.sto_all).view(self.n_met, self.n_rxn).T
+
+    def s_param_groups(self) -> list[nn.Parameter]:
+        if self.freeze_S:
+            return []
+        return [self.sto_all] + ([self.sto_sub] if self.sto_sub is not None else [])
+
+    def rates(self, c: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reaction(self, c: torch.Tensor) -> torch.Tensor:
+        """The reaction part of dc/dt, S v(c), for c (B, n_met)."""
+        return self.rates(c) @ self.S_T()
+
+
+class StoichiometryModel(_Stoichiometry):
+    """Learned S with msg_mlp (2->64->16) and rate_mlp (16->64->1) rates."""
+
+    kind = "stoichiometry"
+
+    def __init__(self, gm: GraphModelConfig, data: TrainingData, freeze_S: bool = False):
+        super().__init__(gm, data, freeze_S)
+        self.msg_mlp = mlp([2, gm.hidden_dim, gm.msg_dim])
+        self.rate_mlp = mlp([gm.msg_dim, gm.hidden_dim, 1])
+
+    def rates(self, c: torch.Tensor) -> torch.Tensor:
+        B = c.shape[0]
+        mag = self.substrate_magnitude()
+        x = torch.stack((c[:, self.met_sub], mag.expand(B, -1)), dim=-1)
+        msg = self.msg_mlp(x)
+        h = msg.new_zeros(B, self.n_rxn, msg.shape[-1]).index_add_(1, self.rxn_sub, msg)
+        return torch.pow(10.0, self.log_k) * F.softplus(self.rate_mlp(h).squeeze(-1))
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.reaction(c)
+
+    def mlp_parameters(self) -> list[nn.Parameter]:
+        return list(self.msg_mlp.parameters()) + list(self.rate_mlp.parameters())
+
+
+class KineticsModel(_Stoichiometry):
+    """v_j = k_j prod MLP_sub(c, |s|), plus MLP_node([c_i, a_i]) (homeostasis)."""
+
+    kind = "kinetics"
+
+    def __init__(self, gm: GraphModelConfig, data: TrainingData, freeze_S: bool = True):
+        super().__init__(gm, data, freeze_S)
+        self.mlp_sub = mlp([2, gm.hidden_dim, gm.hidden_dim, 1])
+        self.use_node = gm.use_mlp_node
+        self.embedding_dim = gm.embedding_dim
+        self.init_embedding_std = gm.init_embedding_std
+        if self.use_node:
+            self.mlp_node = mlp([1 + gm.embedding_dim, gm.hidden_dim, gm.hidden_dim, 1])
+            self.a = nn.Parameter(torch.randn(data.n_met, gm.embedding_dim) * gm.init_embedding_std)
+            self._zero_node_output()
+        if freeze_S:
+            # distinct (metabolite, |s|) pairs: MLP_sub runs once per pair, not per edge
+            key = self.met_sub * 1000 + torch.round(self.sto_sub * 100).long()
+            uniq, inv = torch.unique(key, return_inverse=True)
+            first = torch.full((len(uniq),), len(key), dtype=torch.long).scatter_reduce(
+                0, inv, torch.arange(len(key)), reduce="amin")
+            self.register_buffer("pair_met", self.met_sub[first].clone(), persistent=False)
+            self.register_buffer("pair_s", self.sto_sub[first].clone(), persistent=False)
+            # padded (n_rxn, max_sub) layout into the pairs; index n_pairs is a constant 1
+            lay_edges = padded_layout(self.rxn_sub, self.n_rxn, len(key))
+            inv_ext = torch.cat([inv, torch.tensor([len(uniq)])])
+            self.register_buffer("pad_pair", inv_ext[lay_edges], persistent=False)
+        else:
+            self.register_buffer("pad_edge", padded_layout(self.rxn_sub, self.n_rxn, len(self.met_sub)), persistent=False)
+
+    def _zero_node_output(self) -> None:
+        last = self.mlp_node[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def reset_node(self) -> None:
+        """Fresh MLP_node (output layer zero) and embeddings N(0, std^2), from the current RNG state."""
+        for m in self.mlp_node:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        self._zero_node_output()
+        with torch.no_grad():
+            self.a.copy_(torch.randn_like(self.a) * self.init_embedding_std)
+
+    def f_sub(self, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """MLP_sub(c, s) >= 0 (softplus output), elementwise over broadcast c and s."""
+        c, s = torch.broadcast_tensors(c, s)
+        return F.softplus(self.mlp_sub(torch.stack((c, s), dim=-1)).squeeze(-1))
+
+    def rates(self, c: torch.Tensor) -> torch.Tensor:
+        B = c.shape[0]
+        if self.freeze_S:
+            f = self.f_sub(c[:, self.pair_met], self.pair_s)  # (B, n_pairs)
+            lay = self.pad_pair
+        else:
+            f = self.f_sub(c[:, self.met_sub], self.substrate_magnitude())  # (B, E_sub)
+            lay = self.pad_edge
+        f = torch.cat((f, f.new_ones(B, 1)), dim=1)
+        return torch.pow(10.0, self.log_k) * f[:, lay].prod(-1)
+
+    def node(self, c: torch.Tensor) -> torch.Tensor:
+        """MLP_node([c_i, a_i]) for c (B, n_met) -> (B, n_met); zero without MLP_node."""
+        if not self.use_node:
+            return torch.zeros_like(c)
+        return self.node_fn(c, self.a.expand(c.shape[0], -1, -1))
+
+    def node_fn(self, c: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """MLP_node on concentrations c (...,) with embeddings a (..., d)."""
+        return self.mlp_node(torch.cat((c.unsqueeze(-1), a), dim=-1)).squeeze(-1)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        d = self.reaction(c)
+        if self.use_node:
+            d = d + self.node(c)
+        return d
+
+
+def build_model(gm: GraphModelConfig, data: TrainingData, freeze_S: bool) -> _Stoichiometry:
+    """The model named by graph_model.model, initialised from the current torch RNG state."""
+    if gm.model == "stoichiometry":
+        return StoichiometryModel(gm, data, freeze_S)
+    return KineticsModel(gm, data, freeze_S)
+
+
+def rollout(model: nn.Module, c0: torch.Tensor, n_frames: int, delta_t: float) -> torch.Tensor:
+    """Free Euler rollout (clamped at 0) from c0 (n_met,) -> (n_frames, n_met), frame 0 = c0."""
+    out = torch.empty(n_frames, c0.shape[-1], dtype=c0.dtype, device=c0.device)
+    c = c0.unsqueeze(0)
+    with torch.no_grad():
+        for t in range(n_frames):
+            out[t] = c[0]
+            c = (c + delta_t * model(c)).clamp_min_(0.0)
+            if not torch.isfinite(c).all():
+                out[t + 1:] = float("nan")
+                break
+    return out
