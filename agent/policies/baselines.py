@@ -1,0 +1,213 @@
+"""Baseline policies: Optuna TPE and uniform random search (DESIGN.md §9).
+
+They answer the same graph steps through the same tools as the heuristic and
+Claude policies, on the same executor and budget, so their runs write the
+same nodes.jsonl, ucb_scores.txt and analysis.md and `agent status` /
+`agent report` work on them. They skip the memory prose.
+
+The search space is the regime's mutable keys with their declared ranges
+(log scale where declared), minus seed keys (a baseline searches
+hyperparameters; changing the dataset or init seed is not a hyperparameter)
+and minus slot-fixed and frozen keys (never mutable by contract). The
+`claude:` budget caps of the config bound n_epochs and data_augmentation_loop.
+
+Both policies are stateless between steps: each mutate step rebuilds what it
+needs from nodes.jsonl, so a resumed run continues the same search and the
+proposals are a deterministic function of (run seed, history).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.policies.base import Policy, StepContext
+from regimes.base import ParamSpec, Regime, get_dotted
+
+#: training keys bounded by the claude: budget cap of the same name
+_CAPPED = {"training.n_epochs": "claude.n_epochs",
+           "training.data_augmentation_loop": "claude.data_augmentation_loop"}
+
+
+def search_space(regime: Regime, config: dict) -> list[ParamSpec]:
+    """The regime's searchable keys, with ranges clipped to the config's budget caps."""
+    space: list[ParamSpec] = []
+    for p in regime.mutable:
+        if p.name == "seed" or p.key in regime.slot_fixed or regime.is_frozen(p.key):
+            continue
+        cap = get_dotted(config, _CAPPED[p.key]) if p.key in _CAPPED else None
+        if cap is not None and p.high is not None and cap < p.high:
+            if cap < p.low:
+                continue  # the budget leaves no room to vary this key
+            p = p.model_copy(update={"high": float(cap)})
+        space.append(p)
+    return space
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3E}" if (v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4)) else f"{v:.4g}"
+    return str(v)
+
+
+def mutation_line(old: dict, new: dict) -> str:
+    """'k1: old -> new, k2: old -> new' over the keys that changed (short names)."""
+    parts = [f"{k.split('.', 1)[1]}: {_fmt(old.get(k))} -> {_fmt(v)}" for k, v in new.items() if old.get(k) != v]
+    return ", ".join(parts) if parts else "no change (default config)"
+
+
+def _finished_nodes(run_dir: Path) -> list[dict]:
+    """Finished node records from nodes.jsonl (tolerant of a torn last line)."""
+    path = Path(run_dir) / "nodes.jsonl"
+    out: list[dict] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class _SearchPolicy(Policy):
+    """Shared step answers of the baselines; subclasses implement `propose`."""
+
+    def __init__(self, regime: Regime, seed: int = 0):
+        self.regime = regime
+        self.seed = int(seed)
+
+    # subclasses: return one config change (dotted key -> value) per slot
+    def propose(self, ctx: StepContext, space: list[ParamSpec], history: list[dict],
+                slots: list[int], defaults: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        raise NotImplementedError
+
+    def act(self, ctx: StepContext, tools) -> None:
+        step = ctx.step
+        if step in ("prepare", "mutate"):
+            self._mutate(ctx, tools)
+        elif step == "analyse":
+            for r in ctx.results:
+                tools.call("submit_analysis", {
+                    "slot": r["slot"], "visual": f"not inspected ({self.name} baseline)",
+                    "observation": f"score={float(r.get('score') or 0.0):.4f} ({r.get('classification', 'n/a')})"})
+        elif step == "select_parent":
+            # A baseline samples afresh each time: its trials do not build on a parent.
+            for s in ctx.slots:
+                tools.call("choose_parent", {"slot": s, "parent": "root", "strategy": self.name,
+                                             "reason": f"{self.name} baseline samples independently of parents"})
+        # log and block_end: the baselines keep no memory prose
+
+    def _mutate(self, ctx: StepContext, tools) -> None:
+        base = tools.env.slot_config(ctx.slots[0])
+        space = search_space(self.regime, base)
+        history = [n for n in _finished_nodes(ctx.run_dir) if n.get("config")]
+        defaults = {p.key: get_dotted(base, p.key) for p in space}
+        proposals = self.propose(ctx, space, history, list(ctx.slots), defaults)
+        for s in ctx.slots:
+            cfg = tools.env.slot_config(s)
+            old = {p.key: get_dotted(cfg, p.key) for p in space}
+            change = {k: v for k, v in proposals[s].items() if old.get(k) != v}
+            if change:
+                res = tools.call("set_config", {"slot": s, "changes": change})
+                if not res.ok:  # should not happen: proposals are inside the declared ranges
+                    tools.message(f"slot {s}: proposal rejected ({res.error}); training the unchanged config")
+                    change = {}
+            tools.call("finish_mutation", {
+                "slot": s, "mutation": mutation_line(old, change), "strategy": self.name,
+                "parent_rule": "root (baseline)", "hypothesis": f"{self.name} proposal"})
+
+
+def _sample(p: ParamSpec, rng: np.random.Generator) -> Any:
+    if p.type == "bool":
+        return bool(rng.integers(0, 2))
+    if p.type == "choice":
+        return p.choices[int(rng.integers(0, len(p.choices)))]
+    if p.log:
+        v = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
+    else:
+        v = rng.uniform(p.low, p.high)
+    if p.type == "int":
+        return int(min(p.high, max(p.low, round(v))))
+    return float(min(p.high, max(p.low, v)))
+
+
+class RandomPolicy(_SearchPolicy):
+    """Uniform random search (log-uniform where the range is log scale).
+
+    The first slot of the first batch trains the default config, as every
+    policy's search starts from it."""
+
+    name = "random"
+
+    def propose(self, ctx, space, history, slots, defaults):
+        out = {}
+        for s in slots:
+            if not history and ctx.step == "prepare" and s == slots[0]:
+                out[s] = dict(defaults)
+                continue
+            rng = np.random.default_rng([self.seed, ctx.iterations_done, s])
+            out[s] = {p.key: _sample(p, rng) for p in space}
+        return out
+
+
+def _distribution(p: ParamSpec):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if p.type == "bool":
+        return CategoricalDistribution([False, True])
+    if p.type == "choice":
+        return CategoricalDistribution(list(p.choices))
+    if p.type == "int":
+        return IntDistribution(int(p.low), int(p.high), log=p.log)
+    return FloatDistribution(float(p.low), float(p.high), log=p.log)
+
+
+class OptunaPolicy(_SearchPolicy):
+    """Optuna TPE through ask-and-tell over the regime's mutable keys.
+
+    Each mutate step rebuilds the study from nodes.jsonl (finished nodes are
+    told with their score; failed ones with score 0, as the UCB sees them),
+    enqueues the default config as the very first trial, and asks one trial
+    per slot (constant liar keeps a batch's trials apart). The sampler seed
+    is derived from the run seed and the history length, so the same seed
+    and history give the same proposals."""
+
+    name = "optuna"
+
+    def propose(self, ctx, space, history, slots, defaults):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        dists = {p.key: _distribution(p) for p in space}
+        sampler = optuna.samplers.TPESampler(seed=(self.seed * 1_000_003 + len(history)) % (2**31),
+                                             n_startup_trials=max(4, len(slots)), constant_liar=True)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        told = 0
+        for n in history:
+            params = {}
+            for k, d in dists.items():
+                v = get_dotted(n["config"], k)
+                if v is None:
+                    break
+                try:
+                    if not d._contains(d.to_internal_repr(v)):
+                        break
+                except (ValueError, TypeError):
+                    break
+                params[k] = v
+            else:
+                study.add_trial(optuna.trial.create_trial(
+                    params=params, distributions=dists, value=float(n.get("score") or 0.0)))
+                told += 1
+        if told == 0 and not history:
+            study.enqueue_trial({k: v for k, v in defaults.items() if k in dists}, skip_if_exists=True)
+        out = {}
+        for s in slots:
+            trial = study.ask(dists)
+            out[s] = dict(trial.params)
+        return out
