@@ -179,7 +179,12 @@ class LLMClient:
             kwargs["api_key"] = api_key
         if base_url is not None:
             kwargs["base_url"] = base_url
-        self._sdk = anthropic.Anthropic(**kwargs)
+        try:
+            self._sdk = anthropic.Anthropic(**kwargs)
+        except anthropic.AnthropicError as e:  # e.g. a named profile that does not exist
+            raise LLMUnavailable(f"LLMClient: no Anthropic credentials: {_one_line(str(e))}") from e
+        if self._sdk.api_key is None and self._sdk.auth_token is None and self._sdk.credentials is None:
+            raise LLMUnavailable("LLMClient: no Anthropic credentials (set ANTHROPIC_API_KEY or pass api_key)")
         self._lock = threading.Lock()
         self.total_cost_usd = self._previous_cost()
         self.n_calls = 0
@@ -276,12 +281,11 @@ class LLMClient:
                 err = f"no answer within the {self.deadline_s:g}s deadline ({guard.attempts} attempt(s))"
             elif isinstance(e, anthropic.APIStatusError):
                 err = f"HTTP {e.status_code}: {_one_line(e.message)}"
-            elif isinstance(e, anthropic.APIError):
-                err = f"{type(e).__name__}: {_one_line(str(e))}"
             else:
                 err = f"{type(e).__name__}: {_one_line(str(e))}"
             self._record(step, None, latency, guard.attempts, err)
-            if isinstance(e, (_DeadlinePassed, anthropic.APIError)):
+            # any SDK error (HTTP, connection, missing credentials) means "no answer": fall back
+            if isinstance(e, (_DeadlinePassed, anthropic.AnthropicError)):
                 raise LLMUnavailable(f"LLM unavailable at step {step}: {err}") from e
             raise e
         msg = box["msg"]

@@ -131,3 +131,24 @@ def test_bad_arguments_are_named():
         LLMClient("claude-sonnet-4-6", deadline_s=0)
     with pytest.raises(ValueError, match="max_cost_usd"):
         LLMClient("claude-sonnet-4-6", max_cost_usd=-1)
+
+
+def test_missing_credentials_is_unavailable(monkeypatch, tmp_path):
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path))  # no profile on disk
+    with pytest.raises(LLMUnavailable, match="no Anthropic credentials"):
+        LLMClient("claude-sonnet-4-6")
+
+
+def test_connection_refused_is_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = LLMClient("claude-sonnet-4-6", base_url=f"http://127.0.0.1:{port}", max_retries=0, deadline_s=5,
+                       log_path=tmp_path / "l.jsonl")
+    with pytest.raises(LLMUnavailable, match="APIConnectionError"):
+        client.create("log", "sys", [], [{"role": "user", "content": "go"}])
+    assert client.last_record.ok is False
