@@ -1,0 +1,631 @@
+"""`agent`: the command line of gnn-agent (DESIGN.md §10).
+
+Every subcommand imports its heavy dependencies lazily, so `agent --help`
+works (and is fast) whatever is installed. User mistakes print one line
+naming the problem and one hint line, never a traceback; exit codes:
+0 ok, 1 run failed, 2 usage or config error, 130 interrupted.
+Set GNN_AGENT_DEBUG=1 to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+POLICIES = ("auto", "claude", "heuristic", "optuna", "random")
+DEFAULT_MODEL = "claude-sonnet-4-5"
+
+
+class UsageError(Exception):
+    """A user mistake: one line naming the problem, plus a hint line."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing the usage block and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's examples as written and shows each option's real default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        d = action.default
+        if "%(default)" in help_text or d in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+# ----------------------------------------------------------------------------- argument types
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------- parser
+
+RUN_EPILOG = """\
+examples:
+  agent run --regime homeostasis --slots 4
+  agent run --regime rate_constants --iterations 24 --policy heuristic --no-live
+  ANTHROPIC_API_KEY=... agent run --regime stoichiometry --variant untied \\
+        --policy claude --model claude-sonnet-4-5 --max-cost-usd 5
+  agent run --regime sparse_connectivity --executor ray --ray-address auto --device cuda
+  agent run --regime sparse_connectivity --variant n200 --continue runs/sparse_connectivity-20261122-014500
+  agent run --regime my_regime --regime-path ./my_regimes
+
+Ctrl-C once stops cleanly after the current step (resume with `agent resume RUN_DIR`);
+Ctrl-C twice also ends the running trainings.
+"""
+
+MAIN_EPILOG = """\
+commands:
+  run          start a run (watch it live; Ctrl-C to stop, `agent resume` to continue)
+  resume       continue a stopped run from its checkpoint
+  status       one-screen summary of a running or finished run
+  report       write RUN_DIR/report/report.md and its plots
+  regimes      list regimes; `regimes show NAME`; `regimes config NAME`
+  new-regime   scaffold a working regime plugin with a toy simulator
+  replay       re-run one node from its (config, commit) and compare metrics
+
+examples:
+  agent run --regime homeostasis --slots 4
+  agent status runs/homeostasis-20261122-014500
+  agent report runs/homeostasis-20261122-014500
+  agent regimes show sparse_connectivity
+
+exit codes: 0 ok, 1 run failed, 2 usage or config error, 130 interrupted.
+Set GNN_AGENT_DEBUG=1 to see the traceback of an unexpected error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `agent` argument parser (all subcommands)."""
+    p = _Parser(prog="agent", description="gnn-agent: an LLM research agent that explores how to train graph "
+                "neural networks recovering hidden structure from simulated dynamics.",
+                epilog=MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="start a run", formatter_class=_Formatter, epilog=RUN_EPILOG,
+                       description="Start a run: S parallel training slots per batch, a policy reads the "
+                       "results, keeps memory, picks parents by UCB and mutates configs or code.")
+    r.add_argument("--regime", required=True, metavar="NAME", help="the regime to explore (`agent regimes` lists them)")
+    r.add_argument("--variant", metavar="V", help="regime variant (default: the regime's default variant)")
+    r.add_argument("--slots", type=_positive_int, default=4, metavar="S", help="trainings per batch")
+    r.add_argument("--iterations", type=_positive_int, metavar="N",
+                   help="finished trainings to run (default: one block, the regime's claude.n_iter_block)")
+    r.add_argument("--profile", choices=("quick", "full"),
+                   help="config profile (default: full with CUDA, quick on CPU)")
+    r.add_argument("--policy", choices=POLICIES, default="auto",
+                   help="who decides: auto = claude when ANTHROPIC_API_KEY is set, else heuristic")
+    r.add_argument("--model", default=DEFAULT_MODEL, metavar="M", help="Claude model (policy claude)")
+    r.add_argument("--max-cost-usd", type=_nonneg_float, metavar="X",
+                   help="stop cleanly once the LLM spend reaches X dollars (default: no limit)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where trainings run: local process pool or Ray tasks")
+    r.add_argument("--ray-address", metavar="A", help="Ray cluster address (auto or HOST:PORT); needs --executor ray")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    r.add_argument("--run-dir", type=Path, metavar="D", help="run directory (default: runs/<regime>-<yyyymmdd-hhmmss>)")
+    r.add_argument("--no-live", action="store_true", help="plain log lines instead of the live view")
+    r.add_argument("--no-code", action="store_true", help="configs only: no code edits")
+    r.add_argument("--continue", dest="continue_from", type=Path, metavar="OLD_RUN_DIR",
+                   help="carry the knowledge base of an earlier run over (e.g. into a new variant)")
+    r.add_argument("--regime-path", type=Path, action="append", default=[], metavar="DIR",
+                   help="extra directory of regime plugins (repeatable)")
+    r.add_argument("--phase1-checkpoint", type=Path, metavar="PATH",
+                   help="homeostasis: use this phase-1 checkpoint instead of training one")
+    r.add_argument("--seed", type=_int, default=0, metavar="N", help="run seed (heuristic/optuna/random choices)")
+    r.set_defaults(handler=cmd_run)
+
+    rs = sub.add_parser("resume", help="continue a stopped run", formatter_class=_Formatter,
+                        description="Continue a stopped or crashed run from its checkpoint (state.sqlite).",
+                        epilog="examples:\n  agent resume runs/homeostasis-20261122-014500\n"
+                               "  agent resume runs/homeostasis-20261122-014500 --iterations 8 --no-live\n")
+    rs.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    rs.add_argument("--iterations", type=_positive_int, metavar="N", help="run N more iterations (default: the run's own target)")
+    rs.add_argument("--no-live", action="store_true", help="plain log lines instead of the live view")
+    rs.set_defaults(handler=cmd_resume)
+
+    st = sub.add_parser("status", help="summary of a run", formatter_class=_Formatter,
+                        description="One-screen summary of a running or finished run: header, slots, best "
+                        "nodes, counts, cost, last messages, and whether it is still running.",
+                        epilog="example:\n  agent status runs/homeostasis-20261122-014500\n")
+    st.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    st.set_defaults(handler=cmd_status)
+
+    rp = sub.add_parser("report", help="write the run report", formatter_class=_Formatter,
+                        description="Write RUN_DIR/report/report.md plus PNGs: score per iteration by slot "
+                        "and strategy, best so far, the UCB tree, parameter-versus-score plots, and the "
+                        "best node's config, code diff and plots.",
+                        epilog="example:\n  agent report runs/homeostasis-20261122-014500\n")
+    rp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    rp.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: RUN_DIR/report)")
+    rp.set_defaults(handler=cmd_report)
+
+    rg = sub.add_parser("regimes", help="list or show regimes", formatter_class=_Formatter,
+                        description="List the available regimes, show one's contract, or print its default config.",
+                        epilog="examples:\n  agent regimes\n  agent regimes show homeostasis\n"
+                               "  agent regimes config sparse_connectivity --variant n200 --profile quick\n")
+    rg.add_argument("action", nargs="?", choices=("list", "show", "config"), default="list",
+                    help="list (default), show NAME, config NAME")
+    rg.add_argument("name", nargs="?", metavar="NAME", help="regime name (for show / config)")
+    rg.add_argument("--variant", metavar="V", help="variant (config)")
+    rg.add_argument("--profile", choices=("quick", "full"), default="quick", help="profile (config)")
+    rg.add_argument("--regime-path", type=Path, action="append", default=[], metavar="DIR",
+                    help="extra directory of regime plugins (repeatable)")
+    rg.set_defaults(handler=cmd_regimes)
+
+    nr = sub.add_parser("new-regime", help="scaffold a regime plugin", formatter_class=_Formatter,
+                        description="Write a working regime plugin (regime.py, a toy simulator and training "
+                        "entry, instructions) into DIR/NAME; run it with --regime-path DIR.",
+                        epilog="example:\n  agent new-regime my_regime --dir ./my_regimes\n"
+                               "  agent run --regime my_regime --regime-path ./my_regimes --slots 2\n")
+    nr.add_argument("name", metavar="NAME", help="regime name (letters, digits, _)")
+    nr.add_argument("--dir", type=Path, required=True, metavar="D", help="plugin directory (created)")
+    nr.set_defaults(handler=cmd_new_regime)
+
+    rl = sub.add_parser("replay", help="re-run one node", formatter_class=_Formatter,
+                        description="Re-run node NODE of a run from its recorded (config, commit) in a fresh "
+                        "output directory, and print its old and new metrics side by side.",
+                        epilog="example:\n  agent replay runs/homeostasis-20261122-014500 12\n")
+    rl.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    rl.add_argument("node", type=_int, metavar="NODE", help="node id (see nodes.jsonl or `agent status`)")
+    rl.add_argument("--out", type=Path, metavar="DIR",
+                    help="output directory (default: RUN_DIR/replays/node_<NODE>-<time>)")
+    rl.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    rl.add_argument("--timeout", type=_nonneg_float, default=3600.0, metavar="S", help="wall-clock limit in seconds")
+    rl.set_defaults(handler=cmd_replay)
+    return p
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _load_regime(name: str, regime_path: list[Path] | None = None):
+    """The regime, or UsageError naming the valid choices."""
+    from regimes.registry import RegimeError, get_regime
+
+    try:
+        return get_regime(name, regime_path or None)
+    except RegimeError as e:
+        raise UsageError(str(e), hint="`agent regimes` lists the regimes; add your own with --regime-path DIR") from None
+
+
+def _check_variant(regime, variant: str | None) -> str:
+    if variant is None:
+        return regime.default_variant
+    if variant not in regime.variants:
+        raise UsageError(f"unknown variant {variant!r} for regime {regime.name} (choices: {', '.join(regime.variants)})",
+                         hint=f"`agent regimes show {regime.name}` describes its variants")
+    return variant
+
+
+def _run_dir_arg(run_dir: Path, cmd: str) -> Path:
+    from agent.live import RunFileError, check_run_dir
+
+    try:
+        return check_run_dir(run_dir)
+    except RunFileError as e:
+        raise UsageError(str(e), hint=f"give the directory `agent run` created, e.g. `agent {cmd} runs/<regime>-<time>`") from None
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device_profile(device: str, profile: str | None, cuda: bool) -> tuple[str, str, str]:
+    """(device, profile, why) for the run header: --profile defaults to full with CUDA, quick on CPU."""
+    if device == "cuda" and not cuda:
+        raise UsageError("--device cuda was given but no CUDA device is available",
+                         hint="use --device cpu (or auto) on this machine")
+    dev = ("cuda" if cuda else "cpu") if device == "auto" else device
+    if profile is not None:
+        return dev, profile, f"--profile {profile}"
+    if dev == "cuda":
+        return dev, "full", "CUDA device found: paper-scale profile (--profile quick for a fast run)"
+    why = "no CUDA device" if device == "auto" else "--device cpu"
+    return dev, "quick", f"{why}: CPU-sized profile (--profile full for paper scale)"
+
+
+def resolve_policy(policy: str) -> tuple[str, str]:
+    """(policy, why) — auto means claude when ANTHROPIC_API_KEY is set, else heuristic."""
+    has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    if policy == "claude" and not has_key:
+        raise UsageError("--policy claude needs ANTHROPIC_API_KEY in the environment",
+                         hint="export ANTHROPIC_API_KEY=... or use --policy heuristic (offline)")
+    if policy == "auto":
+        return ("claude", "ANTHROPIC_API_KEY is set") if has_key else ("heuristic", "no ANTHROPIC_API_KEY")
+    return policy, f"--policy {policy}"
+
+
+def _default_run_dir(regime: str) -> Path:
+    return Path("runs") / f"{regime}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _use_live(no_live: bool, console) -> bool:
+    return not no_live and console.is_terminal and not console.is_dumb_terminal
+
+
+def _finish(run_dir: Path, intr, console) -> int:
+    """Exit code and closing lines after start_run/resume_run returned."""
+    from agent.live import best_node, fmt_score, read_nodes, read_status
+
+    if intr.stop.is_set():
+        console.print(f"stopped. resume with: agent resume {run_dir}", highlight=False, markup=False)
+        return EXIT_INTERRUPTED
+    st = read_status(run_dir)
+    if st is not None and st.phase == "failed":
+        console.print(f"run failed: {st.message or 'see reasoning.log'} ({run_dir})", highlight=False, markup=False)
+        return EXIT_FAILED
+    b = best_node(read_nodes(run_dir))
+    best = f"best node {b['id']} score {fmt_score(b['score'])}" if b else "no scored node"
+    console.print(f"done: {best}. report: agent report {run_dir}   status: agent status {run_dir}",
+                  highlight=False, markup=False)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`agent run`: validate every flag, print the header, run with the live view."""
+    regime = _load_regime(args.regime, args.regime_path)
+    variant = _check_variant(regime, args.variant)
+    if args.ray_address and args.executor != "ray":
+        raise UsageError("--ray-address needs --executor ray", hint="add --executor ray (e.g. --executor ray --ray-address auto)")
+    if args.continue_from is not None:
+        _run_dir_arg(args.continue_from, "run --continue")
+    if args.phase1_checkpoint is not None and not args.phase1_checkpoint.is_file():
+        raise UsageError(f"--phase1-checkpoint {str(args.phase1_checkpoint)!r} is not a file",
+                         hint="give a phase-1 model.pt, or leave the flag out to train one")
+    run_dir = args.run_dir or _default_run_dir(regime.name)
+    if (run_dir / "status.json").exists() or (run_dir / "nodes.jsonl").exists():
+        raise UsageError(f"run directory {str(run_dir)!r} already holds a run", hint=f"continue it with `agent resume {run_dir}`")
+    policy, policy_why = resolve_policy(args.policy)
+    device, profile, profile_why = resolve_device_profile(args.device, args.profile, _cuda_available())
+    try:
+        block = int(regime.default_config(variant, profile)["claude"]["n_iter_block"])
+    except (KeyError, TypeError, ValueError, NotImplementedError) as e:
+        raise UsageError(f"regime {regime.name}: default config has no claude.n_iter_block ({e})",
+                         hint="the regime plugin's default_config must fill the claude: section") from None
+    iterations = args.iterations
+    it_text = f"{iterations}" if iterations else f"{block} (one block)"
+
+    from pydantic import ValidationError
+
+    from agent.run import RunOptions, start_run
+
+    try:
+        opts = RunOptions(regime=regime.name, variant=variant, slots=args.slots, iterations=iterations,
+                          profile=profile, policy=policy, model=args.model, max_cost_usd=args.max_cost_usd,
+                          executor=args.executor, ray_address=args.ray_address, device=device, run_dir=run_dir,
+                          code=not args.no_code, continue_from=args.continue_from, regime_path=args.regime_path,
+                          phase1_checkpoint=args.phase1_checkpoint, seed=args.seed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UsageError(f"bad option {'.'.join(map(str, err['loc']))}: {err['msg']}", hint="see `agent run --help`") from None
+    console = _console()
+    model = f" ({args.model})" if policy == "claude" else ""
+    cost = f", budget ${args.max_cost_usd:g}" if args.max_cost_usd is not None else ""
+    for line in (f"gnn-agent run: regime {regime.name} [{variant}], {args.slots} slots, {it_text} iterations",
+                 f"  policy {policy}{model} ({policy_why}){cost}; code edits {'off' if args.no_code else 'on'}",
+                 f"  profile {profile} ({profile_why}); device {device}; executor {args.executor}"
+                 + (f" at {args.ray_address}" if args.ray_address else ""),
+                 f"  run dir {run_dir}"):
+        console.print(line, highlight=False, markup=False)
+    return _drive(lambda stop, kill: start_run(opts, stop=stop, kill=kill), run_dir, args.no_live, console)
+
+
+def _drive(target: Callable[[threading.Event, threading.Event], Any], run_dir: Path, no_live: bool, console) -> int:
+    from agent.live import drive
+
+    result, intr = drive(target, run_dir, console, live=_use_live(no_live, console))
+    if isinstance(result, (str, Path)):
+        run_dir = Path(result)
+    return _finish(run_dir, intr, console)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """`agent resume RUN_DIR`: continue from the checkpoint with the same view."""
+    run_dir = _run_dir_arg(args.run_dir, "resume")
+    from agent.run import resume_run
+
+    console = _console()
+    console.print(f"gnn-agent resume: {run_dir}", highlight=False, markup=False)
+    return _drive(lambda stop, kill: resume_run(run_dir, stop=stop, kill=kill, iterations=args.iterations),
+                  run_dir, args.no_live, console)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`agent status RUN_DIR`."""
+    run_dir = _run_dir_arg(args.run_dir, "status")
+    from agent.status_view import status_renderable
+
+    console = _console()
+    console.print(status_renderable(run_dir, width=console.width))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`agent report RUN_DIR`."""
+    run_dir = _run_dir_arg(args.run_dir, "report")
+    from agent.report import ReportError, write_report
+
+    try:
+        path = write_report(run_dir, out_dir=args.out)
+    except ReportError as e:
+        raise UsageError(str(e), hint="a report needs at least one finished node in nodes.jsonl") from None
+    console = _console()
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    console.print(f"wrote {path} ({len(pngs)} plots: {', '.join(pngs)})", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def cmd_regimes(args: argparse.Namespace) -> int:
+    """`agent regimes [show NAME | config NAME]`."""
+    console = _console()
+    if args.action == "list":
+        if args.name:
+            raise UsageError(f"unexpected argument {args.name!r}", hint="use `agent regimes show NAME`")
+        from rich.table import Table
+
+        from regimes.registry import RegimeError, list_regimes
+
+        try:
+            regimes = list_regimes(args.regime_path or None)
+        except RegimeError as e:
+            raise UsageError(str(e), hint="fix or remove the plugin named above") from None
+        t = Table(title="regimes", title_justify="left", header_style="bold")
+        for col in ("name", "title", "variants", "primary metric", "mutable keys"):
+            t.add_column(col)
+        for r in regimes:
+            variants = ", ".join(f"[bold]{v}[/]" if v == r.default_variant else v for v in r.variants)
+            t.add_row(r.name, r.title, variants, r.primary_metric, str(len(r.mutable)))
+        console.print(t)
+        console.print("details: agent regimes show NAME   default config: agent regimes config NAME", highlight=False)
+        return EXIT_OK
+    if not args.name:
+        raise UsageError(f"`agent regimes {args.action}` needs a regime NAME", hint=f"e.g. agent regimes {args.action} homeostasis")
+    regime = _load_regime(args.name, args.regime_path)
+    if args.action == "show":
+        console.print(_describe(regime), highlight=False, markup=False)
+        return EXIT_OK
+    variant = _check_variant(regime, args.variant)
+    console.print(_config_yaml(regime, variant, args.profile), highlight=False, markup=False, end="")
+    return EXIT_OK
+
+
+def _describe(regime) -> str:
+    """The regime contract as text (regimes.describe when available)."""
+    try:
+        from regimes.describe import describe_regime
+    except ImportError:
+        describe_regime = None
+    if describe_regime is not None:
+        return describe_regime(regime)
+    # Built here when the regimes package has no describer: the contract fields, readable.
+    lines = [f"{regime.name}: {regime.title}", "", regime.description.strip(), "",
+             f"variants: {', '.join(regime.variants)} (default {regime.default_variant})",
+             f"training entry: python -m {regime.train_entry}",
+             f"primary metric: {regime.primary_metric}", "metrics:"]
+    lines += [f"  {m.name}{' (' + m.good + ')' if m.good else ''}: {m.description}".rstrip(": ") for m in regime.metrics]
+    lines.append("mutable keys:")
+    for p in regime.mutable:
+        rng = f"{p.choices}" if p.type == "choice" else ("bool" if p.type == "bool" else
+                                                          f"[{p.low:g}, {p.high:g}]{' log' if p.log else ''}")
+        lines.append(f"  {p.key}: {p.type} {rng}")
+    if regime.slot_fixed:
+        lines.append("slot-fixed: " + ", ".join(f"{k}={v}" for k, v in regime.slot_fixed.items()))
+    lines.append(f"frozen: {', '.join(regime.frozen) or '-'}")
+    lines.append(f"code edits: {regime.code_edit_when}; editable: "
+                 + (", ".join(f"{e.path} {e.functions + e.regions}" for e in regime.editable) or "-"))
+    lines.append(f"instructions: {regime.instructions}")
+    return "\n".join(lines)
+
+
+def _config_yaml(regime, variant: str, profile: str) -> str:
+    try:
+        from regimes.describe import default_config_yaml
+    except ImportError:
+        default_config_yaml = None
+    if default_config_yaml is not None:
+        return default_config_yaml(regime, variant, profile)
+    import yaml
+
+    return yaml.safe_dump(regime.default_config(variant, profile), sort_keys=False)
+
+
+def cmd_new_regime(args: argparse.Namespace) -> int:
+    """`agent new-regime NAME --dir D`."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.name):
+        raise UsageError(f"regime name {args.name!r} must be letters, digits and '_' (a Python identifier)",
+                         hint="e.g. agent new-regime my_regime --dir ./my_regimes")
+    try:
+        from regimes.scaffold import scaffold_regime
+    except ImportError as e:
+        raise UsageError(f"regime scaffolding is not available in this installation ({e})",
+                         hint="update gnn-agent; see docs/regimes.md to write a plugin by hand") from None
+    from regimes.registry import RegimeError
+
+    try:
+        path = scaffold_regime(args.name, args.dir)
+    except (FileExistsError, RegimeError, ValueError) as e:
+        raise UsageError(str(e).splitlines()[0], hint="choose another NAME or --dir") from None
+    console = _console()
+    console.print(f"wrote regime plugin {args.name} at {path}\n"
+                  f"  check it:  agent regimes show {args.name} --regime-path {args.dir}\n"
+                  f"  run it:    agent run --regime {args.name} --regime-path {args.dir} --slots 2 --iterations 4\n"
+                  f"  then edit {path} (see docs/regimes.md)", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """`agent replay RUN_DIR NODE`: re-run a node from (config, commit) and compare metrics."""
+    import yaml
+
+    from agent.live import read_nodes, read_run_yaml
+
+    run_dir = _run_dir_arg(args.run_dir, "replay")
+    nodes = {n.get("id"): n for n in read_nodes(run_dir)}
+    node = nodes.get(args.node)
+    if node is None:
+        ids = sorted(i for i in nodes if isinstance(i, int))
+        have = f"{ids[0]}..{ids[-1]}" if ids else "none"
+        raise UsageError(f"node {args.node} is not in {run_dir}/nodes.jsonl (nodes: {have})",
+                         hint=f"`agent status {run_dir}` lists the best nodes")
+    run_cfg = read_run_yaml(run_dir)
+    regime = _load_regime(run_cfg.get("regime") or node.get("regime") or "", run_cfg.get("regime_path") or None)
+    device, _, _ = resolve_device_profile(args.device, "quick", _cuda_available())
+    out = args.out or run_dir / "replays" / f"node_{args.node}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"output directory {str(out)!r} is not empty", hint="give a fresh --out DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(node.get("config") or {}, sort_keys=False))
+
+    from sandbox.runner import RunSpec, run_training
+    from sandbox.workspace import Workspace
+
+    ws_root = run_dir / "workspace"
+    if not ws_root.is_dir():
+        raise UsageError(f"{run_dir} has no workspace/ to take node {args.node}'s code from",
+                         hint="replay needs the run's workspace git repository")
+    ws = Workspace.open(ws_root)
+    commit = node.get("commit") or ws.node_commit(args.node) or ws.root_commit
+    code_dir = ws.checkout(commit, out / "code")
+    console = _console()
+    console.print(f"replaying node {args.node} (commit {str(commit)[:10]}) into {out} on {device} …",
+                  highlight=False, markup=False)
+    try:
+        res = run_training(RunSpec(slot=int(node.get("slot") or 0), node_id=args.node, config_path=cfg_path,
+                                   out_dir=out / "out", code_dir=code_dir, train_entry=regime.train_entry,
+                                   device=device, timeout_s=args.timeout))
+    finally:
+        ws.remove_checkout(code_dir)
+    console.print(replay_table(node.get("metrics") or {}, res.metrics, regime.primary_metric))
+    if res.status != "ok":
+        console.print(f"replay {res.status}: {res.reason}\n{res.traceback_tail}".rstrip(), highlight=False, markup=False)
+        return EXIT_FAILED
+    console.print(f"outputs: {res.out_dir}", highlight=False, markup=False)
+    return EXIT_OK
+
+
+def replay_table(old: dict, new: dict, primary: str | None = None):
+    """A rich table of old vs new metric values (primary metric first)."""
+    from rich.table import Table
+
+    from agent.live import fmt_value
+
+    t = Table(title="metrics: recorded vs replay", title_justify="left", header_style="bold")
+    for col, just in (("metric", "left"), ("recorded", "right"), ("replay", "right"), ("diff", "right")):
+        t.add_column(col, justify=just)
+    keys = sorted(set(old) | set(new), key=lambda k: (k != primary, k))
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        diff = ""
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            diff = fmt_value(float(b) - float(a))
+        t.add_row(k, fmt_value(a) if a is not None else "—", fmt_value(b) if b is not None else "—", diff)
+    return t
+
+
+# ----------------------------------------------------------------------------- main
+
+def _print_error(message: str, hint: str | None) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `agent` console script; returns the exit code."""
+    parser = build_parser()
+    debug = os.environ.get("GNN_AGENT_DEBUG", "") not in ("", "0")
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return int(args.handler(args))
+    except UsageError as e:
+        _print_error(str(e), e.hint)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if debug:
+            raise
+        known = _known_error(e)
+        if known is not None:
+            _print_error(*known)
+            return EXIT_USAGE
+        first = (str(e).strip().splitlines() or [""])[0]
+        _print_error(f"{type(e).__name__}: {first}".rstrip(": "), "run with GNN_AGENT_DEBUG=1 for the traceback")
+        return EXIT_FAILED
+
+
+def _known_error(e: Exception) -> tuple[str, str] | None:
+    """Config/usage errors raised from inside the parts: one line, exit 2."""
+    try:
+        from regimes.registry import RegimeError
+    except ImportError:
+        RegimeError = ()  # type: ignore[assignment]
+    if RegimeError and isinstance(e, RegimeError):
+        return str(e).splitlines()[0], "`agent regimes` lists the regimes"
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        err = e.errors()[0]
+        return f"invalid {e.title} {'.'.join(map(str, err['loc']))}: {err['msg']}", "check the config or option named above"
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,668 @@
+"""The live terminal view of a run, rendered from the run directory's files.
+
+Everything shown is read from files the loop writes (status.json, nodes.jsonl,
+ucb_scores.txt, llm_calls.jsonl, reasoning.log and each running slot's
+progress.jsonl), so `render(run_dir, width)` is a pure function of the run
+directory: the same files give the same picture, whether the run is live,
+finished, or a recorded fixture. `agent status` and `agent report` reuse the
+readers defined here.
+
+Without a TTY (or with --no-live) `PlainReporter` turns file changes into one
+plain log line per event: batch start, slot finished, block end, fallback, done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+TERMINAL_PHASES = ("done", "finished", "stopped", "failed", "killed", "interrupted", "budget")
+STATUS_STYLE = {"pending": "dim", "running": "bold cyan", "done": "green", "ok": "green",
+                "failed": "bold red", "timeout": "bold magenta", "killed": "red"}
+CLASS_STYLE = {"converged": "bold green", "partial": "yellow", "failed": "red"}
+SPARK = "▁▂▃▄▅▆▇█"
+#: a status.json older than this (seconds) belongs to a run that is not running any more
+STALE_AFTER_S = 120.0
+
+
+# ----------------------------------------------------------------------------- file records
+
+class SlotState(BaseModel):
+    """One entry of status.json `slots` (docs/contracts.md §5)."""
+
+    model_config = ConfigDict(extra="ignore")
+    slot: int
+    node: int | None = None
+    parent: int | None = None
+    strategy: str | None = None
+    mutation: str | None = None
+    status: str = "pending"
+    out_dir: str | None = None
+    score: float | None = None
+    started_at: str | None = None
+
+
+class BestRef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    node: int | None = None
+    score: float | None = None
+    slot: int | None = None
+
+
+class RunStatus(BaseModel):
+    """status.json, read leniently: a field the loop has not written yet takes its default."""
+
+    model_config = ConfigDict(extra="ignore")
+    run_id: str = ""
+    regime: str = "?"
+    variant: str | None = None
+    profile: str | None = None
+    policy: str | None = None
+    model: str | None = None
+    phase: str = "?"
+    block: int = 1
+    iter_in_block: int = 0
+    n_iter_block: int | None = None
+    iterations_done: int = 0
+    iterations_total: int | None = None
+    started_at: str | None = None
+    updated_at: str | None = None
+    cost_usd: float = 0.0
+    best: BestRef | None = None
+    slots: list[SlotState] = []
+    message: str | None = ""
+    fallback: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+class ProgressPoint(BaseModel):
+    """One progress.jsonl line written by a training (DESIGN.md §4)."""
+
+    model_config = ConfigDict(extra="ignore")
+    step: float
+    total: float | None = None
+    loss: float | None = None
+    elapsed_s: float = 0.0
+
+
+class Progress(BaseModel):
+    """What the view shows of one training's progress."""
+
+    step: float = 0
+    total: float | None = None
+    loss: float | None = None
+    rate: float | None = None  # steps per second over the recent window
+    eta_s: float | None = None
+
+
+class RunFileError(Exception):
+    """A run directory is missing or is not a run directory."""
+
+
+# ----------------------------------------------------------------------------- readers
+
+def check_run_dir(run_dir: Path) -> Path:
+    """Return `run_dir` if it looks like a run directory, else raise RunFileError naming why."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RunFileError(f"run directory {str(run_dir)!r} does not exist")
+    if not run_dir.is_dir():
+        raise RunFileError(f"{str(run_dir)!r} is not a directory")
+    if not any((run_dir / f).exists() for f in ("status.json", "run.yaml", "nodes.jsonl")):
+        raise RunFileError(f"{str(run_dir)!r} is not a run directory (no status.json, run.yaml or nodes.jsonl)")
+    return run_dir
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of a file, or None when it is missing or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_status(run_dir: Path) -> RunStatus | None:
+    """status.json as a RunStatus, or None when absent or unreadable."""
+    data = read_json(Path(run_dir) / "status.json")
+    if not isinstance(data, dict):
+        return None
+    try:
+        return RunStatus.model_validate(data)
+    except ValidationError:
+        # A malformed field must not take the whole view down; keep what parses.
+        clean = {k: v for k, v in data.items() if k not in ("slots", "best")}
+        try:
+            return RunStatus.model_validate(clean)
+        except ValidationError:
+            return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All complete JSON objects of a .jsonl file (a half-written last line is skipped)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def read_nodes(run_dir: Path) -> list[dict]:
+    """nodes.jsonl records, in file order."""
+    return read_jsonl(Path(run_dir) / "nodes.jsonl")
+
+
+def read_run_yaml(run_dir: Path) -> dict:
+    """run.yaml as a dict ({} when absent)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = 16384) -> list[str]:
+    """The last `n` non-empty lines of a text file, reading at most `max_bytes` from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    lines = [ln for ln in data.splitlines() if ln.strip()]
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first line is probably cut
+    return lines[-n:] if n else []
+
+
+def read_progress(out_dir: Path, window: int = 10) -> Progress | None:
+    """Progress of a training from the tail of its progress.jsonl (None when there is none yet)."""
+    points = []
+    for line in tail_lines(Path(out_dir) / "progress.jsonl", window):
+        try:
+            points.append(ProgressPoint.model_validate_json(line))
+        except ValidationError:
+            continue
+    if not points:
+        return None
+    last, first = points[-1], points[0]
+    rate = None
+    if last.elapsed_s > first.elapsed_s and last.step > first.step:
+        rate = (last.step - first.step) / (last.elapsed_s - first.elapsed_s)
+    elif last.elapsed_s > 0 and last.step > 0:
+        rate = last.step / last.elapsed_s
+    eta = None
+    if rate and last.total:
+        eta = max(0.0, (last.total - last.step) / rate)
+    return Progress(step=last.step, total=last.total, loss=last.loss, rate=rate, eta_s=eta)
+
+
+def read_ucb(run_dir: Path, n: int = 5) -> list[str]:
+    """The first `n` lines of ucb_scores.txt (best first; empty at a block start)."""
+    try:
+        lines = (Path(run_dir) / "ucb_scores.txt").read_text().splitlines()
+    except OSError:
+        return []
+    return [ln.strip() for ln in lines if ln.strip()][:n]
+
+
+def llm_cost(run_dir: Path) -> tuple[float, int]:
+    """(total cost in USD, number of calls) from llm_calls.jsonl."""
+    calls = read_jsonl(Path(run_dir) / "llm_calls.jsonl")
+    total = 0.0
+    for c in calls:
+        v = c.get("cost_usd", c.get("cost"))
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            total += float(v)
+    return total, len(calls)
+
+
+def slot_out_dir(run_dir: Path, out_dir: str | None) -> Path | None:
+    """A slot's output directory, resolving paths relative to the run directory."""
+    if not out_dir:
+        return None
+    p = Path(out_dir)
+    return p if p.is_absolute() else Path(run_dir) / p
+
+
+def parse_time(s: str | None) -> datetime | None:
+    """An ISO-8601 timestamp as an aware datetime (naive ones are taken as UTC)."""
+    if not s:
+        return None
+    try:
+        t = datetime.fromisoformat(str(s).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def fmt_value(v: Any) -> str:
+    """Config values the way the seeds write them: 5E-3, 0.5, 16, True."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) < 1e-2 or abs(v) >= 1e5:
+            mant, exp = f"{v:.2E}".split("E")
+            mant = mant.rstrip("0").rstrip(".")
+            return f"{mant}E{int(exp)}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def fmt_score(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "—"
+
+
+def fmt_duration(s: float | None) -> str:
+    """Seconds as 42s, 3m05s or 2h07m."""
+    if s is None or not math.isfinite(s):
+        return "—"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def sparkline(values: list[float]) -> str:
+    """A one-line sparkline of `values` (empty string for no values)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = hi - lo or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in vals)
+
+
+def best_so_far(nodes: list[dict]) -> list[float]:
+    """Running maximum of node scores, in finishing order."""
+    out, best = [], -math.inf
+    for n in nodes:
+        s = n.get("score")
+        if isinstance(s, (int, float)) and math.isfinite(s):
+            best = max(best, s)
+        if best > -math.inf:
+            out.append(best)
+    return out
+
+
+def varied_keys(nodes: list[dict], sections: tuple[str, ...] = ("training", "graph_model")) -> list[str]:
+    """Dotted config keys (in `sections`) whose value differs between nodes: what the search explored."""
+    from regimes.base import flatten
+
+    values: dict[str, set] = {}
+    for n in nodes:
+        cfg = n.get("config")
+        if not isinstance(cfg, dict):
+            continue
+        for k, v in flatten(cfg).items():
+            if k.split(".", 1)[0] in sections:
+                values.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
+    return sorted(k for k, vs in values.items() if len(vs) > 1)
+
+
+def best_node(nodes: list[dict]) -> dict | None:
+    """The node of highest score (earliest on ties), or None."""
+    scored = [n for n in nodes if isinstance(n.get("score"), (int, float)) and math.isfinite(n["score"])]
+    return max(scored, key=lambda n: n["score"]) if scored else None
+
+
+def key_config(node: dict, keys: list[str], limit: int = 6) -> str:
+    """`name=value` pairs of a node's config for the given dotted keys."""
+    from regimes.base import get_dotted
+
+    parts = [f"{k.split('.', 1)[-1]}={fmt_value(get_dotted(node.get('config') or {}, k))}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append("…")
+    return ", ".join(parts)
+
+
+def profile_note(profile: str | None, device: str | None = None) -> str:
+    """The profile and why it is the one in use."""
+    if profile == "quick":
+        why = "CPU-sized" + (", default without CUDA" if device in (None, "cpu", "auto") else "")
+        return f"quick ({why})"
+    if profile == "full":
+        return "full (paper scale)"
+    return profile or "?"
+
+
+# ----------------------------------------------------------------------------- render
+
+def _elapsed(st: RunStatus, now: datetime | None) -> float | None:
+    t0 = parse_time(st.started_at)
+    if t0 is None:
+        return None
+    upd = parse_time(st.updated_at)
+    t1 = now
+    if upd is not None and (st.finished or now is None or (now - upd).total_seconds() > STALE_AFTER_S):
+        t1 = upd  # a finished or abandoned run: its elapsed time stops at its last update
+    if t1 is None:
+        return None
+    return max(0.0, (t1 - t0).total_seconds())
+
+
+def _header(run_dir: Path, st: RunStatus, run_cfg: dict, now: datetime | None) -> Panel:
+    cost, n_calls = llm_cost(run_dir)
+    cost = max(cost, st.cost_usd or 0.0)
+    policy = st.policy or run_cfg.get("policy") or "?"
+    model = st.model or run_cfg.get("model")
+    pol = f"{policy} ({model})" if policy in ("claude",) and model else policy
+    budget = run_cfg.get("max_cost_usd")
+    t = Text()
+    t.append(st.regime, style="bold magenta")
+    t.append(f" [{st.variant or run_cfg.get('variant') or 'default'}]", style="magenta")
+    t.append("   policy ", style="dim")
+    t.append(pol, style="bold")
+    if st.fallback:
+        t.append("  FALLBACK→heuristic", style="bold red")
+    t.append("   block ", style="dim")
+    t.append(f"{st.block}", style="bold")
+    t.append(f" iter {st.iter_in_block}/{st.n_iter_block or '?'}", style="bold")
+    t.append("   iterations ", style="dim")
+    t.append(f"{st.iterations_done}/{st.iterations_total or '?'}", style="bold")
+    t.append("\nphase ", style="dim")
+    t.append(st.phase, style="bold green" if st.finished else "bold cyan")
+    t.append("   elapsed ", style="dim")
+    t.append(fmt_duration(_elapsed(st, now)))
+    t.append("   cost ", style="dim")
+    t.append(f"${cost:.2f}" + (f" / ${budget:.2f}" if isinstance(budget, (int, float)) else ""))
+    if n_calls:
+        t.append(f" ({n_calls} calls)", style="dim")
+    t.append("   profile ", style="dim")
+    t.append(profile_note(st.profile or run_cfg.get("profile"), run_cfg.get("device")))
+    return Panel(t, title=f"gnn-agent · {st.run_id or Path(run_dir).name}", title_align="left",
+                 border_style="blue")
+
+
+def _progress_cell(bar_w: int, prog: Progress | None, status: str) -> Table:
+    total = (prog.total if prog and prog.total else None) or 1.0
+    completed = total if status in ("done", "ok") else (prog.step if prog else 0.0)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=bar_w, no_wrap=True)
+    grid.add_column(no_wrap=True)
+    steps = f"{int(prog.step)}/{int(prog.total)}" if prog and prog.total else "—"
+    grid.add_row(ProgressBar(total=total, completed=completed, width=bar_w, complete_style="cyan",
+                             finished_style="green"), Text(steps, style="dim"))
+    return grid
+
+
+def _slot_table(run_dir: Path, st: RunStatus, width: int) -> Table:
+    wide = width >= 100
+    table = Table(expand=True, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
+    table.add_column("slot", justify="right", min_width=4, no_wrap=True)
+    table.add_column("node", justify="right", min_width=4, no_wrap=True)
+    if wide:
+        table.add_column("parent", justify="right", min_width=6, no_wrap=True)
+    table.add_column("strategy", width=14 if wide else 9, overflow="ellipsis", no_wrap=True)
+    table.add_column("mutation", ratio=1, min_width=10, overflow="ellipsis", no_wrap=True)
+    bar_w = max(6, min(20, width // 9))
+    table.add_column("progress", width=bar_w + 10, no_wrap=True)
+    if wide:
+        table.add_column("speed · ETA", justify="right", width=12, no_wrap=True)
+    table.add_column("score", justify="right", width=6, no_wrap=True)
+    table.add_column("status", width=7, no_wrap=True)
+    for s in st.slots:
+        out = slot_out_dir(run_dir, s.out_dir)
+        prog = read_progress(out) if out is not None and s.status != "pending" else None
+        speed = f"{prog.rate:.1f}/s" if prog and prog.rate else "—"
+        if prog and prog.eta_s is not None and s.status == "running":
+            speed += f" {fmt_duration(prog.eta_s)}"
+        row = [str(s.slot), str(s.node) if s.node is not None else "—"]
+        if wide:
+            row.append("root" if s.parent is None else str(s.parent))
+        row += [s.strategy or "—", s.mutation or "—", _progress_cell(bar_w, prog, s.status)]
+        if wide:
+            row.append(speed)
+        row += [fmt_score(s.score), Text(s.status, style=STATUS_STYLE.get(s.status, ""))]
+        table.add_row(*row)
+    if not st.slots:
+        table.add_row(*["—"] + [""] * (len(table.columns) - 1))
+    return table
+
+
+def _best_panel(nodes: list[dict], st: RunStatus) -> RenderableType:
+    b = best_node(nodes)
+    t = Text()
+    t.append("best so far ", style="bold")
+    if b is None:
+        if st.best and st.best.node is not None:
+            t.append(f"node {st.best.node}  score {fmt_score(st.best.score)}", style="bold green")
+        else:
+            t.append("no finished node yet", style="dim")
+        return t
+    t.append(f"node {b['id']}", style="bold green")
+    t.append(f"  score {fmt_score(b['score'])}", style="bold green")
+    cls = b.get("classification")
+    if cls:
+        t.append(f"  {cls}", style=CLASS_STYLE.get(cls, ""))
+    t.append(f"  slot {b.get('slot')}  {b.get('strategy') or ''}", style="dim")
+    cfg = key_config(b, varied_keys(nodes))
+    if cfg:
+        t.append("\n  config: ", style="dim")
+        t.append(cfg)
+    spark = sparkline(best_so_far(nodes))
+    scores = sparkline([n.get("score") for n in nodes])
+    if spark:
+        t.append("\n  best  ", style="dim")
+        t.append(spark, style="green")
+        t.append("   scores ", style="dim")
+        t.append(scores, style="cyan")
+        t.append(f"   ({len(nodes)} nodes)", style="dim")
+    return t
+
+
+def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
+           reasoning_lines: int = 2) -> RenderableType:
+    """The live view of `run_dir`, built only from its files.
+
+    `width` is the console width the layout is sized for; `now` (default: the
+    clock) is used only for the elapsed time of a running run.
+    """
+    run_dir = Path(run_dir)
+    width = width or 120
+    now = now or datetime.now(timezone.utc)
+    st = read_status(run_dir)
+    if st is None:
+        return Panel(Text(f"waiting for {run_dir}/status.json …", style="dim"), title="gnn-agent",
+                     title_align="left", border_style="blue")
+    run_cfg = read_run_yaml(run_dir)
+    nodes = read_nodes(run_dir)
+    parts: list[RenderableType] = [_header(run_dir, st, run_cfg, now), _slot_table(run_dir, st, width), Text(""),
+                                   _best_panel(nodes, st)]
+    ucb = read_ucb(run_dir, 3)
+    ut = Text()
+    ut.append("top UCB", style="bold")
+    if not ucb:
+        ut.append("  (block start: parents are root)", style="dim")
+    parts.append(ut)
+    parts.extend(Text("  " + line, no_wrap=True, overflow="ellipsis") for line in ucb)
+    mt = Text()
+    mt.append("policy ", style="bold")
+    mt.append((st.message or "").strip() or "—", style="italic")
+    if st.fallback:
+        mt.append("\n  the policy failed past its deadline; this step fell back to heuristic", style="red")
+    parts.append(mt)
+    parts.extend(Text("  " + line, style="dim", no_wrap=True, overflow="ellipsis")
+                 for line in tail_lines(run_dir / "reasoning.log", reasoning_lines))
+    if st.finished:
+        parts.append(Text(f"run {st.phase}: `agent report {run_dir}` writes the report", style="bold green"))
+    return Group(*parts)
+
+
+# ----------------------------------------------------------------------------- plain lines
+
+class PlainReporter:
+    """Turns changes of a run directory's files into plain log lines (no TTY, --no-live).
+
+    Each `poll()` returns the lines for what happened since the previous poll:
+    batch start, slot finished (with score), block end, fallback, done.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._seen_nodes: set[int] = set()
+        self._batch: tuple[int, ...] | None = None
+        self._block: int | None = None
+        self._fallback = False
+        self._done = False
+
+    def poll(self) -> list[str]:
+        """Lines for the events since the last poll (possibly none)."""
+        st = read_status(self.run_dir)
+        nodes = read_nodes(self.run_dir)
+        lines: list[str] = []
+        for n in nodes:
+            nid = n.get("id")
+            if nid in self._seen_nodes:
+                continue
+            self._seen_nodes.add(nid)
+            cls = n.get("classification") or n.get("status") or ""
+            lines.append(f"slot {n.get('slot')} finished: node {nid} (parent {n.get('parent') or 'root'}, "
+                         f"{n.get('strategy') or '-'}: {n.get('mutation') or '-'}) score {fmt_score(n.get('score'))}"
+                         f" {cls}".rstrip())
+        if st is None:
+            return lines
+        if self._block is not None and st.block > self._block:
+            b = best_node(nodes)
+            best = f"best node {b['id']} score {fmt_score(b['score'])}" if b else "no scored node"
+            lines.append(f"block {self._block} ended: {best}; block {st.block} starts from root")
+        self._block = st.block
+        active = tuple(s.node for s in st.slots if s.status in ("running", "pending") and s.node is not None)
+        if active and active != self._batch and any(s.status == "running" for s in st.slots):
+            self._batch = active
+            desc = ", ".join(f"{s.slot}:node {s.node} {s.strategy or '-'}" for s in st.slots if s.node in active)
+            lines.append(f"batch start (block {st.block}, iteration {st.iterations_done}/"
+                         f"{st.iterations_total or '?'}): {desc}")
+        if st.fallback and not self._fallback:
+            lines.append(f"fallback: the policy failed, heuristic answers this step ({st.message or ''})".rstrip())
+        self._fallback = st.fallback
+        if st.finished and not self._done:
+            self._done = True
+            cost, _ = llm_cost(self.run_dir)
+            b = best_node(nodes)
+            best = f"best node {b['id']} score {fmt_score(b['score'])}" if b else "no scored node"
+            lines.append(f"run {st.phase}: {st.iterations_done} iterations, {best}, "
+                         f"cost ${max(cost, st.cost_usd):.2f}")
+        return lines
+
+
+# ----------------------------------------------------------------------------- driving a run
+
+class Interrupts:
+    """Ctrl-C handling while a run is in progress.
+
+    The first Ctrl-C sets `stop` (the run ends cleanly after the current step,
+    resumable); the second sets `kill` (running trainings are ended too).
+    """
+
+    def __init__(self, say: Callable[[str], None]):
+        self.stop = threading.Event()
+        self.kill = threading.Event()
+        self._say = say
+        self._old = None
+
+    def handle(self, signum=None, frame=None) -> None:
+        if not self.stop.is_set():
+            self.stop.set()
+            self._say("Ctrl-C: stopping after the current step (Ctrl-C again ends the running trainings)")
+        elif not self.kill.is_set():
+            self.kill.set()
+            self._say("Ctrl-C again: ending the running trainings")
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def drive(target: Callable[[threading.Event, threading.Event], Any], run_dir: Path, console: Console,
+          live: bool, refresh_per_second: float = 3.0) -> tuple[Any, Interrupts]:
+    """Run `target(stop, kill)` in this (main) thread while a view of `run_dir` refreshes.
+
+    `live=True`: a rich Live view re-rendered from the files a few times a
+    second. `live=False`: a background thread prints plain lines per event.
+    Returns (target's result, the Interrupts with their stop/kill flags).
+    Exceptions of `target` propagate after the view is closed.
+    """
+    from rich.live import Live
+
+    def say(msg: str) -> None:
+        console.print(f"[bold yellow]{msg}[/]" if live else msg)
+
+    with Interrupts(say) as intr:
+        if live:
+            def safe_render() -> RenderableType:
+                try:
+                    return render(run_dir, console.width)
+                except Exception as e:  # the view must never take the run down
+                    return Text(f"(view error: {type(e).__name__}: {e})", style="red")
+
+            with Live(get_renderable=safe_render, console=console, refresh_per_second=refresh_per_second,
+                      redirect_stdout=True, redirect_stderr=True):
+                result = target(intr.stop, intr.kill)
+            return result, intr
+        reporter = PlainReporter(run_dir)
+        finished = threading.Event()
+
+        def pump() -> None:
+            while not finished.wait(1.0 / refresh_per_second):
+                for line in reporter.poll():
+                    console.print(_stamp(line), highlight=False, markup=False)
+
+        th = threading.Thread(target=pump, name="plain-view", daemon=True)
+        th.start()
+        try:
+            result = target(intr.stop, intr.kill)
+        finally:
+            finished.set()
+            th.join(timeout=5)
+            for line in reporter.poll():
+                console.print(_stamp(line), highlight=False, markup=False)
+        return result, intr
+
+
+def _stamp(line: str) -> str:
+    return f"[{time.strftime('%H:%M:%S')}] {line}"
