@@ -1,0 +1,180 @@
+"""The subprocess runner: environment scrub, process-group timeout, memory limit, outcomes."""
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.runner import RunSpec, build_env, run_training
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sandbox" / "fakesci"
+ENTRY = "regimes.fakesci.train"
+
+
+@pytest.fixture()
+def code_dir(tmp_path: Path) -> Path:
+    """A workspace-like copy of the fake package: <code>/regimes/fakesci."""
+    code = tmp_path / "code"
+    shutil.copytree(FIXTURE, code / "regimes" / "fakesci")
+    (code / "regimes" / "__init__.py").write_text("")
+    return code
+
+
+def _spec(tmp_path: Path, code_dir: Path, name: str = "run", **cfg) -> RunSpec:
+    extra = {k: cfg.pop(k) for k in ("timeout_s", "grace_s", "memory_limit_mb", "threads", "gpu", "log_cap_bytes")
+             if k in cfg}
+    conf = tmp_path / f"{name}.yaml"
+    conf.write_text(json.dumps(cfg))
+    return RunSpec(slot=1, node_id=7, config_path=conf, out_dir=tmp_path / name, code_dir=code_dir,
+                   train_entry=ENTRY, **extra)
+
+
+def test_ok_run_reports_metrics_and_progress(tmp_path, code_dir):
+    seen = []
+    res = run_training(_spec(tmp_path, code_dir, steps=4), on_progress=lambda slot, rec: seen.append((slot, rec)))
+    assert res.status == "ok", res.reason
+    assert res.exit_code == 0 and res.metrics["value"] == 1.0 and res.metrics["final_loss"] == 0.25
+    assert (res.slot, res.node_id) == (1, 7)
+    assert [r["step"] for _, r in seen] == [1, 2, 3, 4] and all(s == 1 for s, _ in seen)
+    assert (res.out_dir / "train.log").is_file()
+
+
+def test_environment_is_scrubbed_and_workspace_copy_shadows_installed(tmp_path, code_dir, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-secret")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://localhost:1")
+    monkeypatch.setenv("SOME_OTHER_VAR", "1")
+    monkeypatch.setenv("PYTHONPATH", "/work/main")
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    res = run_training(_spec(tmp_path, code_dir, mode="env", threads=3, gpu="2"))
+    assert res.status == "ok", res.reason
+    dump = json.loads((res.out_dir / "env.json").read_text())
+    env = dump["environ"]
+    allowed = {"PATH", "HOME", "PYTHONPATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+               "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS", "GNN_AGENT_CACHE", "TMPDIR",
+               "MPLBACKEND"}
+    # the interpreter may add LC_CTYPE when coercing the C locale; nothing else may appear
+    extra = set(env) - allowed - {"LC_CTYPE"}
+    assert not extra, extra
+    assert "ANTHROPIC_API_KEY" not in env and "SOME_OTHER_VAR" not in env
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(code_dir.resolve())
+    assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "2" and env["MPLBACKEND"] == "Agg"
+    assert env["GNN_AGENT_CACHE"] == str(tmp_path / "cache")
+    # the workspace copy of the package is imported, not the installed project's regimes/
+    assert Path(dump["regimes_file"]).resolve() == (code_dir / "regimes" / "__init__.py").resolve()
+    assert Path(dump["train_file"]).resolve().is_relative_to(code_dir.resolve())
+    assert Path(dump["cwd"]).resolve() == res.out_dir
+
+
+def test_extra_env_refuses_credentials(tmp_path, code_dir):
+    with pytest.raises(ValueError, match="MY_API_KEY looks like a credential"):
+        RunSpec(slot=0, node_id=0, config_path=tmp_path / "c", out_dir=tmp_path, code_dir=code_dir,
+                train_entry=ENTRY, extra_env={"MY_API_KEY": "x"})
+    spec = RunSpec(slot=0, node_id=0, config_path=tmp_path / "c", out_dir=tmp_path, code_dir=code_dir,
+                   train_entry=ENTRY, extra_env={"GNN_AGENT_DEBUG": "1"})
+    assert build_env(spec, parent={"ANTHROPIC_API_KEY": "x", "HOME": "/h"})["GNN_AGENT_DEBUG"] == "1"
+
+
+def _gone(pid_or_pgid: int, group: bool) -> bool:
+    """True when no process (group) is left; killed orphans are reaped by init shortly after."""
+    for _ in range(100):
+        try:
+            (os.killpg if group else os.kill)(pid_or_pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_hanging_training_is_killed_with_its_children(tmp_path, code_dir, ignore_term):
+    spec = _spec(tmp_path, code_dir, mode="hang", ignore_term=ignore_term, timeout_s=1.5, grace_s=0.5)
+    res = run_training(spec)
+    assert res.status == "timeout" and "timeout after 1.5 s" in res.reason
+    child = int((res.out_dir / "child.pid").read_text())
+    assert _gone(child, group=False)  # the grandchild died with the group
+
+
+def test_no_process_of_the_group_is_left(tmp_path, code_dir):
+    pids = []
+    import subprocess
+    real_popen = subprocess.Popen
+
+    class Spy(real_popen):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            pids.append(self.pid)
+
+    import sandbox.runner as runner_mod
+    runner_mod.subprocess.Popen = Spy
+    try:
+        res = run_training(_spec(tmp_path, code_dir, mode="hang", timeout_s=1.0, grace_s=0.3))
+    finally:
+        runner_mod.subprocess.Popen = real_popen
+    assert res.status == "timeout"
+    assert len(pids) == 1
+    assert _gone(pids[0], group=True)  # os.killpg(pgid, 0) raises ProcessLookupError
+
+
+def test_cancel_terminates_the_group(tmp_path, code_dir):
+    cancel = threading.Event()
+    threading.Timer(0.8, cancel.set).start()
+    res = run_training(_spec(tmp_path, code_dir, mode="hang", timeout_s=60, grace_s=0.5), cancel=cancel)
+    assert res.status == "killed" and "cancelled" in res.reason
+    assert _gone(int((res.out_dir / "child.pid").read_text()), group=False)
+
+
+def test_memory_limit_fails_cleanly(tmp_path, code_dir):
+    res = run_training(_spec(tmp_path, code_dir, mode="alloc", alloc_mb=2048, memory_limit_mb=400))
+    assert res.status == "failed"
+    assert "out of memory" in res.reason and "400 MB" in res.reason
+    assert "MemoryError" in res.traceback_tail
+    # without the limit the same allocation (smaller) succeeds: the limit made the difference
+    ok = run_training(_spec(tmp_path, code_dir, name="ok", mode="alloc", alloc_mb=128))
+    assert ok.status == "ok", ok.reason
+
+
+def test_nan_loss_is_failed_with_reason(tmp_path, code_dir):
+    res = run_training(_spec(tmp_path, code_dir, mode="nan"))
+    assert res.status == "failed" and res.exit_code == 3
+    assert res.reason == "training diverged: loss is nan at step 3"
+    res2 = run_training(_spec(tmp_path, code_dir, name="m", mode="nan_metric"))
+    assert res2.status == "failed" and res2.exit_code == 0
+    assert res2.reason.startswith("NaN loss: metric final_loss")
+    assert math.isnan(res2.metrics["final_loss"]) and res2.metrics["value"] == 1.0
+
+
+@pytest.mark.parametrize("mode,expect", [
+    ("fail", "exit code 1: RuntimeError: boom in the fake training"),
+    ("config_error", "config error: training.learning_rate_kk: unknown key"),
+    ("no_metrics", "exit 0 but metrics.json is missing"),
+    ("bad_metrics", "metrics.json is not valid JSON"),
+])
+def test_failures_say_why(tmp_path, code_dir, mode, expect):
+    res = run_training(_spec(tmp_path, code_dir, mode=mode))
+    assert res.status == "failed"
+    assert res.reason.startswith(expect), res.reason
+    if mode == "fail":
+        assert "Traceback" in res.traceback_tail and "boom" in res.traceback_tail
+
+
+def test_output_is_capped_keeping_head_and_tail(tmp_path, code_dir):
+    res = run_training(_spec(tmp_path, code_dir, mode="spam", lines=5000, log_cap_bytes=8192))
+    assert res.status == "ok", res.reason
+    log = (res.out_dir / "train.log").read_text()
+    assert len(log) < 8192 + 200
+    assert "line 000000" in log and "line 004999" in log and "line 002500" not in log
+    assert "bytes of output truncated" in log
+
+
+def test_bad_launch_is_a_clear_error(tmp_path, code_dir):
+    spec = RunSpec(slot=0, node_id=0, config_path=tmp_path / "missing.yaml", out_dir=tmp_path / "o",
+                   code_dir=code_dir, train_entry=ENTRY)
+    with pytest.raises(ValueError, match="missing.yaml does not exist"):
+        run_training(spec)
+    with pytest.raises(ValueError, match="not a dotted module name"):
+        RunSpec(slot=0, node_id=0, config_path=tmp_path, out_dir=tmp_path, code_dir=code_dir, train_entry="a b")
