@@ -304,3 +304,22 @@ def test_renderer_names_unknown_placeholders():
 def test_format_results_keeps_unknown_keys():
     text = format_results([{"slot": 2, "node": 9, "parent": 4, "custom_flag": True, "score": 1.23456789e-5}])
     assert "### Slot 2 — node 9 (parent 4)" in text and "custom_flag: True" in text and "1.235E-05" in text
+
+
+def test_mutate_prompt_describes_slots_from_plans_configs_and_store(tmp_path):
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "plans" / "slot_00.json").write_text(json.dumps(
+        {"slot": 0, "parent": 7, "strategy": "exploit", "parent_rule": "highest UCB"}))
+    (tmp_path / "configs" / "slot_00.yaml").write_text(
+        "simulation: {n: 10}\ntraining: {learning_rate_k: 0.005, batch_size: 8}\nclaude: {n_epochs: 1}\n")
+    (tmp_path / "nodes.jsonl").write_text(json.dumps(
+        {"id": 7, "classification": "partial", "score": 0.81, "mutation": "training.batch_size: 4 -> 8",
+         "metrics": {"rate_constants_R2": 0.81}, "observation": "bigger batch helped"}) + "\n{torn")
+    tools = StubToolBox("log", [0], ("update_memory",))
+    text = ClaudePolicy(model=MODEL).step_prompt(ctx_for("mutate", tmp_path, slots=[0]), tools)
+    assert "### Slot 0 (parent 7)" in text
+    assert "strategy: exploit" in text and "parent_rule: highest UCB" in text
+    assert "partial, score 0.81, from mutation training.batch_size: 4 -> 8" in text
+    assert "rate_constants_R2=0.81" in text and "bigger batch helped" in text
+    assert "learning_rate_k=0.005, batch_size=8" in text

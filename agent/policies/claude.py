@@ -105,7 +105,7 @@ class ClaudePolicy(Policy):
             "iter_in_block": ctx.iter_in_block, "n_iter_block": ctx.n_iter_block,
             "slots": ", ".join(str(s) for s in ctx.slots) or "(none)",
             "memory": ctx.memory.strip() or "(memory.md is empty)",
-            "results": format_results(ctx.results),
+            "results": format_results(ctx.results or slot_briefs(ctx)),
             "ucb": ctx.ucb.strip() or "(empty: start of a block — the parent is root)",
             "code_rule": code_rule, "finish": finish,
             "tools": ", ".join(t["name"] for t in tools.schemas()),
@@ -200,6 +200,58 @@ class ClaudePolicy(Policy):
 
 
 # ----- formatting -----
+
+def slot_briefs(ctx: StepContext) -> list[dict]:
+    """At prepare / mutate the loop passes no results: describe each slot from
+    the run's files instead — its plan (plans/slot_SS.json: parent, strategy,
+    parent rule), its next config (configs/slot_SS.yaml, already the parent's)
+    and the parent's outcome (nodes.jsonl)."""
+    if ctx.step not in ("prepare", "mutate"):
+        return []
+    import yaml
+
+    run = Path(ctx.run_dir)
+    nodes: dict[int, dict] = {}
+    store = run / "nodes.jsonl"
+    if store.exists():
+        for line in store.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                nodes[int(rec["id"])] = rec
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn line of a killed run
+    out = []
+    for s in ctx.slots:
+        brief: dict[str, Any] = {"slot": s}
+        plan_path = run / "plans" / f"slot_{s:02d}.json"
+        if plan_path.exists():
+            try:
+                plan = json.loads(plan_path.read_text())
+            except ValueError:
+                plan = {}
+            brief["parent"] = plan.get("parent")
+            for k in ("strategy", "parent_rule", "reason"):
+                if plan.get(k):
+                    brief[k] = plan[k]
+            parent = nodes.get(plan.get("parent")) if isinstance(plan.get("parent"), int) else None
+            if parent is not None:
+                brief["parent_outcome"] = (f"{parent.get('classification', '?')}, score {_num(parent.get('score'))}, "
+                                           f"from mutation {parent.get('mutation') or 'n/a'}")
+                if parent.get("metrics"):
+                    brief["parent_metrics"] = ", ".join(f"{k}={_num(v)}" for k, v in parent["metrics"].items())
+                if parent.get("observation"):
+                    brief["parent_observation"] = parent["observation"]
+        cfg_path = run / "configs" / f"slot_{s:02d}.yaml"
+        if cfg_path.exists():
+            try:
+                cfg = yaml.safe_load(cfg_path.read_text())
+            except yaml.YAMLError:
+                cfg = None
+            if isinstance(cfg, dict):
+                brief["config"] = cfg
+        out.append(brief)
+    return out
+
 
 def format_results(results: list[dict]) -> str:
     """The per-slot results as Markdown (every key shown; known keys first)."""
