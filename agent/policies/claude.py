@@ -404,3 +404,48 @@ def _resolve(p: Any, run_dir: Path, out_dir: Any) -> Path | None:
         if cand.exists():
             return cand
     return None
+
+
+# ----- registration (agent.policies.registry imports this module lazily) -----
+
+#: environment overrides of the per-call deadline and SDK retries (the CLI has no flags for them)
+ENV_DEADLINE = "GNN_AGENT_LLM_DEADLINE_S"
+ENV_RETRIES = "GNN_AGENT_LLM_MAX_RETRIES"
+
+
+def _env_number(name: str, cast, default, minimum):
+    import os
+
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: not a number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r}: must be >= {minimum}")
+    return value
+
+
+def make_claude_policy(**kw) -> ClaudePolicy:
+    """Registry factory: uses run_dir, model, max_cost_usd; the deadline and
+    retries come from GNN_AGENT_LLM_DEADLINE_S / GNN_AGENT_LLM_MAX_RETRIES
+    (defaults 120 s, 2). Other keyword arguments belong to other policies."""
+    deadline = _env_number(ENV_DEADLINE, float, 120.0, 0.1)
+    retries = _env_number(ENV_RETRIES, int, 2, 0)
+    return ClaudePolicy(model=kw.get("model") or "claude-sonnet-4-6", run_dir=kw.get("run_dir"),
+                        max_cost_usd=kw.get("max_cost_usd"), deadline_s=deadline, max_retries=retries)
+
+
+def _register() -> None:
+    try:
+        from agent.policies.registry import register_policy
+    except ModuleNotFoundError as e:  # a checkout without the loop's registry: nothing to register in
+        if e.name != "agent.policies.registry":
+            raise
+        return
+    register_policy("claude", make_claude_policy)
+
+
+_register()
