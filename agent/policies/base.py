@@ -46,6 +46,8 @@ class StepContext(BaseModel):
     seed: int = 0
     #: finished iterations so far in the run (extra, for policies' rng streams)
     iterations_done: int = 0
+    #: the run's UCB constant (extra: lets a policy recompute UCB with pending visits)
+    ucb_c: float = 1.414
 
 
 class PolicyError(RuntimeError):

@@ -1,0 +1,328 @@
+"""The exploration loop as a LangGraph StateGraph (DESIGN.md §2).
+
+    START -> prepare (once) -> run_slots -> read_memory -> analyse -> select_parent
+          -> log -> [block_end] -> mutate -> run_slots -> ...     (END when the budget is reached)
+
+select_parent runs before log so the `Next: parent=P` line and the node
+record's `next` field carry the parent actually chosen; ucb_scores.txt
+already includes the batch just finished. Each node has a deterministic part
+(files, counters) and a policy part (tools). The state holds counters and ids
+only; every node is idempotent from files, so a resumed run repeats at most
+the step that was interrupted, and never a finished training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+from langgraph.graph import END, START, StateGraph
+
+from agent import ucb as ucb_mod
+from agent.memory import (Memory, best_configs_table, block_info, comparison_row, memory_line, render_entry,
+                          upsert_comparison)
+from agent.runctx import RunCtx, RunStopped, plan_for_launch, record_from, utc_now
+from agent.state import LoopState
+from agent.store import NodeRecord, dump_json_atomic, write_text_atomic
+from tools.env import SlotPlan, dump_yaml_atomic, slot_dir
+
+
+def _all_slots(ctx: RunCtx) -> list[int]:
+    return list(range(ctx.info.slots))
+
+
+def _sync_env(ctx: RunCtx, state: LoopState, at_block_end: bool = False) -> None:
+    e = ctx.env
+    e.iteration = state.get("iteration", 1)
+    e.block = state.get("block", 1)
+    e.iter_in_block = state.get("iter_in_block", 0)
+    e.at_block_end = at_block_end
+
+
+def build_graph(ctx: RunCtx):
+    """The uncompiled StateGraph whose nodes close over `ctx`."""
+    g = StateGraph(LoopState)
+    info = ctx.info
+    S = info.slots
+
+    # ----- prepare -----
+    def prepare(state: LoopState) -> dict:
+        _sync_env(ctx, state)
+        ctx.set_status(phase="prepare", block=1, iter_in_block=0)
+        overrides = ctx.regime.prepare(ctx.run_dir, ctx.base_config, info.device, log=ctx.env.reasoning) or {}
+        if overrides:
+            from regimes.base import set_dotted
+            for k, v in overrides.items():
+                set_dotted(ctx.base_config, k, v)
+            dump_yaml_atomic(ctx.run_dir / "base_config.yaml", ctx.base_config)
+        for s in _all_slots(ctx):
+            ctx.env.save_slot_config(s, ctx.root_slot_config(s))
+            ctx.env.save_plan(SlotPlan(slot=s, iteration=1, parent=None, strategy="baseline",
+                                       parent_rule="first batch: root", commit=ctx.workspace.root_commit))
+        ctx.run_policy_step("prepare", _all_slots(ctx), [], state)
+        return {"prepared": True, "phase": "run_slots", "iteration": 1, "block": 1, "iter_in_block": 0}
+
+    # ----- run_slots -----
+    def run_slots(state: LoopState) -> dict:
+        from sandbox.runner import RunSpec
+
+        it = state["iteration"]
+        _sync_env(ctx, state)
+        ctx.set_status(phase="run_slots")
+        specs, checkouts, nodes = [], {}, []
+        for s in _all_slots(ctx):
+            nid = ctx.node_id(it, s)
+            nodes.append(nid)
+            d = slot_dir(ctx.run_dir, it, s)
+            launch_p = d / "launch.json"
+            if not launch_p.exists():  # first launch of this (iteration, slot): freeze config + plan
+                plan = ctx.env.load_plan(s)
+                commit = plan.commit or ctx.env.node_commit(plan.parent)
+                d.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ctx.env.config_path(s), d / "config.yaml")
+                dump_json_atomic(launch_p, {"node": nid, "iteration": it, "slot": s, "commit": commit,
+                                            "launched_at": utc_now(), **plan_for_launch(plan)})
+                ctx.workspace.tag_node(nid, commit)
+            launch = json.loads(launch_p.read_text())
+            if (d / "result.json").exists():
+                continue  # finished before a crash: never re-run
+            if _valid_metrics(d / "metrics.json"):
+                # the training finished but the loop died before collecting it
+                _write_result(d, {"status": "ok", "exit_code": 0, "reason": "collected on resume",
+                                  "traceback_tail": "", "metrics": json.loads((d / "metrics.json").read_text()),
+                                  "duration_s": 0.0})
+                continue
+            for stale in ("metrics.json", "progress.jsonl"):
+                if (d / stale).exists():
+                    (d / stale).unlink()
+            code_dir = ctx.workspace.checkout(launch["commit"], d / "code")
+            checkouts[s] = code_dir
+            specs.append(RunSpec(slot=s, node_id=nid, config_path=d / "config.yaml", out_dir=d, code_dir=code_dir,
+                                 train_entry=ctx.regime.train_entry, device=info.device,
+                                 threads=max(1, _cpu_count() // max(1, S))))
+            ctx.set_status(slots={s: {"node": nid, "parent": launch["parent"], "strategy": launch["strategy"],
+                                      "mutation": launch["mutation"], "status": "running", "out_dir": str(d),
+                                      "score": None, "started_at": utc_now()}})
+        if specs:
+            ctx.emit({"type": "batch_start", "iteration": it, "slots": [sp.slot for sp in specs]})
+
+            def on_progress(slot: int, rec: dict) -> None:
+                ctx.emit({"type": "progress", "slot": slot, **rec})
+
+            try:
+                results = ctx.executor.run_batch(specs, on_progress=on_progress, cancel=ctx.kill)
+            finally:
+                for s, cd in checkouts.items():
+                    try:
+                        ctx.workspace.remove_checkout(cd)
+                    except Exception:  # a leftover checkout is pruned on the next open
+                        pass
+            for spec, res in zip(specs, results):
+                d = spec.out_dir
+                if res.status == "killed" or ctx.kill.is_set():
+                    continue  # cancelled: re-run on resume
+                _write_result(d, {"status": res.status, "exit_code": res.exit_code, "reason": res.reason,
+                                  "traceback_tail": res.traceback_tail, "metrics": res.metrics,
+                                  "duration_s": res.duration_s})
+                score = ctx.regime.score(res.metrics) if res.status == "ok" else 0.0
+                ctx.set_status(slots={spec.slot: {"status": "done" if res.status == "ok" else res.status,
+                                                  "score": score}})
+            if ctx.kill.is_set():
+                raise RunStopped("killed during run_slots")
+        return {"batch_nodes": nodes, "phase": "read_memory"}
+
+    # ----- read_memory -----
+    def read_memory(state: LoopState) -> dict:
+        _sync_env(ctx, state)
+        ctx.set_status(phase="read_memory")
+        ctx.env.batch = ctx.load_batch(state["iteration"])
+        missing = [s for s in _all_slots(ctx) if s not in ctx.env.batch]
+        if missing:
+            raise RuntimeError(f"iteration {state['iteration']}: no result for slots {missing}")
+        return {"phase": "analyse"}
+
+    # ----- analyse -----
+    def analyse(state: LoopState) -> dict:
+        _sync_env(ctx, state)
+        ctx.set_status(phase="analyse")
+        batch = ctx.env.batch = ctx.load_batch(state["iteration"])
+        ctx.run_policy_step("analyse", sorted(batch), [batch[s] for s in sorted(batch)], state)
+        return {"phase": "select_parent"}
+
+    # ----- select_parent -----
+    def select_parent(state: LoopState) -> dict:
+        closes = state["iter_in_block"] + S >= info.n_iter_block
+        _sync_env(ctx, state, at_block_end=closes)
+        ctx.set_status(phase="select_parent")
+        batch = ctx.env.batch = ctx.load_batch(state["iteration"])
+        ucb_path = ctx.run_dir / "ucb_scores.txt"
+        if closes:
+            # block boundary: the UCB file is emptied and every next parent is root
+            write_text_atomic(ucb_path, "")
+            for s in _all_slots(ctx):
+                ctx.env.save_plan(SlotPlan(slot=s, iteration=state["iteration"] + 1, parent=None,
+                                           strategy="exploit", parent_rule="block start: UCB file empty, parent=root"))
+            ctx.env.reasoning(f"[select_parent] block {state['block']} closes: ucb_scores.txt emptied, parents=root")
+        else:
+            write_text_atomic(ucb_path, ucb_mod.render(block_ucb(ctx, state["block"], batch)))
+            results = [batch[s] for s in sorted(batch)]
+            ctx.run_policy_step("select_parent", _all_slots(ctx), results, state)
+        return {"phase": "log"}
+
+    # ----- log -----
+    def log(state: LoopState) -> dict:
+        it = state["iteration"]
+        closes = state["iter_in_block"] + S >= info.n_iter_block
+        _sync_env(ctx, state, at_block_end=closes)
+        ctx.set_status(phase="log")
+        batch = ctx.env.batch = ctx.load_batch(it)
+        ctx.store.refresh()
+        analysis_p = ctx.run_dir / "analysis.md"
+        logged = analysis_p.read_text() if analysis_p.exists() else ""
+        mem = Memory.load(ctx.run_dir / "memory.md")
+        new_records: list[NodeRecord] = []
+        for k, s in enumerate(sorted(batch)):
+            r = batch[s]
+            if r["node"] in ctx.store:
+                continue  # logged before a crash
+            plan = ctx.env.load_plan(s)
+            nxt = "root" if plan.parent is None else str(plan.parent)
+            rec = record_from(r, ctx.review(it, s), nxt, state["block"], state["iter_in_block"] + k + 1, it)
+            if f"## Iter {rec.id}:" not in logged:
+                with open(analysis_p, "a") as f:
+                    f.write(render_entry(ctx.regime, rec))
+            ctx.store.append(rec)
+            new_records.append(rec)
+            if f"- Iter {rec.id} (" not in mem.bodies["Iterations This Block"]:
+                mem.update("Iterations This Block", memory_line(ctx.regime, rec), "append")
+        mem.update("Best Configurations", best_configs_table(ctx.regime, ctx.store.nodes()), "replace", code=True)
+        if mem.comparison:
+            upsert_comparison(mem, comparison_row(ctx.regime, info.variant, info.run_id, ctx.store.nodes()))
+        mem.save(ctx.run_dir / "memory.md", block=state["block"])
+        in_block = state["iter_in_block"] + S
+        ctx.set_status(iterations_done=len(ctx.store), iter_in_block=min(in_block, info.n_iter_block),
+                       slots={s: {"status": "done" if batch[s]["status"] == "ok" else batch[s]["status"],
+                                  "score": batch[s]["score"]} for s in batch})
+        ctx.run_policy_step("log", sorted(batch), [batch[s] for s in sorted(batch)],
+                            {**state, "iter_in_block": in_block, "iterations_done": len(ctx.store)})
+        ctx.emit({"type": "batch_logged", "iteration": it, "nodes": [r.id for r in new_records]})
+        return {"iterations_done": len(ctx.store), "iter_in_block": in_block,
+                "block_end": in_block >= info.n_iter_block, "phase": "block_end" if closes else "mutate"}
+
+    # ----- block_end -----
+    def block_end(state: LoopState) -> dict:
+        b = state["block"]
+        _sync_env(ctx, state, at_block_end=True)
+        ctx.set_status(phase="block_end")
+        snap = ctx.run_dir / "blocks" / f"block_{b:03d}"
+        snap.mkdir(parents=True, exist_ok=True)
+        for name in ("memory.md", "instructions.md", "ucb_scores.txt"):
+            if not (snap / name).exists():  # keep the first snapshot on a resumed step
+                shutil.copyfile(ctx.run_dir / name, snap / name)
+        block_nodes = ctx.store.block_nodes(b)
+        ctx.run_policy_step("block_end", _all_slots(ctx), [n.model_dump() for n in block_nodes], state)
+        # the next block starts: clear its iterations, bump Block Info (the policy wrote summary/focus)
+        mem = Memory.load(ctx.run_dir / "memory.md")
+        mem.update("Iterations This Block", "", "replace")
+        info_text = mem.bodies["Block Info"]
+        focus = next((ln.split(":", 1)[1].strip() for ln in info_text.splitlines() if ln.startswith("Focus:")), "")
+        mem.update("Block Info", block_info(ctx.regime, info.variant, b + 1, focus), "replace")
+        mem.save(ctx.run_dir / "memory.md", block=b + 1)
+        (snap / "memory_after.md").write_text((ctx.run_dir / "memory.md").read_text())
+        ctx.emit({"type": "block_end", "block": b})
+        ctx.set_status(block=b + 1, iter_in_block=0)
+        return {"block": b + 1, "iter_in_block": 0, "block_end": False, "phase": "mutate"}
+
+    # ----- mutate -----
+    def mutate(state: LoopState) -> dict:
+        it = state["iteration"]
+        _sync_env(ctx, state, at_block_end=False)
+        ctx.env.iteration = it + 1  # edits are for the next batch (commit messages say so)
+        ctx.set_status(phase="mutate")
+        for s in _all_slots(ctx):
+            plan = ctx.env.load_plan(s)
+            # start from the parent's config and code (idempotent when this step is re-run)
+            if plan.parent is None:
+                cfg = ctx.root_slot_config(s)
+            else:
+                cfg = ctx.regime.slot_config(ctx.store.get(plan.parent).config, s)
+            ctx.env.save_slot_config(s, cfg)
+            plan = SlotPlan(slot=s, iteration=it + 1, parent=plan.parent, strategy=plan.strategy,
+                            parent_rule=plan.parent_rule, reason=plan.reason,
+                            commit=ctx.env.node_commit(plan.parent))
+            ctx.env.save_plan(plan)
+        ctx.run_policy_step("mutate", _all_slots(ctx), [], {**state, "iterations_done": len(ctx.store)})
+        ctx.set_status(slots={s: {"status": "pending", "node": ctx.node_id(it + 1, s)} for s in _all_slots(ctx)})
+        return {"iteration": it + 1, "phase": "run_slots", "batch_nodes": []}
+
+    for name, fn in (("prepare", prepare), ("run_slots", run_slots), ("read_memory", read_memory),
+                     ("analyse", analyse), ("select_parent", select_parent), ("log", log),
+                     ("block_end", block_end), ("mutate", mutate)):
+        g.add_node(name, fn)
+
+    def entry(state: LoopState) -> str:
+        return "mutate" if state.get("prepared") else "prepare"
+
+    def after_log(state: LoopState) -> str:
+        if state.get("block_end"):
+            return "block_end"
+        return END if state["iterations_done"] >= ctx.iterations_total else "mutate"
+
+    def after_block_end(state: LoopState) -> str:
+        return END if state["iterations_done"] >= ctx.iterations_total else "mutate"
+
+    g.add_conditional_edges(START, entry, {"prepare": "prepare", "mutate": "mutate"})
+    g.add_edge("prepare", "run_slots")
+    g.add_edge("run_slots", "read_memory")
+    g.add_edge("read_memory", "analyse")
+    g.add_edge("analyse", "select_parent")
+    g.add_edge("select_parent", "log")
+    g.add_conditional_edges("log", after_log, {"block_end": "block_end", "mutate": "mutate", END: END})
+    g.add_conditional_edges("block_end", after_block_end, {"mutate": "mutate", END: END})
+    g.add_edge("mutate", "run_slots")
+    return g
+
+
+def compile_graph(ctx: RunCtx):
+    """Compile with a SqliteSaver on run_dir/state.sqlite; returns (graph, connection)."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(str(ctx.run_dir / "state.sqlite"), check_same_thread=False)
+    saver = SqliteSaver(conn)
+    return build_graph(ctx).compile(checkpointer=saver), conn
+
+
+def block_ucb(ctx: RunCtx, block: int, batch: dict[int, dict]) -> list[ucb_mod.UCBEntry]:
+    """UCB entries of the block's finished nodes, including the batch just finished."""
+    nodes = {n.id: n for n in ctx.store.block_nodes(block)}
+    for r in batch.values():
+        if r["node"] not in nodes:
+            nodes[r["node"]] = _Pseudo(r["node"], r["parent"], r["score"], r["mutation"])
+    return ucb_mod.ucb_scores(nodes.values(), ctx.info.ucb_c)
+
+
+class _Pseudo:
+    __slots__ = ("id", "parent", "score", "mutation")
+
+    def __init__(self, id, parent, score, mutation):
+        self.id, self.parent, self.score, self.mutation = id, parent, score, mutation
+
+
+def _valid_metrics(p: Path) -> bool:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and bool(data)
+
+
+def _write_result(d: Path, res: dict) -> None:
+    res = {**res, "finished_at": utc_now()}
+    dump_json_atomic(d / "result.json", res)
+
+
+def _cpu_count() -> int:
+    import os
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

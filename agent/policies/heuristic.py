@@ -1,0 +1,490 @@
+"""The heuristic policy: the seeds' strategy tables and slot roles as code.
+
+Deterministic given the run seed (numpy Generator seeded from run seed +
+iterations done + slot). It cannot see plots: its Visual lines are derived
+from metrics and say so. Slot roles repeat every 4 slots: 0, 1 exploit;
+2 explore; 3 principle-test. Conditions from the strategy table override
+the role of slot 1: failure-probe (3+ scores >= 0.9), forced-branch (score
+plateau +-0.05 for 3+), switch-dimension (4+ same-param mutations),
+degeneracy-break (gap > 0.3 for 3+), recombine (2+ distant nodes > 0.9),
+code-modification (plateau after config sweeps, when code edits are allowed).
+One parameter changes per iteration, inside its declared range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from agent.memory import fmt_metric, fmt_value
+from agent.policies.base import Policy, StepContext
+from agent.ucb import ucb_scores
+from regimes.base import ParamSpec, get_dotted
+
+ROLES = ("exploit", "exploit", "explore", "principle-test")
+
+
+class _N:
+    """A node of the block history (store record or batch result)."""
+
+    __slots__ = ("id", "parent", "score", "mutation", "strategy", "gap", "status", "config", "code_changes", "slot")
+
+    def __init__(self, d: dict):
+        self.id = d.get("id", d.get("node"))
+        self.parent = d.get("parent")
+        self.score = float(d.get("score") or 0.0)
+        self.mutation = d.get("mutation") or ""
+        self.strategy = d.get("strategy") or ""
+        deg = d.get("degeneracy") or {}
+        self.gap = deg.get("gap") if isinstance(deg, dict) else None
+        self.status = d.get("status", "ok")
+        self.config = d.get("config") or {}
+        self.code_changes = d.get("code_changes") or []
+        self.slot = d.get("slot", 0)
+
+
+def _param_of(mutation: str) -> str | None:
+    if " -> " in mutation and ":" in mutation and not mutation.startswith("["):
+        return mutation.split(":", 1)[0].strip()
+    return None
+
+
+def _direction(mutation: str) -> int:
+    try:
+        left, right = mutation.split(":", 1)[1].split("(")[0].split("->")
+        a, b = float(left), float(right)
+        return 1 if b > a else -1 if b < a else 0
+    except (ValueError, IndexError):
+        return 0
+
+
+class HeuristicPolicy(Policy):
+    name = "heuristic"
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def act(self, ctx: StepContext, tools) -> None:
+        getattr(self, f"_{ctx.step}")(ctx, tools)
+
+    # ----- helpers -----
+
+    def _rng(self, ctx: StepContext, slot: int, salt: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, ctx.iterations_done, slot, salt, ctx.block])
+
+    @staticmethod
+    def _candidates(env) -> list[ParamSpec]:
+        r = env.regime
+        return [p for p in r.mutable if p.key not in r.slot_fixed and p.section != "claude"
+                and p.name != "seed" and not r.is_frozen(p.key)]
+
+    @staticmethod
+    def _history(ctx: StepContext, env) -> list[_N]:
+        """The block's finished nodes (store + the batch under analysis), by id."""
+        nodes = {n.id: _N(n.model_dump()) for n in env.store.block_nodes(ctx.block)}
+        for r in (env.batch or {}).values():
+            if r.get("node") not in nodes:
+                nodes[r["node"]] = _N(r)
+        return [nodes[k] for k in sorted(nodes)]
+
+    @staticmethod
+    def _all_nodes(env) -> dict[int, _N]:
+        out = {n.id: _N(n.model_dump()) for n in env.store.nodes()}
+        for r in (env.batch or {}).values():
+            out.setdefault(r["node"], _N(r))
+        return out
+
+    def _step_value(self, spec: ParamSpec, old: Any, rng, size: str, direction: int = 0, cap: float | None = None):
+        """A new value for `spec` one step from `old` (size: small|large|extreme), inside the range."""
+        if spec.type == "bool":
+            return not bool(old)
+        if spec.type == "choice":
+            ch = list(spec.choices)
+            i = ch.index(old) if old in ch else 0
+            d = direction or (1 if rng.random() < 0.5 else -1)
+            if size == "extreme":
+                return ch[-1] if d > 0 else ch[0]
+            j = min(len(ch) - 1, max(0, i + d))
+            if j == i:
+                j = min(len(ch) - 1, max(0, i - d))
+            return ch[j]
+        lo, hi = float(spec.low), float(spec.high)
+        if cap is not None:
+            hi = min(hi, float(cap))
+        cur = float(old) if isinstance(old, (int, float)) and not isinstance(old, bool) else lo
+        d = direction or (1 if rng.random() < 0.5 else -1)
+
+        def move(dd: int) -> float:
+            if size == "extreme":
+                return hi if dd > 0 else lo
+            if spec.log:
+                f = 3.0 if size == "large" else 2.0
+                base = cur if cur > 0 else lo
+                return base * f if dd > 0 else base / f
+            step = (hi - lo) * (0.25 if size == "large" else 0.1)
+            return cur + dd * step
+
+        new = min(hi, max(lo, move(d)))
+        if math.isclose(new, cur, rel_tol=1e-9, abs_tol=1e-12):
+            new = min(hi, max(lo, move(-d)))
+        if spec.type == "int":
+            new = int(round(new))
+            if new == int(cur):
+                new = int(min(hi, max(lo, cur + (d or 1))))
+            return new
+        return float(f"{new:.3g}")
+
+    # ----- prepare: the suggested initial spread -----
+
+    def _prepare(self, ctx: StepContext, tools) -> None:
+        env = tools.env
+        cands = [p for p in self._candidates(env) if p.type in ("float", "int")] or self._candidates(env)
+        tools.message("initial spread: slot 0 baseline, each other slot varies one leading parameter")
+        for slot in ctx.slots:
+            if slot == 0 or not cands:
+                tools.call("finish_mutation", {"slot": slot, "mutation": "baseline (default config)",
+                                               "strategy": "baseline", "parent_rule": "first batch: root",
+                                               "hypothesis": "reference point for the block"})
+                continue
+            rng = self._rng(ctx, slot)
+            ok = False
+            for k in range(len(cands)):
+                spec = cands[(slot - 1 + k) % len(cands)]
+                cfg = env.slot_config(slot)
+                old = get_dotted(cfg, spec.key)
+                new = self._step_value(spec, old, rng, "small", cap=self._cap(cfg, spec))
+                if new == old:
+                    continue
+                res = tools.call("set_config", {"slot": slot, "changes": {spec.key: new}})
+                if res.ok:
+                    tools.call("finish_mutation", {
+                        "slot": slot, "mutation": f"{spec.name}: {fmt_value(old)} -> {fmt_value(new)}",
+                        "strategy": "explore", "parent_rule": "first batch: root",
+                        "hypothesis": f"sensitivity of the primary metric to {spec.name}"})
+                    ok = True
+                    break
+            if not ok:
+                tools.call("finish_mutation", {"slot": slot, "mutation": "baseline (default config)",
+                                               "strategy": "baseline", "parent_rule": "first batch: root"})
+
+    @staticmethod
+    def _cap(cfg: dict, spec: ParamSpec):
+        if spec.section == "training" and spec.name in ("n_epochs", "data_augmentation_loop"):
+            return get_dotted(cfg, f"claude.{spec.name}")
+        return None
+
+    # ----- analyse -----
+
+    def _analyse(self, ctx: StepContext, tools) -> None:
+        env = tools.env
+        nodes = self._all_nodes(env)
+        primary = env.regime.primary_metric
+        for r in ctx.results:
+            if r["status"] != "ok":
+                visual = f"no plots: training {r['status']} ({(r.get('reason') or '').splitlines()[0][:120] if r.get('reason') else 'no reason'})"
+                obs = f"training {r['status']}; {r['mutation'] or 'no mutation'} is likely outside the stable region"
+            else:
+                m = r["metrics"]
+                deg = r.get("degeneracy") or {}
+                gap = deg.get("gap")
+                parts = [f"{primary}={fmt_metric(m.get(primary))} ({r['classification']})",
+                         f"degeneracy {deg.get('diagnosis', 'n/a')}" + (f" (gap {gap:.2f})" if gap is not None else "")]
+                if "final_loss" in m:
+                    parts.append(f"final_loss={fmt_metric(m['final_loss'])}")
+                visual = "metrics-derived (the heuristic policy cannot see plots): " + ", ".join(parts)
+                parent = nodes.get(r["parent"]) if r["parent"] is not None else None
+                if parent is None:
+                    obs = f"score {r['score']:.4f} from root ({r['mutation'] or 'baseline'})"
+                else:
+                    delta = r["score"] - parent.score
+                    verdict = "helped" if delta > 0.02 else "hurt" if delta < -0.02 else "no clear effect"
+                    obs = (f"score {r['score']:.4f} vs parent {parent.id} {parent.score:.4f} "
+                           f"(delta {delta:+.4f}): {r['mutation'] or 'change'} {verdict}")
+            tools.call("submit_analysis", {"slot": r["slot"], "visual": visual, "observation": obs})
+
+    # ----- log -----
+
+    def _log(self, ctx: StepContext, tools) -> None:
+        if not ctx.results:
+            return
+        nodes = self._all_nodes(tools.env)
+        best = max(ctx.results, key=lambda r: (r["score"], -r["node"]))
+        helped = sum(1 for r in ctx.results if r["parent"] is not None and r["parent"] in nodes
+                     and r["score"] > nodes[r["parent"]].score + 0.02)
+        with_parent = sum(1 for r in ctx.results if r["parent"] is not None)
+        line = (f"- batch of nodes {ctx.results[0]['node']}-{ctx.results[-1]['node']}: best node {best['node']} "
+                f"score {best['score']:.4f} ({best['mutation'] or 'baseline'}); "
+                f"{helped}/{with_parent} mutations improved on their parent")
+        tools.call("update_memory", {"section": "Emerging Observations", "text": line, "mode": "append"})
+
+    # ----- select_parent -----
+
+    def _conditions(self, ctx: StepContext, hist: list[_N], env) -> str | None:
+        ok = [n for n in hist if n.status == "ok"]
+        last = hist[-3:]
+        if len(last) == 3 and all(n.score >= 0.9 for n in last):
+            return "failure-probe"
+        if len(last) == 3 and all(n.gap is not None and n.gap > 0.3 for n in last):
+            return "degeneracy-break"
+        params = [_param_of(n.mutation) for n in hist[-4:]]
+        if len(params) == 4 and params[0] is not None and len(set(params)) == 1:
+            return "switch-dimension"
+        good = [n for n in ok if n.score > 0.9]
+        if len(good) >= 2:
+            by_id = {n.id: n for n in hist}
+
+            def ancestors(n):
+                out, cur = set(), n.parent
+                while cur is not None and cur in by_id and cur not in out:
+                    out.add(cur)
+                    cur = by_id[cur].parent
+                return out
+            for a in good:
+                for b in good:
+                    if a.id < b.id and a.id not in ancestors(b):
+                        return "recombine"
+        if len(last) == 3 and max(n.score for n in last) - min(n.score for n in last) <= 0.05:
+            if len(hist) >= 4 and env.regime.code_strategies and env.code_enabled and env.regime.editable:
+                return "code-modification"
+            return "forced-branch"
+        return None
+
+    def _select_parent(self, ctx: StepContext, tools) -> None:
+        env = tools.env
+        hist = self._history(ctx, env)
+        ok = [n for n in hist if n.status == "ok"]
+        condition = self._conditions(ctx, hist, env)
+        pending: list[int | None] = []
+        for slot in ctx.slots:
+            role = ROLES[slot % len(ROLES)]
+            strategy = condition if (slot % len(ROLES) == 1 and condition) else role
+            entries = [e for e in ucb_scores(ok, ctx.ucb_c, pending) if e.id in {n.id for n in ok}]
+            if not entries:
+                tools.call("choose_parent", {"slot": slot, "parent": "root", "strategy": strategy,
+                                             "reason": "no successful node in the block: root"})
+                pending.append(None)
+                continue
+            if strategy == "forced-branch" and len(entries) > 1:
+                pick, rule = entries[1], "2nd-highest UCB (forced branch)"
+            elif strategy == "explore":
+                best = max(ok, key=lambda n: (n.score, -n.id))
+                chain = self._chain(best, hist)
+                outside = [e for e in entries if e.id not in chain]
+                pick, rule = (outside[0], "highest UCB outside the best chain") if outside else (entries[0], "highest UCB")
+            elif strategy in ("principle-test", "recombine"):
+                best = max(ok, key=lambda n: (n.score, -n.id))
+                pick = next(e for e in entries if e.id == best.id)
+                rule = "best score (test a principle on it)" if strategy == "principle-test" else "best score (merge)"
+            else:
+                pick, rule = entries[0], "highest UCB"
+            tools.call("choose_parent", {"slot": slot, "parent": pick.id, "strategy": strategy, "reason": rule})
+            pending.append(pick.id)
+
+    @staticmethod
+    def _chain(node: _N, hist: list[_N]) -> set[int]:
+        by_id = {n.id: n for n in hist}
+        chain, cur = {node.id}, node.parent
+        while cur is not None and cur in by_id and cur not in chain:
+            chain.add(cur)
+            cur = by_id[cur].parent
+        changed = True
+        while changed:  # descendants
+            changed = False
+            for n in hist:
+                if n.parent in chain and n.id not in chain:
+                    chain.add(n.id)
+                    changed = True
+        return chain
+
+    # ----- mutate -----
+
+    def _mutate(self, ctx: StepContext, tools) -> None:
+        env = tools.env
+        nodes = self._all_nodes(env)
+        hist = self._history(ctx, env)
+        cands = self._candidates(env)
+        for slot in ctx.slots:
+            plan = env.load_plan(slot)
+            strategy = plan.strategy or "exploit"
+            rng = self._rng(ctx, slot, 1)
+            prefix = ""
+            if plan.parent is None and nodes:
+                # block start (parent root): begin from the best configuration found so far
+                best = max(nodes.values(), key=lambda n: (n.score, -n.id))
+                changes = self._diff_keys(env.slot_config(slot), best.config, cands)
+                if changes and tools.call("set_config", {"slot": slot, "changes": changes}).ok:
+                    prefix = f" (on the config of best node {best.id})"
+            if strategy == "code-modification":
+                if self._code_mutation(ctx, tools, slot, plan, nodes):
+                    continue
+                strategy = "switch-dimension"
+            if strategy == "recombine" and self._recombine(tools, slot, plan, hist, cands):
+                continue
+            if strategy == "recombine":
+                strategy = "exploit"
+            self._param_mutation(ctx, tools, slot, plan, strategy, hist, nodes, cands, rng, prefix)
+
+    @staticmethod
+    def _diff_keys(cfg: dict, other: dict, cands: list[ParamSpec]) -> dict:
+        out = {}
+        for p in cands:
+            a, b = get_dotted(cfg, p.key), get_dotted(other, p.key)
+            if b is not None and a != b:
+                out[p.key] = b
+        return out
+
+    def _param_mutation(self, ctx, tools, slot, plan, strategy, hist, nodes, cands, rng, prefix="") -> None:
+        env = tools.env
+        recent = [_param_of(n.mutation) for n in hist[-4:]]
+        by_name = {p.name: p for p in cands}
+        parent = nodes.get(plan.parent) if plan.parent is not None else None
+        order: list[ParamSpec] = list(rng.permutation(len(cands))) if cands else []
+        order = [cands[i] for i in order]
+        direction = 0
+        size = "small"
+        if strategy == "exploit" and parent is not None:
+            pp = _param_of(parent.mutation)
+            gp = nodes.get(parent.parent) if parent.parent is not None else None
+            if pp in by_name and gp is not None and parent.score > gp.score:
+                order = [by_name[pp]] + [p for p in order if p.name != pp]  # keep pushing what helped
+                direction = _direction(parent.mutation)
+        elif strategy in ("explore", "switch-dimension", "forced-branch"):
+            size = "large" if strategy == "explore" else "small"
+            order = [p for p in order if p.name not in recent] + [p for p in order if p.name in recent]
+        elif strategy in ("failure-probe", "boundary-probe"):
+            size = "extreme"
+        elif strategy == "degeneracy-break":
+            order = cands[:1] + [p for p in order if p is not cands[0]] if cands else []
+            direction = 1
+        elif strategy == "principle-test":
+            ev = self._evidence(nodes)
+            if ev:
+                (pname, d), _ = max(ev.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[1][1]))
+                if pname in by_name:
+                    order = [by_name[pname]] + [p for p in order if p.name != pname]
+                    direction = d
+        for spec in order:
+            cfg = env.slot_config(slot)
+            old = get_dotted(cfg, spec.key)
+            new = self._step_value(spec, old, rng, size, direction if spec is order[0] else 0, cap=self._cap(cfg, spec))
+            if new == old:
+                continue
+            if tools.call("set_config", {"slot": slot, "changes": {spec.key: new}}).ok:
+                tools.call("finish_mutation", {
+                    "slot": slot, "mutation": f"{spec.name}: {fmt_value(old)} -> {fmt_value(new)}{prefix}",
+                    "strategy": strategy, "parent_rule": plan.parent_rule,
+                    "hypothesis": f"{strategy}: {'raise' if self._num(new) > self._num(old) else 'lower'} "
+                                  f"{spec.name} from the parent's value"})
+                return
+        tools.call("finish_mutation", {"slot": slot, "mutation": f"none: no admissible one-parameter step{prefix}",
+                                       "strategy": strategy, "parent_rule": plan.parent_rule})
+
+    @staticmethod
+    def _num(v) -> float:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return 0.0
+
+    @staticmethod
+    def _evidence(nodes: dict[int, _N]) -> dict[tuple[str, int], tuple[int, int]]:
+        """(param, direction) -> (times it helped, times tried), from parent/child score pairs."""
+        acc: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+        for n in nodes.values():
+            p = _param_of(n.mutation)
+            d = _direction(n.mutation)
+            if p is None or d == 0 or n.parent not in nodes or n.status != "ok":
+                continue
+            acc[(p, d)][1] += 1
+            if n.score > nodes[n.parent].score + 0.02:
+                acc[(p, d)][0] += 1
+        return {k: (v[0], v[1]) for k, v in acc.items()}
+
+    def _recombine(self, tools, slot, plan, hist, cands) -> bool:
+        good = sorted((n for n in hist if n.status == "ok" and n.score > 0.9), key=lambda n: (-n.score, n.id))
+        base = next((n for n in good if n.id == plan.parent), None)
+        other = next((n for n in good if base is not None and n.id != base.id
+                      and n.id not in self._chain(base, hist)), None)
+        if base is None or other is None:
+            return False
+        changes = self._diff_keys(tools.env.slot_config(slot), other.config, cands)
+        if not changes or not tools.call("set_config", {"slot": slot, "changes": changes}).ok:
+            return False
+        desc = ", ".join(f"{k.split('.', 1)[1]}={fmt_value(v)}" for k, v in changes.items())
+        tools.call("finish_mutation", {"slot": slot, "mutation": f"recombine: node {base.id} + node {other.id} ({desc})",
+                                       "strategy": "recombine", "parent_rule": plan.parent_rule,
+                                       "hypothesis": "the good settings of two distant branches combine"})
+        return True
+
+    def _code_mutation(self, ctx, tools, slot, plan, nodes) -> bool:
+        env = tools.env
+        if not ctx.code_allowed or not env.regime.code_strategies:
+            return False
+        used = set()
+        cur = plan.parent
+        while cur is not None and cur in nodes:  # strategies already in this lineage
+            used |= {c.get("strategy") for c in nodes[cur].code_changes}
+            cur = nodes[cur].parent
+        for cs in env.regime.code_strategies:
+            if cs.name in used:
+                continue
+            res = tools.call("edit_code", {"slot": slot, "path": cs.file, "old": cs.old, "new": cs.new,
+                                           "change": cs.description or cs.name, "hypothesis": cs.hypothesis,
+                                           "strategy": cs.name})
+            if not res.ok:
+                continue
+            if cs.config_overrides:
+                tools.call("set_config", {"slot": slot, "changes": dict(cs.config_overrides)})
+            fn = env.load_plan(slot).code_changes[-1].get("function") or cs.file
+            tools.call("finish_mutation", {"slot": slot, "mutation": f"[code] {fn}: {cs.name}",
+                                           "strategy": "code-modification", "parent_rule": plan.parent_rule,
+                                           "hypothesis": cs.hypothesis})
+            return True
+        return False
+
+    # ----- block_end -----
+
+    def _block_end(self, ctx: StepContext, tools) -> None:
+        env = tools.env
+        hist = [_N(r) for r in ctx.results]
+        nodes = self._all_nodes(env)
+        ev = self._evidence(nodes)
+        principles, questions = [], []
+        for (p, d), (h, n) in sorted(ev.items()):
+            word = "Increasing" if d > 0 else "Decreasing"
+            if n >= 3 and h / n >= 2 / 3:
+                principles.append(f"- {word} {p} improved the score in {h}/{n} trials (evidence: {n} iterations)")
+            elif n >= 3 and h == 0:
+                principles.append(f"- {word} {p} never improved the score (0/{n} trials; evidence: {n} iterations)")
+            elif n >= 1:
+                questions.append(f"- {word} {p}: {h}/{n} trials improved; needs more testing")
+        if principles:
+            tools.call("update_memory", {"section": "Established Principles", "text": "\n".join(principles),
+                                         "mode": "replace"})
+        tools.call("update_memory", {"section": "Open Questions",
+                                     "text": "\n".join(questions) or "- none pending", "mode": "replace"})
+        ok = [n for n in hist if n.status == "ok"]
+        cls = defaultdict(int)
+        for r in ctx.results:
+            cls[r.get("classification", "failed")] += 1
+        best = max(ok, key=lambda n: (n.score, -n.id), default=None)
+        summary = (f"Block {ctx.block}: {len(hist)} iterations; converged {cls['converged']}, partial {cls['partial']}, "
+                   f"failed {cls['failed']}. "
+                   + (f"Best node {best.id} score {best.score:.4f} ({best.mutation or 'baseline'})." if best else "No success."))
+        tools.call("update_memory", {"section": "Previous Block Summary", "text": summary, "mode": "replace"})
+        helped = sorted(((h / n, n, p, d) for (p, d), (h, n) in ev.items() if h > 0), reverse=True)
+        focus = helped[0][2] if helped else (self._candidates(env)[0].name if self._candidates(env) else "training")
+        tools.call("update_memory", {"section": "Block Info", "text": f"Focus: {focus}", "mode": "replace"})
+        tools.call("update_memory", {"section": "Hypothesis", "mode": "replace",
+                                     "text": f"Refining {focus} around the best configuration should raise the score further."})
+        scores = [n.score for n in ok[-3:]]
+        if len(scores) == 3 and max(scores) - min(scores) <= 0.05:
+            text = ctx.instructions.rstrip("\n")
+            last = text.splitlines()[-1] if text else ""
+            if last and text.count(last) == 1:
+                tools.call("edit_instructions", {"old": last, "new": last + (
+                    f"\n\n- Learned in block {ctx.block}: the score plateaued at {scores[-1]:.3f} (+-0.05) for 3 "
+                    "iterations; switch parameter dimension or branch earlier.")})

@@ -1,0 +1,247 @@
+"""Start and resume runs (docs/contracts.md §5).
+
+`start_run` creates the run directory (run.yaml, instructions.md, memory.md,
+analysis.md, ucb_scores.txt, reasoning.log, nodes.jsonl, configs/,
+workspace/, status.json) and drives the graph until the iteration budget;
+`resume_run` continues a run from its files and its LangGraph checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from agent.graph import compile_graph
+from agent.memory import Memory, comparison_row, initial_memory, upsert_comparison
+from agent.policies.registry import make_policy, resolve_policy_name
+from agent.runctx import RunCtx, RunInfo, RunStopped, utc_now
+from agent.state import initial_state
+from agent.store import Store, write_text_atomic
+from regimes.base import flatten, get_dotted, set_dotted
+from tools.env import dump_yaml_atomic, load_yaml
+
+
+class RunOptions(BaseModel):
+    """Every flag of `agent run` (DESIGN.md §10)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    regime: str
+    variant: str | None = None
+    slots: int = 4
+    iterations: int | None = None  # None: one block
+    profile: Literal["quick", "full"] | None = None  # None: full with CUDA, quick on CPU
+    policy: Literal["auto", "claude", "heuristic", "optuna", "random", "scripted"] = "auto"
+    model: str = "claude-sonnet-4-5"
+    max_cost_usd: float | None = None
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_dir: Path | None = None
+    code: bool = True
+    continue_from: Path | None = None
+    regime_path: list[Path] = []
+    phase1_checkpoint: Path | None = None
+    seed: int = 0
+    runs_root: Path = Path("runs")
+    script: Path | None = None  # scripted policy: a JSON/YAML list of tool calls
+
+
+class RunError(ValueError):
+    """A run cannot start or resume (one-line message)."""
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:  # no torch / broken driver: CPU
+        return False
+
+
+def _policy_kwargs(info: RunInfo, run_dir: Path, regime) -> dict:
+    return {"run_dir": run_dir, "regime": regime, "model": info.model, "seed": info.seed,
+            "max_cost_usd": info.budget.get("max_cost_usd"), "script": info.script, "slots": info.slots}
+
+
+def _make_ctx(run_dir: Path, info: RunInfo, regime, workspace, stop, kill, on_event, executor=None) -> RunCtx:
+    policy = make_policy(info.policy, **_policy_kwargs(info, run_dir, regime))
+    fallback = policy if policy.name == "heuristic" else make_policy("heuristic", **_policy_kwargs(info, run_dir, regime))
+    return RunCtx(run_dir, info, regime, workspace, policy, fallback, stop=stop, kill=kill, on_event=on_event,
+                  executor=executor)
+
+
+def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threading.Event | None = None,
+              on_event: Callable[[dict], None] | None = None, executor=None) -> Path:
+    """Create a run directory and run the loop until the iteration budget; returns the run dir.
+
+    `executor`: an object with `run_batch(specs, on_progress, cancel)` (tests, benchmarks); default:
+    `sandbox.executors.make_executor(opts.executor, ...)`."""
+    from regimes.registry import get_regime
+    from regimes.validation import validate_config
+    from sandbox.workspace import Workspace
+
+    if opts.slots < 1:
+        raise RunError(f"--slots must be at least 1, got {opts.slots}")
+    if opts.iterations is not None and opts.iterations < 1:
+        raise RunError(f"--iterations must be at least 1, got {opts.iterations}")
+    regime = get_regime(opts.regime, opts.regime_path or None)
+    variant = opts.variant or regime.default_variant
+    if variant not in regime.variants:
+        raise RunError(f"regime {regime.name} has no variant {variant!r}; variants: {', '.join(regime.variants)}")
+    cuda = _cuda()
+    if opts.profile is None:
+        profile = "full" if cuda else "quick"
+        profile_reason = f"profile {profile}: chosen automatically ({'CUDA available' if cuda else 'no CUDA: CPU-sized quick profile'})"
+    else:
+        profile = opts.profile
+        profile_reason = f"profile {profile}: set by --profile"
+    device = opts.device if opts.device != "auto" else ("cuda" if cuda else "cpu")
+    if device == "cuda" and not cuda:
+        raise RunError("--device cuda: no CUDA device is available")
+    policy_name = resolve_policy_name(opts.policy)
+    if policy_name == "scripted" and opts.script is None:
+        raise RunError("--policy scripted needs a script file")
+    config = regime.default_config(variant, profile)
+    if opts.phase1_checkpoint is not None:
+        keys = [k for k in flatten(config) if k.endswith("phase1_checkpoint")]
+        if not keys:
+            raise RunError(f"regime {regime.name} takes no phase-1 checkpoint (no *phase1_checkpoint config key)")
+        if not Path(opts.phase1_checkpoint).is_file():
+            raise RunError(f"phase-1 checkpoint {opts.phase1_checkpoint} does not exist")
+        set_dotted(config, keys[0], str(Path(opts.phase1_checkpoint).resolve()))
+    problems = validate_config(regime, config)
+    if problems:
+        raise RunError(f"regime {regime.name} default config is invalid: {problems[0]}")
+    n_iter_block = int(get_dotted(config, "claude.n_iter_block") or 4 * opts.slots)
+    ucb_c = float(get_dotted(config, "claude.ucb_c") or 1.414)
+    iterations = opts.iterations if opts.iterations is not None else n_iter_block
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir = Path(opts.run_dir) if opts.run_dir else Path(opts.runs_root) / f"{regime.name}-{stamp}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"run directory {run_dir} exists and is not empty (use `agent resume {run_dir}`)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir.resolve()
+    info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=profile,
+                   profile_reason=profile_reason, slots=opts.slots, policy=policy_name, model=opts.model,
+                   executor=opts.executor, ray_address=opts.ray_address, device=device,
+                   budget={"iterations": iterations, "max_cost_usd": opts.max_cost_usd}, seed=opts.seed,
+                   code=opts.code, n_iter_block=n_iter_block, ucb_c=ucb_c,
+                   regime_path=[str(Path(p).resolve()) for p in opts.regime_path],
+                   continue_from=str(Path(opts.continue_from).resolve()) if opts.continue_from else None,
+                   phase1_checkpoint=str(opts.phase1_checkpoint) if opts.phase1_checkpoint else None,
+                   script=str(Path(opts.script).resolve()) if opts.script else None, created_at=utc_now())
+    (run_dir / "run.yaml").write_text(yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
+    (run_dir / "reasoning.log").write_text(f"{utc_now()} {profile_reason}; device {device}; policy {policy_name}\n")
+    write_text_atomic(run_dir / "instructions.md", regime.instructions_text())
+    mem = initial_memory(regime, variant)
+    if opts.continue_from is not None:
+        mem = _carry_knowledge(Path(opts.continue_from), regime, variant, mem)
+    mem.save(run_dir / "memory.md", block=1)
+    for name in ("analysis.md", "ucb_scores.txt", "nodes.jsonl", "llm_calls.jsonl"):
+        (run_dir / name).touch()
+    dump_yaml_atomic(run_dir / "base_config.yaml", config)
+    for s in range(opts.slots):
+        dump_yaml_atomic(run_dir / "configs" / f"slot_{s:02d}.yaml", regime.slot_config(config, s))
+    (run_dir / "plans").mkdir(exist_ok=True)
+    (run_dir / "iterations").mkdir(exist_ok=True)
+    workspace = Workspace.create(run_dir / "workspace", regime)
+    ctx = _make_ctx(run_dir, info, regime, workspace, stop, kill, on_event, executor)
+    ctx.set_status(phase="prepare")
+    return _drive(ctx, resume=False)
+
+
+def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threading.Event | None = None,
+               on_event: Callable[[dict], None] | None = None, iterations: int | None = None,
+               executor=None) -> Path:
+    """Continue a run where it stopped. `iterations`: a new total budget (finished trainings)."""
+    from regimes.registry import get_regime
+    from sandbox.workspace import Workspace
+
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "run.yaml").is_file():
+        raise RunError(f"{run_dir} is not a run directory (no run.yaml)")
+    info = RunInfo.model_validate(load_yaml(run_dir / "run.yaml"))
+    if iterations is not None:
+        if iterations < 1:
+            raise RunError(f"--iterations must be at least 1, got {iterations}")
+        info.budget["iterations"] = iterations
+        (run_dir / "run.yaml").write_text(yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
+    regime = get_regime(info.regime, [Path(p) for p in info.regime_path] or None)
+    workspace = Workspace.open(run_dir / "workspace")
+    ctx = _make_ctx(run_dir, info, regime, workspace, stop, kill, on_event, executor)
+    ctx.env.reasoning(f"resume: budget {ctx.iterations_total} iterations, {len(ctx.store)} done")
+    ctx.set_status(iterations_total=ctx.iterations_total, fallback=False)
+    return _drive(ctx, resume=True)
+
+
+def _drive(ctx: RunCtx, resume: bool) -> Path:
+    graph, conn = compile_graph(ctx)
+    cfg = {"configurable": {"thread_id": ctx.info.run_id}, "recursion_limit": 100_000}
+    inp = initial_state(str(ctx.run_dir), ctx.iterations_total)
+    if resume:
+        snap = graph.get_state(cfg)
+        if snap.next:
+            inp = None  # continue the interrupted step
+        elif snap.values.get("prepared"):
+            inp = {"phase": "mutate"}  # finished earlier; a larger budget continues from mutate
+    max_cost = ctx.info.budget.get("max_cost_usd")
+    outcome = "finished"
+    try:
+        if resume and inp is not None and inp.get("phase") == "mutate" and len(ctx.store) >= ctx.iterations_total:
+            outcome = "finished"
+        else:
+            for _update in graph.stream(inp, cfg, stream_mode="updates"):
+                if ctx.kill.is_set() or ctx.stop.is_set():
+                    outcome = "stopped"
+                    break
+                if max_cost is not None and ctx._cost() >= max_cost:
+                    ctx.env.reasoning(f"max cost reached: ${ctx._cost():.2f} >= ${max_cost:.2f}; stopping")
+                    outcome = "stopped (max cost)"
+                    break
+    except RunStopped:
+        outcome = "stopped"
+    finally:
+        conn.close()
+        ctx.close()
+    phase = "done" if outcome == "finished" else "stopped"
+    ctx.set_status(phase=phase, message=ctx.status.get("message", "") if outcome == "finished" else outcome,
+                   iterations_done=len(ctx.store))
+    ctx.env.reasoning(f"run {outcome}: {len(ctx.store)} iterations")
+    ctx.emit({"type": "run_end", "outcome": outcome})
+    return ctx.run_dir
+
+
+def _carry_knowledge(old_run: Path, regime, variant: str, mem: Memory) -> Memory:
+    """Start a run with an older run's knowledge base, and a Regime Comparison row for it (SCIENCE B5)."""
+    if not (old_run / "memory.md").is_file() or not (old_run / "run.yaml").is_file():
+        raise RunError(f"--continue {old_run}: not a run directory (memory.md and run.yaml needed)")
+    old = Memory.load(old_run / "memory.md")
+    old_info = RunInfo.model_validate(load_yaml(old_run / "run.yaml"))
+    for name in ("Established Principles", "Open Questions", "Regime Comparison"):
+        if old.bodies[name].strip():
+            mem.update(name, old.bodies[name], "replace", code=True)
+    mem.update("Previous Block Summary",
+               f"Continued from run {old_info.run_id} ({old_info.regime}, variant {old_info.variant}). "
+               + (old.bodies["Previous Block Summary"].strip() or ""), "replace")
+    from regimes.registry import get_regime
+    try:
+        old_regime = get_regime(old_info.regime, [Path(p) for p in old_info.regime_path] or None)
+    except Exception:
+        old_regime = regime
+    upsert_comparison(mem, comparison_row(old_regime, old_info.variant, old_info.run_id,
+                                          Store(old_run / "nodes.jsonl").nodes()))
+    upsert_comparison(mem, comparison_row(regime, variant, "(this run)", []))
+    return mem
+
+
+__all__ = ["RunOptions", "RunError", "start_run", "resume_run"]
+_ = (os, shutil)

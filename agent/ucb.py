@@ -1,0 +1,71 @@
+"""UCB scores of the current block's nodes (DESIGN.md §5).
+
+UCB(node) = score + c * sqrt(N) / (1 + V), with N the number of finished
+nodes in the block, V = 1 + the number of its descendants in the block, and
+c = claude.ucb_c. Nodes still running (or parents already chosen for the
+next batch) count as visits of their parent and its ancestors, so two slots
+do not pile onto one node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+
+class _Node(Protocol):
+    id: int
+    parent: int | None
+    score: float
+    mutation: str
+
+
+@dataclass(frozen=True)
+class UCBEntry:
+    id: int
+    parent: int | None
+    visits: int
+    score: float
+    ucb: float
+    mutation: str
+
+    def line(self) -> str:
+        parent = "root" if self.parent is None else str(self.parent)
+        mutation = " ".join(self.mutation.split()) or "-"
+        return (f"Node {self.id}: UCB={self.ucb:.3f}, parent={parent}, visits={self.visits}, "
+                f"score={self.score:.4f}, Mutation={mutation}")
+
+
+def ucb_scores(nodes: Iterable[_Node], c: float, pending_parents: Iterable[int | None] = ()) -> list[UCBEntry]:
+    """UCB entries of `nodes` (the finished nodes of one block), best first.
+
+    `pending_parents`: parents of trainings still running or already
+    scheduled; each adds one visit to that parent and its ancestors."""
+    nodes = list(nodes)
+    by_id = {n.id: n for n in nodes}
+    visits = {n.id: 1 for n in nodes}
+
+    def credit(start: int | None) -> None:
+        seen = set()
+        cur = start
+        while cur is not None and cur in by_id and cur not in seen:  # guard against cycles
+            seen.add(cur)
+            visits[cur] += 1
+            cur = by_id[cur].parent
+
+    for n in nodes:
+        credit(n.parent)
+    for p in pending_parents:
+        credit(p)
+    big_n = len(nodes)
+    out = [UCBEntry(n.id, n.parent, visits[n.id], float(n.score),
+                    float(n.score) + c * math.sqrt(big_n) / (1 + visits[n.id]), n.mutation)
+           for n in nodes]
+    out.sort(key=lambda e: (-e.ucb, e.id))
+    return out
+
+
+def render(entries: list[UCBEntry]) -> str:
+    """The ucb_scores.txt text (empty string for no entries)."""
+    return "".join(e.line() + "\n" for e in entries)

@@ -1,0 +1,56 @@
+"""Memory tools: update_memory, edit_instructions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.env import write_atomic
+from tools.toolbox import ToolRejected, register
+
+
+class UpdateMemoryInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    section: str = Field(description="Section of memory.md: Established Principles, Open Questions, "
+                                     "Previous Block Summary, Block Info, Hypothesis, Iterations This Block, "
+                                     "Emerging Observations (Best Configurations is maintained by the loop).")
+    text: str = Field(description="Markdown body, without headings.")
+    mode: Literal["replace", "append"] = Field(default="append", description="Replace the section body or append to it.")
+
+
+@register("update_memory",
+          "Edit one section of memory.md (replace or append its body). The section order and headings are "
+          "fixed; text with headings is rejected.",
+          UpdateMemoryInput)
+def update_memory(env, args: UpdateMemoryInput) -> str:
+    from agent.memory import Memory, MemoryError_  # memory format lives with the loop
+
+    mem = Memory.load(env.memory_path)
+    try:
+        mem.update(args.section, args.text, args.mode)
+    except MemoryError_ as e:
+        raise ToolRejected(f"update_memory: {e}") from None
+    mem.save(env.memory_path, block=env.block)
+    return f"memory.md: {args.mode}d section {args.section!r}"
+
+
+class EditInstructionsInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    old: str = Field(min_length=1, description="Exact text of instructions.md to replace (must occur exactly once).")
+    new: str = Field(description="Replacement text (e.g. a new rule learned this block).")
+
+
+@register("edit_instructions",
+          "Replace exact text in this run's instructions.md (block end only): add or sharpen rules learned "
+          "during the block.",
+          EditInstructionsInput)
+def edit_instructions(env, args: EditInstructionsInput) -> str:
+    if env.step != "block_end":
+        raise ToolRejected("edit_instructions: allowed only at a block end")
+    text = env.instructions_path.read_text()
+    n = text.count(args.old)
+    if n != 1:
+        raise ToolRejected(f"edit_instructions: the old text occurs {n} times in instructions.md; it must occur exactly once")
+    write_atomic(env.instructions_path, text.replace(args.old, args.new, 1))
+    return "instructions.md updated"
