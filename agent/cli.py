@@ -341,8 +341,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         opts = RunOptions(regime=regime.name, variant=variant, slots=args.slots, iterations=iterations,
-                          profile=profile, policy=policy, model=args.model, max_cost_usd=args.max_cost_usd,
-                          executor=args.executor, ray_address=args.ray_address, device=device, run_dir=run_dir,
+                          profile=args.profile, policy=policy, model=args.model, max_cost_usd=args.max_cost_usd,
+                          executor=args.executor, ray_address=args.ray_address, device=args.device, run_dir=run_dir,
                           code=not args.no_code, continue_from=args.continue_from, regime_path=args.regime_path,
                           phase1_checkpoint=args.phase1_checkpoint, seed=args.seed)
     except ValidationError as e:
@@ -419,12 +419,15 @@ def cmd_regimes(args: argparse.Namespace) -> int:
             regimes = list_regimes(args.regime_path or None)
         except RegimeError as e:
             raise UsageError(str(e), hint="fix or remove the plugin named above") from None
-        t = Table(title="regimes", title_justify="left", header_style="bold")
-        for col in ("name", "title", "variants", "primary metric", "mutable keys"):
-            t.add_column(col)
+        from rich import box
+
+        t = Table(title="regimes", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+        for col in ("name", "variants", "primary metric", "mutable", "title"):
+            t.add_column(col, no_wrap=col != "title", justify="right" if col == "mutable" else "left",
+                         ratio=1 if col == "title" else None)
         for r in regimes:
             variants = ", ".join(f"[bold]{v}[/]" if v == r.default_variant else v for v in r.variants)
-            t.add_row(r.name, r.title, variants, r.primary_metric, str(len(r.mutable)))
+            t.add_row(r.name, variants, r.primary_metric, str(len(r.mutable)), r.title)
         console.print(t)
         console.print("details: agent regimes show NAME   default config: agent regimes config NAME", highlight=False)
         return EXIT_OK
@@ -432,10 +435,10 @@ def cmd_regimes(args: argparse.Namespace) -> int:
         raise UsageError(f"`agent regimes {args.action}` needs a regime NAME", hint=f"e.g. agent regimes {args.action} homeostasis")
     regime = _load_regime(args.name, args.regime_path)
     if args.action == "show":
-        console.print(_describe(regime), highlight=False, markup=False)
+        sys.stdout.write(_describe(regime).rstrip("\n") + "\n")  # Markdown, unwrapped: it may be piped to a file
         return EXIT_OK
     variant = _check_variant(regime, args.variant)
-    console.print(_config_yaml(regime, variant, args.profile), highlight=False, markup=False, end="")
+    sys.stdout.write(_config_yaml(regime, variant, args.profile))
     return EXIT_OK
 
 
@@ -619,6 +622,12 @@ def _known_error(e: Exception) -> tuple[str, str] | None:
         RegimeError = ()  # type: ignore[assignment]
     if RegimeError and isinstance(e, RegimeError):
         return str(e).splitlines()[0], "`agent regimes` lists the regimes"
+    try:
+        from agent.run import RunError
+    except ImportError:
+        RunError = ()  # type: ignore[assignment]
+    if RunError and isinstance(e, RunError):
+        return str(e).splitlines()[0], "see `agent run --help`"
     from pydantic import ValidationError
 
     if isinstance(e, ValidationError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -353,8 +354,12 @@ def key_config(node: dict, keys: list[str], limit: int = 6) -> str:
     return ", ".join(parts)
 
 
-def profile_note(profile: str | None, device: str | None = None) -> str:
-    """The profile and why it is the one in use."""
+def profile_note(profile: str | None, device: str | None = None, reason: str | None = None) -> str:
+    """The profile and why it is the one in use (run.yaml's profile_reason when the loop wrote one)."""
+    if reason:
+        # "profile quick: chosen automatically (no CUDA: ...)" -> "quick (chosen automatically (...))"
+        why = reason.split(":", 1)[1].strip() if reason.startswith("profile") and ":" in reason else reason
+        return f"{profile or '?'} — {why}"
     if profile == "quick":
         why = "CPU-sized" + (", default without CUDA" if device in (None, "cpu", "auto") else "")
         return f"quick ({why})"
@@ -384,7 +389,7 @@ def _header(run_dir: Path, st: RunStatus, run_cfg: dict, now: datetime | None) -
     policy = st.policy or run_cfg.get("policy") or "?"
     model = st.model or run_cfg.get("model")
     pol = f"{policy} ({model})" if policy in ("claude",) and model else policy
-    budget = run_cfg.get("max_cost_usd")
+    budget = run_cfg.get("max_cost_usd", (run_cfg.get("budget") or {}).get("max_cost_usd"))
     t = Text()
     t.append(st.regime, style="bold magenta")
     t.append(f" [{st.variant or run_cfg.get('variant') or 'default'}]", style="magenta")
@@ -405,8 +410,9 @@ def _header(run_dir: Path, st: RunStatus, run_cfg: dict, now: datetime | None) -
     t.append(f"${cost:.2f}" + (f" / ${budget:.2f}" if isinstance(budget, (int, float)) else ""))
     if n_calls:
         t.append(f" ({n_calls} calls)", style="dim")
-    t.append("   profile ", style="dim")
-    t.append(profile_note(st.profile or run_cfg.get("profile"), run_cfg.get("device")))
+    t.append("\nprofile ", style="dim")
+    t.append(profile_note(st.profile or run_cfg.get("profile"), run_cfg.get("device"),
+                          run_cfg.get("profile_reason")))
     return Panel(t, title=f"gnn-agent · {st.run_id or Path(run_dir).name}", title_align="left",
                  border_style="blue")
 
@@ -618,50 +624,72 @@ class Interrupts:
             signal.signal(signal.SIGINT, self._old)
 
 
+PID_FILE = "run.pid"
+
+
 def drive(target: Callable[[threading.Event, threading.Event], Any], run_dir: Path, console: Console,
           live: bool, refresh_per_second: float = 3.0) -> tuple[Any, Interrupts]:
     """Run `target(stop, kill)` in this (main) thread while a view of `run_dir` refreshes.
 
     `live=True`: a rich Live view re-rendered from the files a few times a
-    second. `live=False`: a background thread prints plain lines per event.
-    Returns (target's result, the Interrupts with their stop/kill flags).
-    Exceptions of `target` propagate after the view is closed.
+    second. `live=False`: plain lines per event. Either way a watcher thread
+    writes RUN_DIR/run.pid (this process) once the run directory exists, so
+    `agent status` can tell a running run from an abandoned one; it is removed
+    when `target` returns. Returns (target's result, the Interrupts with their
+    stop/kill flags). Exceptions of `target` propagate after the view is closed.
     """
     from rich.live import Live
+
+    run_dir = Path(run_dir)
+    pid_path = run_dir / PID_FILE
+    reporter = None if live else PlainReporter(run_dir)
+    finished = threading.Event()
 
     def say(msg: str) -> None:
         console.print(f"[bold yellow]{msg}[/]" if live else msg)
 
-    with Interrupts(say) as intr:
-        if live:
-            def safe_render() -> RenderableType:
-                try:
-                    return render(run_dir, console.width)
-                except Exception as e:  # the view must never take the run down
-                    return Text(f"(view error: {type(e).__name__}: {e})", style="red")
-
-            with Live(get_renderable=safe_render, console=console, refresh_per_second=refresh_per_second,
-                      redirect_stdout=True, redirect_stderr=True):
-                result = target(intr.stop, intr.kill)
-            return result, intr
-        reporter = PlainReporter(run_dir)
-        finished = threading.Event()
-
-        def pump() -> None:
-            while not finished.wait(1.0 / refresh_per_second):
-                for line in reporter.poll():
-                    console.print(_stamp(line), highlight=False, markup=False)
-
-        th = threading.Thread(target=pump, name="plain-view", daemon=True)
-        th.start()
-        try:
-            result = target(intr.stop, intr.kill)
-        finally:
-            finished.set()
-            th.join(timeout=5)
+    def flush_plain() -> None:
+        if reporter is not None:
             for line in reporter.poll():
                 console.print(_stamp(line), highlight=False, markup=False)
-        return result, intr
+
+    def watch() -> None:
+        wrote = False
+        while not finished.wait(1.0 / refresh_per_second):
+            if not wrote and (run_dir / "run.yaml").exists():
+                try:
+                    pid_path.write_text(f"{os.getpid()}\n")
+                    wrote = True
+                except OSError:
+                    pass
+            flush_plain()
+
+    def safe_render() -> RenderableType:
+        try:
+            return render(run_dir, console.width)
+        except Exception as e:  # the view must never take the run down
+            return Text(f"(view error: {type(e).__name__}: {e})", style="red")
+
+    watcher = threading.Thread(target=watch, name="run-view", daemon=True)
+    with Interrupts(say) as intr:
+        watcher.start()
+        try:
+            if live:
+                with Live(get_renderable=safe_render, console=console, refresh_per_second=refresh_per_second,
+                          redirect_stdout=True, redirect_stderr=True):
+                    result = target(intr.stop, intr.kill)
+            else:
+                result = target(intr.stop, intr.kill)
+        finally:
+            finished.set()
+            watcher.join(timeout=5)
+            flush_plain()
+            try:
+                if pid_path.is_file() and pid_path.read_text().strip() == str(os.getpid()):
+                    pid_path.unlink()
+            except OSError:
+                pass
+    return result, intr
 
 
 def _stamp(line: str) -> str:

@@ -18,10 +18,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.live import (CLASS_STYLE, STALE_AFTER_S, RunStatus, best_node, fmt_duration, fmt_score, key_config, llm_cost,
+from agent.live import (CLASS_STYLE, PID_FILE, STALE_AFTER_S, RunStatus, best_node, fmt_duration, fmt_score, key_config, llm_cost,
                         parse_time, read_nodes, read_status, render, tail_lines, varied_keys)
 
-PID_FILES = ("run.pid", "pid")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -38,8 +37,7 @@ def liveness(run_dir: Path, st: RunStatus | None, now: datetime | None = None) -
     """(running?, why) from the pid file when there is one, else from status.json's age and phase."""
     now = now or datetime.now(timezone.utc)
     run_dir = Path(run_dir)
-    for name in PID_FILES:
-        f = run_dir / name
+    for f in (run_dir / PID_FILE,):
         if f.is_file():
             try:
                 pid = int(f.read_text().split()[0])

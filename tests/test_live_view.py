@@ -30,7 +30,7 @@ def test_render_recorded_run_shows_every_part(tmp_path):
     assert "homeostasis" in text and "policy heuristic" in text
     assert "block 1 iter 8/12" in text and "iterations 8/16" in text
     assert "elapsed 6m40s" in text and "$0.03 / $5.00" in text
-    assert "profile quick (CPU-sized" in text
+    assert "profile quick — chosen automatically (no CUDA: CPU-sized quick profile)" in text
     # one row per slot: node, parent, strategy, progress, steps/s, ETA, status
     rows = {int(ln.split()[0]): ln for ln in lines if ln.strip()[:1].isdigit() and ("running" in ln or "done" in ln
                                                                                    or "pending" in ln)}
@@ -137,6 +137,12 @@ def test_drive_plain_prints_lines_and_ctrl_c_sets_stop_then_kill(tmp_path):
     seen = {}
 
     def target(stop: threading.Event, kill: threading.Event):
+        pid_file = run / "run.pid"
+        for _ in range(500):  # the watcher marks the run as owned by this process
+            if pid_file.is_file():
+                break
+            threading.Event().wait(0.01)
+        seen["pid"] = pid_file.read_text().strip()
         os.kill(os.getpid(), signal.SIGINT)  # the user's first Ctrl-C
         assert stop.wait(5)
         seen["kill_after_one"] = kill.is_set()
@@ -147,6 +153,7 @@ def test_drive_plain_prints_lines_and_ctrl_c_sets_stop_then_kill(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     result, intr = drive(target, run, console, live=False, refresh_per_second=20)
     assert result == run and intr.stop.is_set() and intr.kill.is_set() and seen["kill_after_one"] is False
+    assert seen["pid"] == str(os.getpid()) and not (run / "run.pid").exists()
     assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
     text = out.getvalue()
     assert "stopping after the current step" in text and "ending the running trainings" in text
