@@ -182,6 +182,9 @@ class Regime(BaseModel):
     log_metrics: list[str] = Field(default_factory=list)
     #: config keys shown on the analysis.md `Config:` line: short name -> dotted key
     log_config: dict[str, str] = Field(default_factory=dict)
+    #: short labels of metrics on the `Metrics:` line (seed style, e.g.
+    #: kinograph_R2 -> kino_R2); a metric without a label shows its own name
+    metric_labels: dict[str, str] = Field(default_factory=dict)
     editable: list[EditableFile] = Field(default_factory=list)
     #: when code edits are allowed: "block_end" (homeostasis), "after_warmup"
     #: (not in the first `code_warmup_iters` iterations of a block), "never"
@@ -245,6 +248,28 @@ class Regime(BaseModel):
         for key in self.slot_fixed:
             set_dotted(out, key, self.slot_value(key, slot))
         return out
+
+    def resolve_variant(self, variant: str | None) -> str:
+        """`variant` or the default one; ValueError naming the valid ones when unknown."""
+        if variant is None:
+            return self.default_variant
+        if variant not in self.variants:
+            raise ValueError(f"regime {self.name}: unknown variant {variant!r}; valid: {', '.join(self.variants)}")
+        return variant
+
+    def format_config_line(self, config: dict) -> str:
+        """The analysis.md `Config:` line body, e.g. ``seed=42, lr_k=5E-3, ...`` (keys absent from `config` are skipped)."""
+        parts = []
+        for short, key in self.log_config.items():
+            v = get_dotted(config, key, _MISSING)
+            if v is not _MISSING:
+                parts.append(f"{short}={format_value(v)}")
+        return ", ".join(parts)
+
+    def format_metrics_line(self, metrics: dict[str, float]) -> str:
+        """The analysis.md `Metrics:` line body, e.g. ``rate_constants_R2=0.8123, final_loss=1.2E-3`` (missing metrics skipped)."""
+        return ", ".join(f"{self.metric_labels.get(m, m)}={format_value(metrics[m])}"
+                         for m in self.log_metrics if m in metrics)
 
     def code_edits_allowed(self, iter_in_block: int, at_block_end: bool, code_enabled: bool = True) -> str | None:
         """None when a code edit is allowed now, else the reason it is not."""
@@ -310,6 +335,44 @@ class Regime(BaseModel):
 
 
 # ----- small dict helpers shared by the loop and the tools -----
+
+_MISSING = object()
+
+
+def format_value(v: Any) -> str:
+    """Compact seed-style number: ints as is, 0.8123, 5E-3, 1.2E-3; bools True/False."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    if float(v).is_integer() and abs(v) < 1e5:
+        return str(int(v))
+    if 1e-2 <= abs(v) < 1e4:
+        return f"{v:.4f}".rstrip("0").rstrip(".")
+    mant, exp = f"{v:.1E}".split("E")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}E{int(exp)}"
+
+
+def load_yaml_config(path: Path, what: str = "config") -> dict:
+    """Load a YAML config file; FileNotFoundError / ValueError with one line naming the file."""
+    import yaml  # local: keep `import regimes.base` light
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what}: {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
 
 def get_dotted(cfg: dict, key: str, default: Any = None) -> Any:
     cur: Any = cfg

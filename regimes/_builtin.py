@@ -1,0 +1,104 @@
+"""Pieces shared by the five built-in regime plugins (not part of the contract).
+
+Keeps the plugin modules to their declarations: metric specs named as the
+science packages write them (SCIENCE.md A6 / B4), the config-file lookup of
+the two science packages, and the ground-truth identifiers the guard rejects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from regimes.base import DEFAULT_IMPORT_ALLOWLIST, MetricSpec, ParamSpec, Regime, load_yaml_config
+
+ROOT = Path(__file__).resolve().parent          # regimes/
+PROMPTS = ROOT.parent / "prompts" / "regimes"   # prompts/regimes/<name>.md
+METABOLISM_DIR = ROOT / "metabolism"
+SIGNAL_DIR = ROOT / "signal"
+
+#: What edited training code may import: the default allow-list (torch, numpy,
+#: math, ..., the science package itself through `regimes`).
+IMPORT_ALLOWLIST = list(DEFAULT_IMPORT_ALLOWLIST)
+
+#: Names and fragments of ground truth in the metabolism package: the truth
+#: file (truth.pt, load_truth), its keys (types, lambda, baseline, log_k of the
+#: generator), and the seed's names for type labels. The guard rejects new code
+#: that mentions any of them.
+METABOLISM_TRUTH = ["truth", "oracle", "metabolite_type", "types", "lambda", "baseline",
+                    "true_S", "S_true", "true_k", "k_true", "true_log_k", "gt_slope", "gt_offset"]
+#: The signal package's truth file (truth.pt: true W, gain, generator parameters).
+SIGNAL_TRUTH = ["truth", "oracle", "true_W", "W_true", "w_true", "true_w", "neuron_type"]
+
+SEED_RANGE = (0, 2**31 - 1)
+
+
+def seed_param() -> ParamSpec:
+    return ParamSpec(key="training.seed", type="int", low=SEED_RANGE[0], high=SEED_RANGE[1],
+                     description="seeds model init and batch sampling (the data are fixed by simulation.seed)")
+
+
+def lr(key: str, low: float, high: float, what: str) -> ParamSpec:
+    return ParamSpec(key=f"training.{key}", type="float", low=low, high=high, log=True, description=what)
+
+
+def coeff(key: str, low: float, high: float, what: str, log: bool = False) -> ParamSpec:
+    return ParamSpec(key=f"training.{key}", type="float", low=low, high=high, log=log, description=what)
+
+
+def integer(key: str, low: int, high: int, what: str) -> ParamSpec:
+    return ParamSpec(key=f"training.{key}", type="int", low=low, high=high, description=what)
+
+
+def choice(key: str, values: list, what: str) -> ParamSpec:
+    return ParamSpec(key=f"training.{key}", type="choice", choices=values, description=what)
+
+
+def boolean(key: str, what: str) -> ParamSpec:
+    return ParamSpec(key=f"training.{key}", type="bool", description=what)
+
+
+def metric(name: str, description: str, good: str = "", higher: bool | None = True) -> MetricSpec:
+    return MetricSpec(name=name, description=description, good=good, higher_is_better=higher)
+
+
+LOSS_AND_DYNAMICS = [
+    metric("final_loss", "mean prediction loss over the last 10% of steps (MSE of the derivative / ynorm)",
+           "lower is better", False),
+    metric("test_R2", "R2 of a free rollout of the learned model against held-out run 1", "> 0.9"),
+    metric("test_pearson", "Pearson correlation of that rollout with run 1", "> 0.95"),
+]
+
+METABOLISM_COMMON = LOSS_AND_DYNAMICS + [
+    metric("training_time_min", "wall-clock training time in minutes", "", None),
+    metric("steps_per_second", "gradient steps per second", "", None),
+    metric("activity_rank_99", "components for 99% of the concentration variance (SVD)", "", None),
+]
+
+SIGNAL_METRICS = [
+    metric("connectivity_R2", "fit R2 of learned vs true W (off-diagonal), after the per-presynaptic gauge "
+           "correction W_ij*beta_j/g", "> 0.9"),
+    metric("connectivity_R2_raw", "fit R2 of learned vs true W without gauge correction", "> 0.9"),
+    metric("connectivity_slope", "slope of the learned-vs-true W fit", "~1", None),
+    metric("support_auroc", "how well |W| separates true non-zeros from zeros (AUROC)", "> 0.9"),
+    *LOSS_AND_DYNAMICS,
+    metric("kinograph_R2", "mean per-frame R2 between true and rollout kinographs", "> 0.9"),
+    metric("kinograph_SSIM", "structural similarity of the kinographs", "> 0.9"),
+    metric("kinograph_Wasserstein", "population-mode Wasserstein distance / std (0 = identical, 1 = one-sigma shift)",
+           "< 0.1", False),
+    metric("cluster_accuracy", "neuron-type clustering accuracy (1.0 by construction with one type)", "1.0"),
+    metric("spectral_radius", "spectral radius of the true W (data property)", "", None),
+    metric("effective_rank_90", "activity effective rank, 90% variance (data property)", "", None),
+    metric("effective_rank_99", "activity effective rank, 99% variance (data property)", "", None),
+]
+
+
+def load_package_config(regime: Regime, stem: str, profile: str) -> dict:
+    """Load ``<package_dir>/configs/<stem>_<profile>.yaml`` (profile quick or full)."""
+    if profile not in ("quick", "full"):
+        raise ValueError(f"regime {regime.name}: unknown profile {profile!r}; valid: quick, full")
+    path = Path(regime.package_dir) / "configs" / f"{stem}_{profile}.yaml"
+    return load_yaml_config(path, what=f"regime {regime.name} default config ({profile})")
+
+
+def instructions(name: str) -> Path:
+    return PROMPTS / f"{name}.md"

@@ -1,0 +1,198 @@
+"""Regime `homeostasis`: phase 2, recover MLP_node slopes and type embeddings (seed 003).
+
+Starts from a phase-1 checkpoint (the rate_constants regime's best known
+config with S frozen), freezes k, MLP_sub and S, and trains MLP_node and the
+embeddings by recurrent rollout of `homeostasis_time_step` steps, pinned per
+slot (4, 16, 32, 64). Only the phase-2 loop region may be edited, and only at
+a block end.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from regimes import _builtin as B
+from regimes.base import Classification, Degeneracy, EditableFile, Profile, Regime, get_dotted
+from regimes.rate_constants import REGIME as RATE_CONSTANTS
+
+TRAIN = "regimes/metabolism/train.py"
+_SLOPE_RATIO = re.compile(r"^MLP_node_slope_ratio_(\d+)$")
+
+#: phase-1 keys: fixed by the checkpoint, meaningless in phase 2
+PHASE1_KEYS = ["training.learning_rate_start", "training.learning_rate_k", "training.learning_rate_sub",
+               "training.learning_rate_node", "training.learning_rate_embedding", "training.learning_rate_S_start",
+               "training.coeff_S_L1", "training.coeff_S_L2", "training.coeff_S_integer",
+               "training.coeff_mass_conservation", "training.coeff_MLP_sub_diff", "training.coeff_MLP_sub_norm",
+               "training.coeff_MLP_node_L1", "training.coeff_k_center", "training.n_epochs_init",
+               "training.first_coeff_L1", "training.recurrent_training", "training.time_step"]
+
+
+def slope_ratios(metrics: dict[str, float]) -> list[float]:
+    """The per-type MLP_node_slope_ratio_t values, in type order (non-finite kept as NaN)."""
+    found = []
+    for name, value in metrics.items():
+        m = _SLOPE_RATIO.match(name)
+        if m:
+            try:
+                found.append((int(m.group(1)), float(value)))
+            except (TypeError, ValueError):
+                found.append((int(m.group(1)), math.nan))
+    return [v for _, v in sorted(found)]
+
+
+def _closeness(ratio: float) -> float:
+    """max(0, 1 - |ratio - 1|): 1 at the true slope, falling off both ways (overshoot is not rewarded)."""
+    if not math.isfinite(ratio):
+        return 0.0
+    return max(0.0, 1.0 - abs(ratio - 1.0))
+
+
+class HomeostasisRegime(Regime):
+    """Phase-2 homeostasis recovery."""
+
+    def default_config(self, variant: str | None = None, profile: Profile = "quick") -> dict:
+        """regimes/metabolism/configs/homeostasis_{quick,full}.yaml."""
+        self.resolve_variant(variant)
+        return B.load_package_config(self, "homeostasis", profile)
+
+    def score(self, metrics: dict[str, float]) -> float:
+        """Mean over types of max(0, 1 - |slope_ratio_t - 1|) (SCIENCE.md A7); falls back to
+        avg_slope_ratio when the per-type ratios are absent."""
+        ratios = slope_ratios(metrics)
+        if not ratios:
+            v = metrics.get("avg_slope_ratio")
+            if v is None:
+                return 0.0
+            ratios = [float(v)]
+        return sum(_closeness(r) for r in ratios) / len(ratios)
+
+    def classify(self, metrics: dict[str, float]) -> Classification:
+        """avg_slope_ratio: converged 0.8-1.2, partial 0.3-0.8 or 1.2-3.0, failed otherwise."""
+        v = metrics.get("avg_slope_ratio")
+        if v is None or not math.isfinite(float(v)):
+            return "failed"
+        v = float(v)
+        if 0.8 <= v <= 1.2:
+            return "converged"
+        if 0.3 <= v < 0.8 or 1.2 < v <= 3.0:
+            return "partial"
+        return "failed"
+
+    def degeneracy(self, metrics: dict[str, float]) -> Degeneracy:
+        """Not defined for phase 2: the dynamics are dominated by the frozen reaction terms,
+        so test_pearson says nothing about the homeostasis (seed 003 has no degeneracy table)."""
+        return Degeneracy(gap=None, diagnosis="n/a")
+
+    def prepare(self, run_dir: Path, config: dict, device: str = "cpu", log=print) -> dict:
+        """Provide the phase-1 checkpoint: the user's (`training.phase1_checkpoint` already set,
+        from --phase1-checkpoint) or one trained once per dataset with the rate_constants
+        regime's best known config of the run's profile, S frozen, and cached."""
+        user = get_dotted(config, "training.phase1_checkpoint")
+        if user:
+            path = Path(user).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"training.phase1_checkpoint: {path} does not exist")
+            log(f"homeostasis: using the phase-1 checkpoint {path} (given by the user)")
+            return {"training.phase1_checkpoint": str(path.resolve())}
+        from regimes.metabolism.phase1 import ensure_phase1_checkpoint  # heavy (torch): only when needed
+
+        profile = run_profile(Path(run_dir), config, self)
+        phase1 = phase1_config(config, profile)
+        path, metrics = ensure_phase1_checkpoint(phase1["simulation"], phase1, device, None, log)
+        r2 = metrics.get("rate_constants_R2") if isinstance(metrics, dict) else None
+        r2_txt = f"{r2:.4f}" if isinstance(r2, (int, float)) else "n/a"
+        log(f"homeostasis: phase-1 checkpoint {path} (rate_constants {profile} config, S frozen): "
+            f"rate_constants_R2={r2_txt}")
+        return {"training.phase1_checkpoint": str(path)}
+
+
+def phase1_config(config: dict, profile: Profile) -> dict:
+    """The rate_constants regime's default config of `profile`, on this run's simulation, S frozen."""
+    import copy
+
+    phase1 = copy.deepcopy(RATE_CONSTANTS.default_config(None, profile))
+    if isinstance(config.get("simulation"), dict):
+        phase1["simulation"] = copy.deepcopy(config["simulation"])
+    phase1.setdefault("training", {})["freeze_stoichiometry"] = True
+    return phase1
+
+
+def run_profile(run_dir: Path, config: dict, regime: Regime) -> Profile:
+    """The run's profile: `profile:` of run.yaml when present, else the default config
+    (quick or full) whose training section is closest to `config`."""
+    run_yaml = run_dir / "run.yaml"
+    if run_yaml.is_file():
+        import yaml
+
+        data = yaml.safe_load(run_yaml.read_text()) or {}
+        if isinstance(data, dict) and data.get("profile") in ("quick", "full"):
+            return data["profile"]
+    best, best_diff = "quick", None
+    for profile in ("quick", "full"):
+        try:
+            ref = regime.default_config(None, profile).get("training", {})
+        except FileNotFoundError:
+            continue
+        diff = sum(1 for k, v in ref.items() if config.get("training", {}).get(k) != v)
+        if best_diff is None or diff < best_diff:
+            best, best_diff = profile, diff
+    return best  # type: ignore[return-value]
+
+
+REGIME = HomeostasisRegime(
+    name="homeostasis",
+    title="Metabolism phase 2: homeostasis recovery",
+    description=("From a frozen phase-1 model (k, MLP_sub, S), learn the per-type homeostasis "
+                 "-lambda_t (c - b_t) with MLP_node and metabolite embeddings. Slots run rollouts of "
+                 "4/16/32/64 steps. Primary: avg_slope_ratio (best 1.0); converged 0.8-1.2."),
+    package="regimes.metabolism",
+    package_dir=B.METABOLISM_DIR,
+    train_entry="regimes.metabolism.train",
+    mutable=[
+        B.lr("learning_rate_node_homeostasis", 1e-4, 1e-1, "phase-2 lr of MLP_node"),
+        B.lr("learning_rate_embedding_homeostasis", 1e-4, 1e-1, "phase-2 lr of the embeddings a_i"),
+        B.integer("data_augmentation_loop", 10, 5000, "iterations-per-epoch multiplier (seed range 100-5000)"),
+        B.choice("batch_size", [4, 8, 16, 32], "frames per gradient step"),
+    ],
+    frozen=["simulation.*", "graph_model.*", "training.*", "training.freeze_stoichiometry",
+            "training.skip_phase1", "training.homeostasis_training", "training.phase1_checkpoint",
+            "training.n_epochs", "training.seed", *PHASE1_KEYS],
+    slot_fixed={"training.homeostasis_time_step": [4, 16, 32, 64]},
+    metrics=[
+        B.metric("avg_slope_ratio", "mean over types of learned / true MLP_node slope (best 1.0)", "0.8-1.2", None),
+        *[B.metric(f"MLP_node_slope_ratio_{t}", f"learned / true slope of type {t} (best 1.0)", "1.0", None)
+          for t in (0, 1)],
+        *[B.metric(f"MLP_node_offset_ratio_{t}", f"learned / true offset of type {t} (best 1.0)", "1.0", None)
+          for t in (0, 1)],
+        *[B.metric(f"MLP_node_slope_{t}", f"learned slope of MLP_node for type {t} (true -lambda_t)", "", None)
+          for t in (0, 1)],
+        *[B.metric(f"MLP_node_offset_{t}", f"learned offset of MLP_node for type {t} (true lambda_t*b_t)", "", None)
+          for t in (0, 1)],
+        B.metric("embedding_cluster_acc", "DBSCAN clusters of the embeddings vs true types (Hungarian)", "1.0"),
+        B.metric("embedding_n_clusters", "clusters DBSCAN finds in embedding space", "2", None),
+        B.metric("embedding_silhouette", "silhouette of the embedding clustering", "> 0.5"),
+        B.metric("phase2_loss", "phase-2 rollout loss", "lower is better", False),
+        B.metric("phase2_node_magnitude", "mean |MLP_node| on the data (> 0 means MLP_node is active)", "> 0"),
+        B.metric("rate_constants_R2", "phase-1 sanity check: must stay as in the checkpoint", "> 0.5"),
+        *B.METABOLISM_COMMON,
+    ],
+    primary_metric="avg_slope_ratio",
+    log_metrics=["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_offset_ratio_0", "MLP_node_slope_ratio_1",
+                 "MLP_node_offset_ratio_1", "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2"],
+    metric_labels={"MLP_node_slope_ratio_0": "slope_ratio_0", "MLP_node_offset_ratio_0": "offset_ratio_0",
+                   "MLP_node_slope_ratio_1": "slope_ratio_1", "MLP_node_offset_ratio_1": "offset_ratio_1"},
+    log_config={"lr_node_homeo": "training.learning_rate_node_homeostasis",
+                "lr_emb_homeo": "training.learning_rate_embedding_homeostasis",
+                "data_augmentation_loop": "training.data_augmentation_loop", "batch_size": "training.batch_size"},
+    editable=[EditableFile(path=TRAIN, regions=["phase2_loop"])],
+    code_edit_when="block_end",
+    code_warmup_iters=0,
+    plots=["plots/*MLP_node*.png", "plots/*embedding*.png", "plots/*rate_constants*.png", "plots/*loss*.png",
+           "plots/*.png"],
+    instructions=B.instructions("homeostasis"),
+    strategies=["exploit", "strategy-switch", "embedding-focus", "slope-focus", "explore"],
+    import_allowlist=B.IMPORT_ALLOWLIST,
+    truth_identifiers=list(B.METABOLISM_TRUTH),
+)

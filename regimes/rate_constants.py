@@ -1,0 +1,78 @@
+"""Regime `rate_constants`: recover the rate constants k with S given (seed 001).
+
+Mass-action kinetics on autocatalytic 3-cycles with homeostasis present; the
+model learns log k, MLP_sub, MLP_node and embeddings while S is frozen from
+ground truth. Its default config is also the phase-1 recipe the homeostasis
+regime starts from.
+"""
+
+from __future__ import annotations
+
+from regimes import _builtin as B
+from regimes.base import EditableFile, Profile, Regime
+
+TRAIN = "regimes/metabolism/train.py"
+MODEL = "regimes/metabolism/model.py"
+
+#: the seed's "Frozen Parameters" table: S is given, so no S learning or S regularisation
+S_FROZEN = ["training.freeze_stoichiometry", "training.learning_rate_S_start", "training.coeff_S_L1",
+            "training.coeff_S_integer", "training.coeff_mass_conservation"]
+
+
+class RateConstantsRegime(Regime):
+    """k recovery (S frozen) on the `cycles` network with the `mass_action` generator."""
+
+    def default_config(self, variant: str | None = None, profile: Profile = "quick") -> dict:
+        """regimes/metabolism/configs/rate_constants_{quick,full}.yaml."""
+        self.resolve_variant(variant)
+        return B.load_package_config(self, "rate_constants", profile)
+
+
+REGIME = RateConstantsRegime(
+    name="rate_constants",
+    title="Metabolism: rate-constant recovery (S given)",
+    description=("S is given and frozen; learn log10 k (256 reactions), the substrate function MLP_sub and the "
+                 "homeostasis function MLP_node from mass-action dynamics (log k in [-2, -1], activity rank ~50). "
+                 "Primary: rate_constants_R2; converged > 0.9."),
+    package="regimes.metabolism",
+    package_dir=B.METABOLISM_DIR,
+    train_entry="regimes.metabolism.train",
+    mutable=[
+        B.lr("learning_rate_k", 1e-4, 1e-2, "lr of log_k (rate constants)"),
+        B.lr("learning_rate_node", 1e-4, 1e-2, "lr of MLP_node (homeostasis function)"),
+        B.lr("learning_rate_sub", 1e-4, 1e-2, "lr of MLP_sub (substrate function)"),
+        B.lr("learning_rate_start", 1e-4, 1e-2, "fallback lr of the other parameters"),
+        B.integer("n_epochs", 1, 10, "epochs"),
+        B.choice("batch_size", [4, 8, 16, 32], "frames per gradient step"),
+        B.integer("data_augmentation_loop", 10, 2000, "iterations-per-epoch multiplier (seed range 100-2000)"),
+        B.seed_param(),
+        B.coeff("coeff_MLP_sub_diff", 0.0, 500.0, "monotonicity of MLP_sub in c (penalise decrease)"),
+        B.coeff("coeff_MLP_node_L1", 0.0, 10.0, "L1 on MLP_node output (keeps homeostasis small)"),
+        B.coeff("coeff_k_center", 0.0, 10.0, "(mean log_k - centre of the log k range)^2: breaks the k/MLP_sub scale gauge"),
+    ],
+    frozen=["simulation.*", "graph_model.*", "training.*", *S_FROZEN],
+    metrics=[
+        B.metric("rate_constants_R2", "R2 (identity line) of learned vs true log10 k after the k/MLP_sub gauge "
+                 "correction", "> 0.9"),
+        B.metric("rate_constants_R2_shifted", "the same after removing the mean offset (scale-free)", "> 0.9"),
+        B.metric("rate_constants_R2_fit", "fit R2 of learned vs true log10 k (comparable to published figures)", "> 0.9"),
+        B.metric("alpha", "f(1,1) of MLP_sub (the gauge factor)", "~1", None),
+        B.metric("MLP_sub_R2", "learned MLP_sub against c^s on a grid, s in {1, 2}", "> 0.9"),
+        *B.METABOLISM_COMMON,
+    ],
+    primary_metric="rate_constants_R2",
+    log_metrics=["rate_constants_R2", "rate_constants_R2_shifted", "test_R2", "test_pearson", "final_loss"],
+    log_config={"seed": "training.seed", "lr_k": "training.learning_rate_k", "lr_node": "training.learning_rate_node",
+                "lr_sub": "training.learning_rate_sub", "batch_size": "training.batch_size",
+                "n_epochs": "training.n_epochs", "data_augmentation_loop": "training.data_augmentation_loop",
+                "coeff_MLP_node_L1": "training.coeff_MLP_node_L1", "coeff_k_center": "training.coeff_k_center"},
+    editable=[EditableFile(path=TRAIN, functions=["train_phase1"]), EditableFile(path=MODEL)],
+    code_edit_when="after_warmup",
+    code_warmup_iters=4,
+    plots=["plots/*MLP_sub*.png", "plots/*MLP_node*.png", "plots/*rate_constants*.png", "plots/*loss*.png",
+           "plots/*rollout*.png", "plots/*embedding*.png", "plots/*.png"],
+    instructions=B.instructions("rate_constants"),
+    strategies=["exploit", "boundary-probe", "explore", "degeneracy-break"],
+    import_allowlist=B.IMPORT_ALLOWLIST,
+    truth_identifiers=list(B.METABOLISM_TRUTH),
+)

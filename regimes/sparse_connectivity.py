@@ -1,0 +1,100 @@
+"""Regime `sparse_connectivity`: recover a sparse synaptic matrix W (seed 004).
+
+du_i/dt = -u_i + g * sum_j W_ij tanh(u_j), W Gaussian N(0, 1/n) with half of
+its entries zeroed. Variants n100 (default) and n200; the instructions ask
+to compare them and keep the understanding of each apart.
+"""
+
+from __future__ import annotations
+
+from regimes import _builtin as B
+from regimes.base import EditableFile, ParamSpec, Profile, Regime
+
+TRAIN = "regimes/signal/train.py"
+MODEL = "regimes/signal/model.py"
+
+
+def signal_mutable() -> list[ParamSpec]:
+    """The seed's exploration space (training keys of SCIENCE.md B3)."""
+    return [
+        B.lr("learning_rate_W_start", 1e-4, 1e-2, "lr of W"),
+        B.lr("learning_rate_start", 1e-5, 1e-3, "lr of lin_edge and lin_phi"),
+        B.lr("learning_rate_embedding_start", 1e-5, 1e-2, "lr of the embeddings a"),
+        B.coeff("coeff_W_L1", 1e-7, 1e-3, "L1 on W from epoch n_epochs_init on", log=True),
+        B.coeff("coeff_edge_diff", 100.0, 50000.0, "monotonicity of lin_edge in u", log=True),
+        B.choice("batch_size", [8, 16, 32], "frames per gradient step"),
+        B.integer("n_epochs", 1, 50, "epochs (12+ is the seed's long-training test)"),
+        B.integer("n_epochs_init", 0, 20, "epochs of phase 1 (first_coeff_L1 instead of coeff_W_L1)"),
+        B.coeff("first_coeff_L1", 0.0, 1e-3, "L1 on W during phase 1 (typically 0)"),
+        B.boolean("training_single_type", "one neuron type: embeddings frozen at ones"),
+        B.integer("data_augmentation_loop", 1, 2000, "iterations-per-epoch multiplier"),
+        B.seed_param(),
+        B.boolean("recurrent_training", "multi-step rollout training"),
+        B.choice("time_step", [1, 4, 16, 32, 64], "rollout depth (1 = single step)"),
+        B.coeff("noise_recurrent_level", 0.0, 0.1, "Gaussian noise per rollout step"),
+        B.integer("recurrent_training_start_epoch", 0, 50, "epoch at which recurrent training begins"),
+        ParamSpec(key="graph_model.lin_edge_mode", type="choice", choices=["mlp", "tanh"],
+                  description="lin_edge learned (mlp) or fixed to the true form tanh(u): the seed's "
+                              "fixed-model diagnostic"),
+    ]
+
+
+SIGNAL_LOG_CONFIG = {
+    "seed": "training.seed", "lr_W": "training.learning_rate_W_start", "lr": "training.learning_rate_start",
+    "lr_emb": "training.learning_rate_embedding_start", "coeff_W_L1": "training.coeff_W_L1",
+    "coeff_edge_diff": "training.coeff_edge_diff", "n_epochs_init": "training.n_epochs_init",
+    "first_coeff_L1": "training.first_coeff_L1", "batch_size": "training.batch_size",
+    "recurrent": "training.recurrent_training", "time_step": "training.time_step",
+}
+SIGNAL_LOG_METRICS = ["test_R2", "test_pearson", "connectivity_R2", "cluster_accuracy", "final_loss",
+                      "kinograph_R2", "kinograph_SSIM", "kinograph_Wasserstein"]
+SIGNAL_METRIC_LABELS = {"kinograph_R2": "kino_R2", "kinograph_SSIM": "kino_SSIM", "kinograph_Wasserstein": "kino_WD"}
+SIGNAL_EDITABLE = [EditableFile(path=TRAIN, functions=["train_model"]), EditableFile(path=MODEL)]
+SIGNAL_PLOTS = ["plots/*W_scatter*.png", "plots/*connectivity*.png", "plots/*W_*.png", "plots/*kinograph*.png",
+                "plots/*lin_edge*.png", "plots/*lin_phi*.png", "plots/*loss*.png", "plots/*.png"]
+SIGNAL_STRATEGIES = ["exploit", "failure-probe", "explore", "degeneracy-break", "forced-branch", "switch-dimension",
+                     "recombine", "dimension-sweep", "exploit-tighten", "regime-shift", "seed-robustness",
+                     "cross-seed-optimize", "universal-recipe-validate", "variance-reduction", "L1-calibration",
+                     "code-modification", "code-refine", "code-revert", "code-next-priority",
+                     "multi-code-modification", "identifiability-test", "fixed-model-sweep"]
+
+
+class SignalRegime(Regime):
+    """W recovery on the signal package; configs `<stem>_<variant>_<profile>.yaml`."""
+
+    config_stem: str
+
+    def default_config(self, variant: str | None = None, profile: Profile = "quick") -> dict:
+        """regimes/signal/configs/<config_stem>_{n100,n200}_{quick,full}.yaml."""
+        v = self.resolve_variant(variant)
+        return B.load_package_config(self, f"{self.config_stem}_{v}", profile)
+
+
+REGIME = SignalRegime(
+    name="sparse_connectivity",
+    title="Neural signal: sparse connectivity recovery",
+    description=("Recover W (n x n, N(0, 1/n), 50% of entries zeroed, no self-connections) of "
+                 "du/dt = -u + 7 W tanh(u) from activity. Variants n100 and n200, compared side by side. "
+                 "Primary: connectivity_R2; converged > 0.9."),
+    variants=["n100", "n200"],
+    default_variant="n100",
+    package="regimes.signal",
+    package_dir=B.SIGNAL_DIR,
+    train_entry="regimes.signal.train",
+    config_stem="sparse",
+    mutable=signal_mutable(),
+    frozen=["simulation.*", "graph_model.*", "training.*"],
+    metrics=list(B.SIGNAL_METRICS),
+    primary_metric="connectivity_R2",
+    log_metrics=SIGNAL_LOG_METRICS,
+    metric_labels=SIGNAL_METRIC_LABELS,
+    log_config=SIGNAL_LOG_CONFIG,
+    editable=SIGNAL_EDITABLE,
+    code_edit_when="after_warmup",
+    code_warmup_iters=4,
+    plots=SIGNAL_PLOTS,
+    instructions=B.instructions("sparse_connectivity"),
+    strategies=SIGNAL_STRATEGIES,
+    import_allowlist=B.IMPORT_ALLOWLIST,
+    truth_identifiers=list(B.SIGNAL_TRUTH),
+)
