@@ -226,20 +226,62 @@ def _where_stmt(stmt: ast.stmt) -> str:
     return "at module level"
 
 
-def _first_ast_difference(old: ast.Module, new: ast.Module) -> tuple[int, str]:
-    """(line in new, where) of the first top-level statement that differs."""
-    ob, nb = old.body, new.body
+def _first_stmt_difference(ob: list[ast.stmt], nb: list[ast.stmt]) -> tuple[int, ast.stmt] | None:
+    """(line in new, top statement) of the first differing statement, descending into blocks."""
     for i in range(max(len(ob), len(nb))):
         o = ob[i] if i < len(ob) else None
         n = nb[i] if i < len(nb) else None
-        if o is None or n is None or ast.dump(o) != ast.dump(n):
+        if o is not None and n is not None and ast.dump(o) == ast.dump(n):
+            continue
+        if o is None or n is None:
             stmt = n if n is not None else o
-            if (isinstance(o, ast.ClassDef) and isinstance(n, ast.ClassDef) and o.name == n.name):
-                sub_line, _ = _first_ast_difference(ast.Module(body=o.body, type_ignores=[]),
-                                                    ast.Module(body=n.body, type_ignores=[]))
-                return sub_line, f"in class {n.name}"
-            return (stmt.lineno if n is not None else (nb[-1].end_lineno if nb else 1)), _where_stmt(stmt)
-    return 1, "at module level"
+            return (n.lineno if n is not None else (nb[-1].end_lineno if nb else 1)), stmt
+        if type(o) is type(n):
+            for field in ("body", "orelse", "finalbody"):
+                ol, nl = getattr(o, field, None), getattr(n, field, None)
+                if isinstance(ol, list) and isinstance(nl, list) and ast.dump(ast.Module(ol, [])) != ast.dump(
+                        ast.Module(nl, [])):
+                    inner = _first_stmt_difference(ol, nl)
+                    if inner is not None:
+                        return inner[0], n
+        return n.lineno, n
+    return None
+
+
+def _first_ast_difference(old: ast.Module, new: ast.Module) -> tuple[int, str]:
+    """(line in new, where) of the first statement that differs."""
+    found = _first_stmt_difference(old.body, new.body)
+    if found is None:
+        return 1, "at module level"
+    return found[0], _where_stmt(found[1])
+
+
+def _blanked(text: str, tree: ast.Module, ef: EditableFile, regions: list[tuple[str, int, int]]) -> ast.Module | None:
+    """The module with the allowed function bodies and region interiors blanked.
+
+    A region becomes one `pass` on its marker line (line numbers are kept);
+    None when that masked text does not parse (the text comparison still applies).
+    """
+    if any(name in ef.regions for name, _, _ in regions):
+        lines = text.splitlines()
+        for name, start, end in regions:
+            if name not in ef.regions:
+                continue
+            marker = lines[start - 1]
+            lines[start - 1] = marker[: len(marker) - len(marker.lstrip())] + "pass"
+            for i in range(start, end - 1):
+                lines[i] = ""
+        try:
+            tree = ast.parse("\n".join(lines))
+        except SyntaxError:
+            return None
+    else:
+        tree = copy.deepcopy(tree)
+    for name in ef.functions:
+        f = _find_function(tree, name)
+        if f is not None:
+            f.body = [ast.Pass()]
+    return tree
 
 
 def _structure(ef: EditableFile, path: str, old_text: str, new_text: str, old_tree: ast.Module,
@@ -254,7 +296,8 @@ def _structure(ef: EditableFile, path: str, old_text: str, new_text: str, old_tr
         sn.add(1, len(new_lines), "whole file")
         return so, sn, errors
 
-    old_blank, new_blank = copy.deepcopy(old_tree), copy.deepcopy(new_tree)
+    ro: list[tuple[str, int, int]] = []
+    rn: list[tuple[str, int, int]] = []
     for name in ef.functions:
         fo, fn = _find_function(old_tree, name), _find_function(new_tree, name)
         if fo is None:
@@ -269,9 +312,6 @@ def _structure(ef: EditableFile, path: str, old_text: str, new_text: str, old_tr
                           f"({ast.unparse(fo.args)})`")
         so.add(*_function_span(old_lines, fo), f"function {name}")
         sn.add(*_function_span(new_lines, fn), f"function {name}")
-        for tree in (old_blank, new_blank):
-            f = _find_function(tree, name)
-            f.body = [ast.Pass()]
 
     if ef.regions:
         ro, err_o = _regions(old_lines)
@@ -295,7 +335,9 @@ def _structure(ef: EditableFile, path: str, old_text: str, new_text: str, old_tr
         return so, sn, errors
 
     # the code outside the editable bodies must be the same program ...
-    if ef.functions and ast.dump(old_blank) != ast.dump(new_blank):
+    old_blank = _blanked(old_text, old_tree, ef, ro)
+    new_blank = _blanked(new_text, new_tree, ef, rn)
+    if old_blank is not None and new_blank is not None and ast.dump(old_blank) != ast.dump(new_blank):
         line, where = _first_ast_difference(old_blank, new_blank)
         allowed = ", ".join(ef.functions + [f"region {r}" for r in ef.regions])
         errors.append(f"{path}: line {line} ({where}): code outside the editable parts changed "
