@@ -32,7 +32,7 @@ def update_memory(env, args: UpdateMemoryInput) -> str:
     except MemoryError_ as e:
         raise ToolRejected(f"update_memory: {e}") from None
     mem.save(env.memory_path, block=env.block)
-    return f"memory.md: {args.mode}d section {args.section!r}"
+    return f"memory.md: {'replaced' if args.mode == 'replace' else 'appended to'} section {args.section!r}"
 
 
 class EditInstructionsInput(BaseModel):

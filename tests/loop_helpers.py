@@ -1,0 +1,39 @@
+"""Shared helpers for the loop's tests (toy regime runs, tool envs)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from agent.policies.heuristic import HeuristicPolicy
+from agent.runctx import RunCtx, RunInfo
+from regimes.registry import get_regime
+from tools.env import load_yaml
+
+TOY_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "toy_regime" / "plugins"
+
+
+def toy_options(run_dir: Path, **kw):
+    from agent.run import RunOptions
+
+    base = dict(regime="toy", regime_path=[TOY_PLUGINS], slots=2, iterations=4, policy="heuristic",
+                run_dir=run_dir, seed=0)
+    base.update(kw)
+    return RunOptions(**base)
+
+
+def open_ctx(run_dir: Path, iteration: int = 1) -> RunCtx:
+    """A RunCtx over an existing run with the batch of `iteration` loaded into the tool env."""
+    from sandbox.workspace import Workspace
+
+    info = RunInfo.model_validate(load_yaml(run_dir / "run.yaml"))
+    regime = get_regime(info.regime, [Path(p) for p in info.regime_path])
+    ctx = RunCtx(run_dir, info, regime, Workspace.open(run_dir / "workspace"), HeuristicPolicy(), HeuristicPolicy())
+    ctx.env.iteration = iteration
+    ctx.env.batch = ctx.load_batch(iteration)
+    return ctx
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
