@@ -1,0 +1,350 @@
+"""Executors (DESIGN.md §8): run a batch of trainings, one per slot.
+
+- `LocalExecutor`: a thread pool on this machine, each thread driving one
+  `run_training` subprocess; slots share the cores (threads per slot) and get
+  one GPU each when GPUs exist.
+- `RayExecutor`: one Ray task per slot. The code at the slot's commit travels
+  with the task (the checkout is packed into a tar in the driver and unpacked
+  in the task), and the output directory comes back as a tar, so it works on a
+  remote cluster without a shared filesystem.
+
+Both return `RunResult` records in the order of the specs. `on_progress` is
+called from worker threads (local) or the driver's polling loop (Ray).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Literal
+
+from sandbox.runner import RunResult, RunSpec, run_training
+
+ProgressFn = Callable[[int, dict], None]
+RAY_HINT = "the ray executor needs Ray: pip install 'gnn-agent[ray]' (or pip install ray)"
+#: files and dirs never shipped with the code (worktree link, caches)
+PACK_SKIP = {".git", "__pycache__", ".pytest_cache"}
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def gpu_count(device: str) -> int:
+    """Number of CUDA GPUs when `device` allows them (torch imported lazily)."""
+    if device == "cpu":
+        return 0
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _error_result(spec: RunSpec, status: str, reason: str) -> RunResult:
+    return RunResult(slot=spec.slot, node_id=spec.node_id, status=status, exit_code=None, reason=reason,
+                     traceback_tail="", metrics={}, duration_s=0.0, out_dir=Path(spec.out_dir))
+
+
+class Executor(ABC):
+    """Runs batches of trainings (contracts §4)."""
+
+    name: str = "executor"
+
+    @abstractmethod
+    def run_batch(self, specs: list[RunSpec], on_progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> list[RunResult]:
+        """Run every spec; results in the order of `specs`. Never raises for a failing training."""
+
+    def shutdown(self) -> None:
+        """Release resources (idempotent)."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+class LocalExecutor(Executor):
+    """A thread pool of `min(slots, max_parallel)` workers on this machine.
+
+    `max_parallel` defaults to the number of GPUs with CUDA, else the number
+    of cores. Each run gets `max(1, cores // parallel)` threads and, with GPUs,
+    its own GPU through CUDA_VISIBLE_DEVICES (unless the spec pins one).
+    """
+
+    name = "local"
+
+    def __init__(self, slots: int, device: str = "cpu", max_parallel: int | None = None):
+        if slots < 1:
+            raise ValueError(f"local executor: slots must be >= 1, got {slots}")
+        if device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"local executor: device must be cpu, cuda or auto, got {device!r}")
+        self.slots = slots
+        self.device = device
+        self._max_parallel = max_parallel
+        self._gpus: int | None = None  # detected lazily: importing torch is slow
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def gpus(self) -> int:
+        if self._gpus is None:
+            self._gpus = gpu_count(self.device)
+            if self.device == "cuda" and self._gpus == 0:
+                raise RuntimeError("local executor: device cuda requested but no CUDA GPU is visible")
+        return self._gpus
+
+    @property
+    def parallel(self) -> int:
+        cap = self._max_parallel or (self.gpus if self.gpus else cpu_count())
+        return max(1, min(self.slots, cap))
+
+    @property
+    def threads_per_slot(self) -> int:
+        return max(1, cpu_count() // self.parallel)
+
+    def describe(self) -> str:
+        return (f"local: {self.parallel} parallel, {self.threads_per_slot} threads each"
+                + (f", {self.gpus} GPU(s)" if self.gpus else ""))
+
+    def run_batch(self, specs: list[RunSpec], on_progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> list[RunResult]:
+        if not specs:
+            return []
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="slot")
+        free_gpus: queue.Queue[str] = queue.Queue()
+        for g in range(self.gpus):
+            free_gpus.put(str(g))
+        threads = self.threads_per_slot
+        device = "cuda" if self.gpus else "cpu"
+
+        def one(spec: RunSpec) -> RunResult:
+            if cancel is not None and cancel.is_set():
+                return _error_result(spec, "killed", "cancelled before start")
+            gpu = None
+            if self.gpus and spec.gpu is None:
+                gpu = free_gpus.get()  # at most `parallel` == #GPUs runs hold one
+            try:
+                update = {"threads": threads}
+                if gpu is not None:
+                    update.update(gpu=gpu, device=device)
+                return run_training(spec.model_copy(update=update), on_progress, cancel)
+            except Exception as e:  # a launch error (missing config, bad dir) fails this slot only
+                return _error_result(spec, "failed", f"runner error: {e}")
+            finally:
+                if gpu is not None:
+                    free_gpus.put(gpu)
+
+        futures = [self._pool.submit(one, s) for s in specs]
+        return [f.result() for f in futures]
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+# ----- Ray -----
+
+def pack_dir(path: Path) -> bytes:
+    """A gzip tar of a directory's contents (no .git link, no caches)."""
+    buf = io.BytesIO()
+    path = Path(path)
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted(path.rglob("*")):
+            rel = p.relative_to(path)
+            if any(part in PACK_SKIP for part in rel.parts) or p.suffix == ".pyc":
+                continue
+            if p.is_symlink():
+                continue  # never ship links out of the tree
+            tar.add(p, arcname=rel.as_posix(), recursive=False)
+    return buf.getvalue()
+
+
+def unpack_dir(data: bytes, dest: Path) -> None:
+    """Unpack `pack_dir` bytes into `dest` (refusing members that leave it)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+
+
+def _ray_task(spec_json: str, code_tar: bytes, config_bytes: bytes, progress_queue=None) -> tuple[str, bytes]:
+    """Body of the Ray task: unpack code, run the training, pack the outputs."""
+    spec = RunSpec.model_validate_json(spec_json)
+    work = Path(tempfile.mkdtemp(prefix=f"gnn-agent-slot{spec.slot:02d}-"))
+    try:
+        code = work / "code"
+        unpack_dir(code_tar, code)
+        config = work / "config.yaml"
+        config.write_bytes(config_bytes)
+        out = work / "out"
+        local = spec.model_copy(update={"code_dir": code, "config_path": config, "out_dir": out, "gpu": None})
+
+        def forward(slot: int, rec: dict) -> None:
+            if progress_queue is not None:
+                try:
+                    progress_queue.put_nowait((slot, rec))
+                except Exception:
+                    pass  # a full or gone queue must not stop the training
+
+        try:
+            result = run_training(local, forward if progress_queue is not None else None)
+        except Exception as e:
+            result = _error_result(local, "failed", f"runner error on {os.uname().nodename}: {e}")
+        return result.model_dump_json(), (pack_dir(out) if out.exists() else b"")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class RayExecutor(Executor):
+    """One Ray task per slot (`num_gpus=1` when the cluster has GPUs and device allows).
+
+    `address`: None starts (or reuses) a local Ray instance; "auto" or
+    "HOST:PORT" connects to a cluster. The sandbox package must be importable
+    on the workers (it is, on a local instance; on a cluster install gnn-agent
+    there).
+    """
+
+    name = "ray"
+
+    def __init__(self, slots: int, address: str | None = None, device: str = "cpu", **init_kwargs):
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError(RAY_HINT) from None
+        if slots < 1:
+            raise ValueError(f"ray executor: slots must be >= 1, got {slots}")
+        self.ray = ray
+        self.slots = slots
+        self.device = device
+        self._owns_ray = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, **init_kwargs)
+            except ConnectionError as e:
+                raise RuntimeError(f"ray executor: cannot connect to Ray at {address!r}: {e}") from None
+            self._owns_ray = True
+        cluster_gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.use_gpu = device != "cpu" and cluster_gpus > 0
+        if device == "cuda" and not self.use_gpu:
+            raise RuntimeError("ray executor: device cuda requested but the Ray cluster has no GPU")
+        self._remote = ray.remote(max_retries=0)(_ray_task)
+
+    def describe(self) -> str:
+        res = self.ray.cluster_resources()
+        return f"ray: {int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs"
+
+    def run_batch(self, specs: list[RunSpec], on_progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> list[RunResult]:
+        if not specs:
+            return []
+        ray = self.ray
+        from ray.util.queue import Queue
+
+        # progress records come back through a queue actor: the driver calls on_progress
+        # and appends them to the driver-side progress.jsonl the live view tails
+        pq = Queue(maxsize=10000)
+        sinks = {}
+        for spec in specs:
+            out_dir = Path(spec.out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "progress.jsonl").unlink(missing_ok=True)
+            sinks[spec.slot] = out_dir / "progress.jsonl"
+        refs, started = [], {}
+        for spec in specs:
+            if cancel is not None and cancel.is_set():
+                refs.append(None)
+                continue
+            opts = {"num_cpus": spec.threads}
+            if self.use_gpu:
+                opts["num_gpus"] = 1
+                spec = spec.model_copy(update={"device": "cuda"})
+            ref = self._remote.options(**opts).remote(
+                spec.model_dump_json(), pack_dir(spec.code_dir), Path(spec.config_path).read_bytes(), pq)
+            refs.append(ref)
+            started[ref] = time.monotonic()
+        pending = [r for r in refs if r is not None]
+        cancelled = False
+        try:
+            while pending:
+                _done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+                self._drain(pq, on_progress, sinks)
+                if cancel is not None and cancel.is_set() and not cancelled:
+                    cancelled = True
+                    for r in pending:  # KeyboardInterrupt in the task: run_training kills its group
+                        ray.cancel(r, force=False)
+        finally:
+            self._drain(pq, on_progress, sinks)
+        results: list[RunResult] = []
+        for spec, ref in zip(specs, refs):
+            if ref is None:
+                results.append(_error_result(spec, "killed", "cancelled before start"))
+                continue
+            try:
+                result_json, out_tar = ray.get(ref)
+            except ray.exceptions.TaskCancelledError:
+                results.append(_error_result(spec, "killed", "cancelled: Ray task cancelled"))
+                continue
+            except ray.exceptions.RayError as e:
+                reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                results.append(_error_result(spec, "killed" if cancelled else "failed", f"ray task error: {reason}"))
+                continue
+            out_dir = Path(spec.out_dir).resolve()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "progress.jsonl").unlink(missing_ok=True)  # the task's own copy is complete
+            if out_tar:
+                unpack_dir(out_tar, out_dir)
+            res = RunResult.model_validate_json(result_json)
+            results.append(res.model_copy(update={"out_dir": out_dir, "slot": spec.slot, "node_id": spec.node_id}))
+        pq.shutdown()
+        return results
+
+    @staticmethod
+    def _drain(pq, on_progress: ProgressFn | None, sinks: dict[int, Path]) -> None:
+        try:
+            items = pq.get_nowait_batch(pq.qsize())
+        except Exception:
+            return
+        lines: dict[int, list[str]] = {}
+        for slot, rec in items:
+            lines.setdefault(slot, []).append(json.dumps(rec))
+            if on_progress is not None:
+                try:
+                    on_progress(slot, rec)
+                except Exception:
+                    pass  # a broken view must not stop the batch
+        for slot, ls in lines.items():
+            if slot in sinks:
+                with open(sinks[slot], "a") as f:
+                    f.write("\n".join(ls) + "\n")
+
+    def shutdown(self) -> None:
+        if self._owns_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+            self._owns_ray = False
+
+
+def make_executor(name: Literal["local", "ray"], slots: int, ray_address: str | None = None,
+                  device: str = "cpu") -> Executor:
+    """The executor of `agent run --executor NAME` (contracts §4)."""
+    if name == "local":
+        if ray_address is not None:
+            raise ValueError("--ray-address is only meaningful with --executor ray")
+        return LocalExecutor(slots, device=device)
+    if name == "ray":
+        return RayExecutor(slots, address=ray_address, device=device)
+    raise ValueError(f"unknown executor {name!r}: choose local or ray")
