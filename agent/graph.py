@@ -189,7 +189,8 @@ def build_graph(ctx: RunCtx):
                 continue  # logged before a crash
             plan = ctx.env.load_plan(s)
             nxt = "root" if plan.parent is None else str(plan.parent)
-            rec = record_from(r, ctx.review(it, s), nxt, state["block"], state["iter_in_block"] + k + 1, it)
+            rec = record_from(r, ctx.review(it, s), nxt, state["block"], state["iter_in_block"] + k + 1, it,
+                              ctx.run_dir)
             if f"## Iter {rec.id}:" not in logged:
                 with open(analysis_p, "a") as f:
                     f.write(render_entry(ctx.regime, rec))

@@ -261,7 +261,13 @@ def plan_for_launch(plan: SlotPlan) -> dict:
 
 
 def record_from(r: dict, review: SlotReview | None, next_parent: str, block: int, iter_in_block: int,
-                iteration: int) -> NodeRecord:
+                iteration: int, run_dir: Path | None = None) -> NodeRecord:
+    out_dir = Path(r["out_dir"])
+    if run_dir is not None and out_dir.is_absolute():
+        try:  # relative to the run directory, so a moved run still resolves
+            out_dir = out_dir.relative_to(Path(run_dir))
+        except ValueError:
+            pass
     return NodeRecord(
         id=r["node"], parent=r["parent"], block=block, iter_in_block=iter_in_block, iteration=iteration,
         slot=r["slot"], strategy=r["strategy"], mutation=r["mutation"], parent_rule=r["parent_rule"],
@@ -269,7 +275,7 @@ def record_from(r: dict, review: SlotReview | None, next_parent: str, block: int
         score=r["score"], metrics={k: float(v) for k, v in r["metrics"].items() if isinstance(v, (int, float))},
         degeneracy=r["degeneracy"], visual=review.visual if review else "",
         observation=review.observation if review else "", next=next_parent, duration_s=r["duration_s"],
-        out_dir=str(Path(r["out_dir"])), finished_at=r["finished_at"] or utc_now(), hypothesis=r["hypothesis"],
+        out_dir=str(out_dir), finished_at=r["finished_at"] or utc_now(), hypothesis=r["hypothesis"],
         code_changes=[{k: str(v) for k, v in c.items()} for c in r["code_changes"]], reason=r["reason"])
 
 
