@@ -13,7 +13,6 @@ import argparse
 import math
 import os
 import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -267,9 +266,9 @@ def resolve_device_profile(device: str, profile: str | None, cuda: bool) -> tupl
     if profile is not None:
         return dev, profile, f"--profile {profile}"
     if dev == "cuda":
-        return dev, "full", "CUDA device found: paper-scale profile (--profile quick for a fast run)"
+        return dev, "full", "CUDA device found, so the paper-scale profile; --profile quick for a fast run"
     why = "no CUDA device" if device == "auto" else "--device cpu"
-    return dev, "quick", f"{why}: CPU-sized profile (--profile full for paper scale)"
+    return dev, "quick", f"{why}, so the CPU-sized profile; --profile full for paper scale"
 
 
 def resolve_policy(policy: str) -> tuple[str, str]:
@@ -296,16 +295,16 @@ def _finish(run_dir: Path, intr, console) -> int:
     from agent.live import best_node, fmt_score, read_nodes, read_status
 
     if intr.stop.is_set():
-        console.print(f"stopped. resume with: agent resume {run_dir}", highlight=False, markup=False)
+        console.print(f"stopped. resume with: agent resume {run_dir}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     st = read_status(run_dir)
     if st is not None and st.phase == "failed":
-        console.print(f"run failed: {st.message or 'see reasoning.log'} ({run_dir})", highlight=False, markup=False)
+        console.print(f"run failed: {st.message or 'see reasoning.log'} ({run_dir})", highlight=False, markup=False, soft_wrap=True)
         return EXIT_FAILED
     b = best_node(read_nodes(run_dir))
     best = f"best node {b['id']} score {fmt_score(b['score'])}" if b else "no scored node"
     console.print(f"done: {best}. report: agent report {run_dir}   status: agent status {run_dir}",
-                  highlight=False, markup=False)
+                  highlight=False, markup=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -356,11 +355,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                  f"  profile {profile} ({profile_why}); device {device}; executor {args.executor}"
                  + (f" at {args.ray_address}" if args.ray_address else ""),
                  f"  run dir {run_dir}"):
-        console.print(line, highlight=False, markup=False)
-    return _drive(lambda stop, kill: start_run(opts, stop=stop, kill=kill), run_dir, args.no_live, console)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    return _drive(lambda stop, kill, on_event: start_run(opts, stop=stop, kill=kill, on_event=on_event),
+                  run_dir, args.no_live, console)
 
 
-def _drive(target: Callable[[threading.Event, threading.Event], Any], run_dir: Path, no_live: bool, console) -> int:
+def _drive(target: Callable[..., Any], run_dir: Path, no_live: bool, console) -> int:
     from agent.live import drive
 
     result, intr = drive(target, run_dir, console, live=_use_live(no_live, console))
@@ -375,8 +375,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from agent.run import resume_run
 
     console = _console()
-    console.print(f"gnn-agent resume: {run_dir}", highlight=False, markup=False)
-    return _drive(lambda stop, kill: resume_run(run_dir, stop=stop, kill=kill, iterations=args.iterations),
+    console.print(f"gnn-agent resume: {run_dir}", highlight=False, markup=False, soft_wrap=True)
+    return _drive(lambda stop, kill, on_event: resume_run(run_dir, stop=stop, kill=kill, on_event=on_event,
+                                                          iterations=args.iterations),
                   run_dir, args.no_live, console)
 
 
@@ -401,7 +402,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(str(e), hint="a report needs at least one finished node in nodes.jsonl") from None
     console = _console()
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
-    console.print(f"wrote {path} ({len(pngs)} plots: {', '.join(pngs)})", highlight=False, markup=False)
+    console.print(f"wrote {path} ({len(pngs)} plots: {', '.join(pngs)})", highlight=False, markup=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -423,7 +424,7 @@ def cmd_regimes(args: argparse.Namespace) -> int:
 
         t = Table(title="regimes", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
         for col in ("name", "variants", "primary metric", "mutable", "title"):
-            t.add_column(col, no_wrap=col != "title", justify="right" if col == "mutable" else "left",
+            t.add_column(col, no_wrap=True, overflow="ellipsis", justify="right" if col == "mutable" else "left",
                          ratio=1 if col == "title" else None)
         for r in regimes:
             variants = ", ".join(f"[bold]{v}[/]" if v == r.default_variant else v for v in r.variants)
@@ -504,7 +505,7 @@ def cmd_new_regime(args: argparse.Namespace) -> int:
     console.print(f"wrote regime plugin {args.name} at {path}\n"
                   f"  check it:  agent regimes show {args.name} --regime-path {args.dir}\n"
                   f"  run it:    agent run --regime {args.name} --regime-path {args.dir} --slots 2 --iterations 4\n"
-                  f"  then edit {path} (see docs/regimes.md)", highlight=False, markup=False)
+                  f"  then edit {path} (see docs/regimes.md)", highlight=False, markup=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -544,18 +545,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     code_dir = ws.checkout(commit, out / "code")
     console = _console()
     console.print(f"replaying node {args.node} (commit {str(commit)[:10]}) into {out} on {device} …",
-                  highlight=False, markup=False)
+                  highlight=False, markup=False, soft_wrap=True)
     try:
-        res = run_training(RunSpec(slot=int(node.get("slot") or 0), node_id=args.node, config_path=cfg_path,
-                                   out_dir=out / "out", code_dir=code_dir, train_entry=regime.train_entry,
+        slot = int(node.get("slot") or 0)
+        # the same slot_SS leaf name as in iterations/, in case the training reads its slot from it
+        res = run_training(RunSpec(slot=slot, node_id=args.node, config_path=cfg_path,
+                                   out_dir=out / f"slot_{slot:02d}", code_dir=code_dir, train_entry=regime.train_entry,
                                    device=device, timeout_s=args.timeout))
     finally:
         ws.remove_checkout(code_dir)
     console.print(replay_table(node.get("metrics") or {}, res.metrics, regime.primary_metric))
     if res.status != "ok":
-        console.print(f"replay {res.status}: {res.reason}\n{res.traceback_tail}".rstrip(), highlight=False, markup=False)
+        console.print(f"replay {res.status}: {res.reason}\n{res.traceback_tail}".rstrip(), highlight=False, markup=False, soft_wrap=True)
         return EXIT_FAILED
-    console.print(f"outputs: {res.out_dir}", highlight=False, markup=False)
+    console.print(f"outputs: {res.out_dir}", highlight=False, markup=False, soft_wrap=True)
     return EXIT_OK
 
 

@@ -544,14 +544,25 @@ class PlainReporter:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self._seen_nodes: set[int] = set()
-        self._batch: tuple[int, ...] | None = None
+        self._batch: tuple[int, int] | None = None
         self._block: int | None = None
         self._fallback = False
         self._done = False
 
-    def poll(self) -> list[str]:
-        """Lines for the events since the last poll (possibly none)."""
-        st = read_status(self.run_dir)
+    def poll(self, status: dict | None = None) -> list[str]:
+        """Lines for the events since the last poll (possibly none).
+
+        `status`: a status.json snapshot delivered by the loop's `status` event
+        (so no transition is missed between two file reads); default: read the file.
+        """
+        st = None
+        if status is not None:
+            try:
+                st = RunStatus.model_validate(status)
+            except ValidationError:
+                st = None
+        if st is None:
+            st = read_status(self.run_dir)
         nodes = read_nodes(self.run_dir)
         lines: list[str] = []
         for n in nodes:
@@ -566,16 +577,18 @@ class PlainReporter:
         if st is None:
             return lines
         if self._block is not None and st.block > self._block:
-            b = best_node(nodes)
+            b = best_node([n for n in nodes if n.get("block") == self._block])
             best = f"best node {b['id']} score {fmt_score(b['score'])}" if b else "no scored node"
-            lines.append(f"block {self._block} ended: {best}; block {st.block} starts from root")
+            lines.append(f"block {self._block} ended: {best}")
         self._block = st.block
-        active = tuple(s.node for s in st.slots if s.status in ("running", "pending") and s.node is not None)
-        if active and active != self._batch and any(s.status == "running" for s in st.slots):
-            self._batch = active
-            desc = ", ".join(f"{s.slot}:node {s.node} {s.strategy or '-'}" for s in st.slots if s.node in active)
-            lines.append(f"batch start (block {st.block}, iteration {st.iterations_done}/"
-                         f"{st.iterations_total or '?'}): {desc}")
+        # one batch-start line per batch: iterations_done only moves when a batch has finished
+        batch_key = (st.block, st.iterations_done)
+        running = [s for s in st.slots if s.node is not None and s.status in ("running", "pending")]
+        if any(s.status == "running" for s in running) and batch_key != self._batch:
+            self._batch = batch_key
+            desc = ", ".join(f"slot {s.slot} node {s.node} {s.strategy or '-'}" for s in running)
+            lines.append(f"batch start (block {st.block}, {st.iterations_done}/{st.iterations_total or '?'} "
+                         f"iterations done): {desc}")
         if st.fallback and not self._fallback:
             lines.append(f"fallback: the policy failed, heuristic answers this step ({st.message or ''})".rstrip())
         self._fallback = st.fallback
@@ -627,9 +640,13 @@ class Interrupts:
 PID_FILE = "run.pid"
 
 
-def drive(target: Callable[[threading.Event, threading.Event], Any], run_dir: Path, console: Console,
+def drive(target: Callable[..., Any], run_dir: Path, console: Console,
           live: bool, refresh_per_second: float = 3.0) -> tuple[Any, Interrupts]:
-    """Run `target(stop, kill)` in this (main) thread while a view of `run_dir` refreshes.
+    """Run `target(stop, kill, on_event)` in this (main) thread while a view of `run_dir` refreshes.
+
+    `on_event` is the callback to hand to start_run/resume_run: in plain mode a
+    `status` event (the loop's status.json snapshot) is turned into lines at
+    once, so short batches are not missed between two polls.
 
     `live=True`: a rich Live view re-rendered from the files a few times a
     second. `live=False`: plain lines per event. Either way a watcher thread
@@ -644,14 +661,20 @@ def drive(target: Callable[[threading.Event, threading.Event], Any], run_dir: Pa
     pid_path = run_dir / PID_FILE
     reporter = None if live else PlainReporter(run_dir)
     finished = threading.Event()
+    lock = threading.Lock()  # the reporter is fed from the loop's thread and from the watcher
 
     def say(msg: str) -> None:
         console.print(f"[bold yellow]{msg}[/]" if live else msg)
 
-    def flush_plain() -> None:
+    def flush_plain(status: dict | None = None) -> None:
         if reporter is not None:
-            for line in reporter.poll():
-                console.print(_stamp(line), highlight=False, markup=False)
+            with lock:
+                for line in reporter.poll(status):
+                    console.print(_stamp(line), highlight=False, markup=False, soft_wrap=True)
+
+    def on_event(event: dict) -> None:
+        if isinstance(event, dict) and event.get("type") == "status" and isinstance(event.get("status"), dict):
+            flush_plain(event["status"])
 
     def watch() -> None:
         wrote = False
@@ -677,9 +700,9 @@ def drive(target: Callable[[threading.Event, threading.Event], Any], run_dir: Pa
             if live:
                 with Live(get_renderable=safe_render, console=console, refresh_per_second=refresh_per_second,
                           redirect_stdout=True, redirect_stderr=True):
-                    result = target(intr.stop, intr.kill)
+                    result = target(intr.stop, intr.kill, on_event)
             else:
-                result = target(intr.stop, intr.kill)
+                result = target(intr.stop, intr.kill, on_event)
         finally:
             finished.set()
             watcher.join(timeout=5)

@@ -109,7 +109,9 @@ def test_plain_lines_one_per_event(tmp_path):
     finished = [ln for ln in first if " finished: node " in ln]
     assert len(finished) == 8
     assert "slot 0 finished: node 5 (parent 2, exploit: learning_rate_node: 3E-3 -> 5E-3) score 0.9050 converged" in first
-    assert any(ln.startswith("batch start (block 1") and "node 9 exploit" in ln for ln in first)
+    assert [ln for ln in first if ln.startswith("batch start")] == [
+        "batch start (block 1, 8/16 iterations done): slot 0 node 9 exploit, slot 1 node 10 exploit, "
+        "slot 3 node 12 principle-test"]
     assert rep.poll() == []  # nothing changed: nothing printed
     # the batch finishes, a fallback happens, the block ends, the run is done
     rec = json.loads((run / "nodes.jsonl").read_text().splitlines()[4])
@@ -136,7 +138,7 @@ def test_drive_plain_prints_lines_and_ctrl_c_sets_stop_then_kill(tmp_path):
     console = Console(file=out, force_terminal=False, width=120)
     seen = {}
 
-    def target(stop: threading.Event, kill: threading.Event):
+    def target(stop: threading.Event, kill: threading.Event, on_event):
         pid_file = run / "run.pid"
         for _ in range(500):  # the watcher marks the run as owned by this process
             if pid_file.is_file():
@@ -165,7 +167,7 @@ def test_drive_live_renders_the_view(tmp_path):
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120, color_system=None)
 
-    def target(stop, kill):
+    def target(stop, kill, on_event):
         return "ok"
 
     result, intr = drive(target, run, console, live=True)

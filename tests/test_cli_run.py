@@ -1,0 +1,99 @@
+"""The `make run` code path end to end through `agent.cli.main`, on the toy regime fixture.
+
+`agent run ... --no-live` -> `agent report` / `agent status` / `agent replay` / `agent resume`
+on the directory it leaves; Ctrl-C stops cleanly and the run resumes. The real
+homeostasis quick profile is in a `slow` test.
+"""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+
+TOY_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "toy_regime" / "plugins"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _nodes(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "nodes.jsonl").read_text().splitlines() if x.strip()]
+
+
+def _toy_run(run: Path, *extra: str) -> list[str]:
+    return ["run", "--regime", "toy", "--regime-path", str(TOY_PLUGINS), "--slots", "2", "--iterations", "4",
+            "--policy", "heuristic", "--no-live", "--run-dir", str(run), *extra]
+
+
+def test_run_then_report_status_replay_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(_toy_run(run)) == 0
+    out = capsys.readouterr().out
+    assert "gnn-agent run: regime toy [default], 2 slots, 4 iterations" in out
+    assert "profile quick" in out and "policy heuristic" in out
+    assert out.count("batch start") == 2 and out.count(" finished: node ") == 4
+    assert "run done: 4 iterations" in out and f"agent report {run}" in out
+    assert [n["id"] for n in _nodes(run)] == [1, 2, 3, 4]
+    assert not (run / "run.pid").exists()
+
+    assert main(["report", str(run)]) == 0
+    capsys.readouterr()
+    md = (run / "report" / "report.md").read_text()
+    assert "# Run report: toy [default]" in md and "### Code" in md
+    for png in ("scores.png", "best_so_far.png", "ucb_tree.png", "params.png"):
+        data = (run / "report" / png).read_bytes()
+        assert len(data) > 1000 and data[:8] == PNG_MAGIC
+
+    assert main(["status", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "finished (done)" in text and "best nodes (of 4)" in text
+
+    best = max(_nodes(run), key=lambda n: n["score"])
+    assert main(["replay", str(run), str(best["id"])]) == 0
+    text = capsys.readouterr().out
+    assert "recorded vs replay" in text and "outputs:" in text
+    replayed = json.loads(next((run / "replays").glob("node_*/slot_*/metrics.json")).read_text())
+    assert replayed[best["metrics"] and "fit_R2"] == pytest.approx(best["metrics"]["fit_R2"], abs=1e-9)
+
+    assert main(["resume", str(run), "--iterations", "6", "--no-live"]) == 0
+    assert len(_nodes(run)) == 6
+
+    assert main(_toy_run(run)) == 2  # the directory already holds a run
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    import agent.run as run_mod
+
+    real_start = run_mod.start_run
+
+    def start_with_ctrl_c(opts, stop=None, kill=None, on_event=None, **kw):
+        def on_event_(ev):
+            # The user presses Ctrl-C as soon as the first batch is recorded.
+            if ev.get("type") == "status" and ev["status"].get("iterations_done", 0) >= 2 and not stop.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_start(opts, stop=stop, kill=kill, on_event=on_event_, **kw)
+
+    monkeypatch.setattr(run_mod, "start_run", start_with_ctrl_c)
+    run = tmp_path / "run"
+    assert main(_toy_run(run)) == 130
+    out = capsys.readouterr().out
+    assert "stopping after the current step" in out and f"agent resume {run}" in out
+    status = json.loads((run / "status.json").read_text())
+    assert status["phase"] == "stopped" and len(_nodes(run)) < 4
+    assert main(["resume", str(run), "--no-live"]) == 0
+    assert [n["id"] for n in _nodes(run)] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_make_run_path_on_real_homeostasis(tmp_path, capsys):
+    """`agent run --regime homeostasis --slots 2 --iterations 2 --no-live` (quick profile) and its report."""
+    run = tmp_path / "run"
+    code = main(["run", "--regime", "homeostasis", "--slots", "2", "--iterations", "2", "--no-live",
+                 "--policy", "heuristic", "--device", "cpu", "--run-dir", str(run)])
+    assert code == 0, capsys.readouterr()
+    assert len(_nodes(run)) == 2
+    assert main(["report", str(run)]) == 0
+    assert (run / "report" / "report.md").is_file()
