@@ -144,8 +144,6 @@ class TrainingConfig(_Strict):
     def _check(self) -> "TrainingConfig":
         if self.skip_phase1 and not self.homeostasis_training:
             raise ValueError("skip_phase1: true needs homeostasis_training: true (nothing would train)")
-        if self.skip_phase1 and not self.phase1_checkpoint:
-            raise ValueError("phase1_checkpoint: required when skip_phase1 is true")
         if self.phase1_checkpoint and not self.skip_phase1:
             raise ValueError("phase1_checkpoint: only used with skip_phase1: true")
         if self.noise_recurrent_level > 0 and not (self.recurrent_training or self.homeostasis_training):
@@ -220,8 +218,6 @@ class Config(_Strict):
                     inert.setdefault(k, "phase 1 is skipped (skip_phase1: true)")
             if t.recurrent_training:
                 inert.setdefault("recurrent_training", "phase 1 is skipped (skip_phase1: true)")
-        if g.model == "stoichiometry" and g.use_mlp_node is False:
-            pass
         if g.variant == "untied" and t.freeze_stoichiometry:
             inert.setdefault("__variant", "graph_model.variant: untied has no effect with a frozen S")
         if inert:
@@ -236,7 +232,7 @@ class Config(_Strict):
 
 
 def _loc(err: dict) -> str:
-    return ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    return ".".join(str(p) for p in err["loc"])
 
 
 def format_validation_error(e: ValidationError) -> str:

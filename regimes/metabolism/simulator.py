@@ -57,16 +57,17 @@ def _finish_network(n_met: int, n_rxn: int, sub: list[tuple[int, int, float]], n
 def random_network(n_met: int, n_rxn: int, g: torch.Generator) -> Network:
     """`random` family: 1-3 substrates (coefficient 1 or 2) and products, disjoint,
     uniform; the consumed total is split as evenly as possible over the products.
-    The product count is drawn uniformly among those (<= 3) that keep every
-    product coefficient <= 2, so S stays in {-2..2} and every column sums to 0."""
+    The product count is drawn uniformly among those (<= 3, <= the consumed
+    total) that keep every product coefficient in {1, 2}, so S stays in
+    {-2..2} and every column sums to 0."""
     sub: list[tuple[int, int, float]] = []
     net: dict[tuple[int, int], float] = {}
     for j in range(n_rxn):
         n_sub = int(torch.randint(1, 4, (1,), generator=g))
         coefs = (torch.randint(1, 3, (n_sub,), generator=g)).tolist()
         total = sum(coefs)
-        lo = max(1, math.ceil(total / 2))
-        n_prod = int(torch.randint(lo, 4, (1,), generator=g))
+        lo, hi = max(1, math.ceil(total / 2)), min(3, total)
+        n_prod = int(torch.randint(lo, hi + 1, (1,), generator=g))
         mets = torch.randperm(n_met, generator=g)[: n_sub + n_prod].tolist()
         for m, s in zip(mets[:n_sub], coefs):
             sub.append((m, j, float(s)))

@@ -267,6 +267,9 @@ def run(cfg: Config, out: Path, device: str = "cpu", log=print) -> dict:
     t = cfg.training
     ck_path = None
     if t.skip_phase1:
+        if not t.phase1_checkpoint:
+            raise ConfigError("config error: training.phase1_checkpoint: required when skip_phase1 is true "
+                              "(the homeostasis regime's prepare() sets it)")
         ck_path = Path(t.phase1_checkpoint).expanduser()
         if not ck_path.is_file():
             raise ConfigError(f"config error: training.phase1_checkpoint: no such file: {ck_path}")

@@ -1,0 +1,183 @@
+"""Throughput benchmarks of the metabolism package (see benchmarks/throughput.py).
+
+`benchmarks()` returns (name, setup_fn) pairs; `setup_fn(device)` builds
+everything once and returns `(step_fn, unit)`: each `step_fn()` call does one
+unit of work ("step" = one gradient step at batch 8, "dataset" = one full
+two-run dataset generation).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from regimes.metabolism.config import Config, parse_config
+
+SIM_CYCLES = {"network": "cycles", "generator": "mass_action", "n_metabolites": 100, "n_reactions": 256,
+              "n_frames": 2880, "delta_t": 0.1, "log_k_min": -2.0, "log_k_max": -1.0,
+              "c_init_min": 1.0, "c_init_max": 9.0, "homeostasis": True, "seed": 42}
+SIM_RANDOM = {"network": "random", "generator": "mlp_rates", "n_metabolites": 100, "n_reactions": 256,
+              "n_frames": 2880, "delta_t": 1.0, "log_k_min": -3.0, "log_k_max": -1.0,
+              "c_init_min": 2.5, "c_init_max": 7.5, "flux_limiter": True, "seed": 42}
+
+
+def _data(sim: dict, freeze: bool, device: str):
+    """A dataset in memory (no cache files touched)."""
+    from regimes.metabolism.config import SimulationConfig
+    from regimes.metabolism.data import TrainingData
+    from regimes.metabolism.simulator import simulate
+
+    s = SimulationConfig.model_validate(sim)
+    net, gen, conc, deriv = simulate(s)
+    return TrainingData(conc=conc, deriv=deriv, met_sub=net.met_sub, rxn_sub=net.rxn_sub, met_all=net.met_all,
+                        rxn_all=net.rxn_all, sub_to_all=net.sub_to_all, delta_t=s.delta_t, n_met=net.n_met,
+                        n_rxn=net.n_rxn, log_k_center=s.log_k_center,
+                        s_sub=net.s_sub if freeze else None, s_all=net.s_all if freeze else None).to(device)
+
+
+def make_step(cfg: Config, device: str = "cpu", data=None) -> Callable[[], float]:
+    """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it."""
+    from regimes.metabolism.model import KineticsModel, build_model
+    from regimes.metabolism.train import param_groups, sub_grid
+
+    t = cfg.training
+    data = data if data is not None else _data(cfg.simulation.model_dump(), t.freeze_stoichiometry, device)
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.graph_model, data, t.freeze_stoichiometry).to(device)
+    opt = torch.optim.Adam(param_groups(model, cfg))
+    gen = torch.Generator().manual_seed(1)
+    conc0, deriv0, ynorm2, B = data.conc[0], data.deriv[0], data.ynorm ** 2, t.batch_size
+    kin = isinstance(model, KineticsModel)
+    if kin:
+        c_grid, s_grid = sub_grid(model, data)
+
+    def step() -> float:
+        idx = torch.randint(0, data.n_frames, (B,), generator=gen).to(device)
+        c = conc0[idx]
+        loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2
+        if kin and t.coeff_MLP_sub_diff:
+            f = model.f_sub(c_grid.unsqueeze(0), s_grid.unsqueeze(1))
+            loss = loss + t.coeff_MLP_sub_diff * torch.relu(f[:, :-1] - f[:, 1:]).mean()
+        if t.coeff_k_center:
+            loss = loss + t.coeff_k_center * (model.log_k.mean() - data.log_k_center) ** 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def _cfg(sim: dict, model: str, variant: str = "tied", **training) -> Config:
+    return parse_config({"simulation": sim, "graph_model": {"model": model, "variant": variant},
+                         "training": {"batch_size": 8, **training}})
+
+
+def _kinetics(device: str):
+    cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, learning_rate_k=5e-3, learning_rate_sub=5e-4,
+               learning_rate_node=1e-3, coeff_k_center=5.0, coeff_MLP_sub_diff=3.0)
+    return make_step(cfg, device), "step"
+
+
+def _stoich(variant: str):
+    def setup(device: str):
+        return make_step(_cfg(SIM_RANDOM, "stoichiometry", variant), device), "step"
+    return setup
+
+
+def _simulate(sim: dict):
+    def setup(device: str):
+        from regimes.metabolism.config import SimulationConfig
+        from regimes.metabolism.simulator import simulate
+        s = SimulationConfig.model_validate(sim)
+        return (lambda: simulate(s)), "dataset"
+    return setup
+
+
+def benchmarks() -> list[tuple[str, Callable]]:
+    return [("metabolism.kinetics_step_b8", _kinetics),
+            ("metabolism.stoichiometry_tied_step_b8", _stoich("tied")),
+            ("metabolism.stoichiometry_untied_step_b8", _stoich("untied")),
+            ("metabolism.simulate_cycles_mass_action", _simulate(SIM_CYCLES)),
+            ("metabolism.simulate_random_mlp_rates", _simulate(SIM_RANDOM))]
+
+
+def _kinetics_naive(device: str):
+    """Reference 'before' implementation: MLP_sub once per substrate EDGE, the product
+    by scatter_reduce, dc/dt by index_add over all edges, regularisers always built
+    (even with a zero coefficient). Same parameters and loss as the real step."""
+    import torch.nn.functional as F
+
+    from regimes.metabolism.model import KineticsModel
+    from regimes.metabolism.train import param_groups
+
+    cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, learning_rate_k=5e-3, learning_rate_sub=5e-4,
+               learning_rate_node=1e-3, coeff_k_center=5.0, coeff_MLP_sub_diff=3.0)
+    data = _data(SIM_CYCLES, True, device)
+    torch.manual_seed(0)
+    m = KineticsModel(cfg.graph_model, data, True).to(device)
+    opt = torch.optim.Adam(param_groups(m, cfg))
+    gen = torch.Generator().manual_seed(1)
+    conc0, deriv0, ynorm2 = data.conc[0], data.deriv[0], data.ynorm ** 2
+
+    def step() -> float:
+        idx = torch.randint(0, data.n_frames, (8,), generator=gen).to(device)
+        c = conc0[idx]
+        B = c.shape[0]
+        x = torch.stack((c[:, m.met_sub], m.sto_sub.expand(B, -1)), -1)
+        f = F.softplus(m.mlp_sub(x).squeeze(-1))
+        prod = torch.ones(B, m.n_rxn).scatter_reduce(1, m.rxn_sub.expand(B, -1), f, reduce="prod")
+        v = 10 ** m.log_k * prod
+        d = torch.zeros(B, m.n_met).index_add(1, m.met_all, m.sto_all * v[:, m.rxn_all])
+        node = m.mlp_node(torch.cat((c.unsqueeze(-1), m.a.expand(B, -1, -1)), -1)).squeeze(-1)
+        d = d + node
+        loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2
+        grid = torch.linspace(0, 10, 32)
+        fg = F.softplus(m.mlp_sub(torch.stack((grid, torch.ones_like(grid)), -1)).squeeze(-1))
+        loss = loss + 3.0 * torch.relu(fg[:-1] - fg[1:]).mean() + 0.0 * node.abs().mean()
+        loss = loss + 5.0 * (m.log_k.mean() + 1.5) ** 2 + 0.0 * (m.sto_all ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step, "step"
+
+
+def _stoich_naive(device: str):
+    """Reference 'before' stoichiometry step: dc/dt by index_add over the edges."""
+    from regimes.metabolism.model import StoichiometryModel
+    from regimes.metabolism.train import param_groups
+    import torch.nn.functional as F
+
+    cfg = _cfg(SIM_RANDOM, "stoichiometry", "tied")
+    data = _data(SIM_RANDOM, False, device)
+    torch.manual_seed(0)
+    m = StoichiometryModel(cfg.graph_model, data, False).to(device)
+    opt = torch.optim.Adam(param_groups(m, cfg))
+    gen = torch.Generator().manual_seed(1)
+    conc0, deriv0, ynorm2 = data.conc[0], data.deriv[0], data.ynorm ** 2
+
+    def step() -> float:
+        idx = torch.randint(0, data.n_frames, (8,), generator=gen).to(device)
+        c = conc0[idx]
+        B = c.shape[0]
+        mag = m.sto_all[m.sub_to_all].abs()
+        msg = m.msg_mlp(torch.stack((c[:, m.met_sub], mag.expand(B, -1)), -1))
+        h = torch.zeros(B, m.n_rxn, msg.shape[-1]).index_add(1, m.rxn_sub, msg)
+        v = 10 ** m.log_k * F.softplus(m.rate_mlp(h).squeeze(-1))
+        d = torch.zeros(B, m.n_met).index_add(1, m.met_all, m.sto_all * v[:, m.rxn_all])
+        loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2 + 0.0 * m.sto_all.abs().mean() + 0.0 * torch.sin(m.sto_all).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step, "step"
+
+
+def benchmarks_naive() -> list[tuple[str, Callable]]:
+    """The 'before' references (run with `throughput.py --naive`)."""
+    return [("metabolism.kinetics_step_b8_naive", _kinetics_naive),
+            ("metabolism.stoichiometry_tied_step_b8_naive", _stoich_naive)]
