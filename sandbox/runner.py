@@ -287,7 +287,8 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.json", "progress.jsonl"):  # a re-run must not read the last attempt's files
         (out_dir / stale).unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", spec.train_entry, "--config", str(config), "--out", str(out_dir),
+    # -P: no cwd at the front of sys.path, so code_dir (PYTHONPATH) really comes first
+    cmd = [sys.executable, "-P", "-m", spec.train_entry, "--config", str(config), "--out", str(out_dir),
            "--device", spec.device]
     log = _CappedLog(out_dir / "train.log", spec.log_cap_bytes)
     err_tail: collections.deque[str] = collections.deque(maxlen=TRACEBACK_LINES)

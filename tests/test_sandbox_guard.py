@@ -224,3 +224,41 @@ def test_phase2_edit_using_types_is_named_by_the_guard(tmp_path):
     assert honest != old
     commit, errors = ws.checked_edit(regime, ws.root_commit, path, honest, edit_message(5, 2, "AdamW", "decay"))
     assert errors == [] and commit
+
+
+def test_real_package_edits_of_the_rate_constants_regime():
+    """Plausible edits of the real editable code pass; an escape in the whole-file model.py does not."""
+    try:
+        from regimes.rate_constants import REGIME as regime
+    except ImportError as e:  # pragma: no cover
+        pytest.skip(f"regimes.rate_constants not importable yet: {e}")
+    files = {ef.path: (Path(regime.package_dir) / Path(ef.path).relative_to(*regime.package.split("."))).read_text()
+             for ef in regime.editable}
+    train = "regimes/metabolism/train.py"
+    old = files[train]
+    new = old.replace("    opt = torch.optim.Adam(param_groups(model, cfg))\n",
+                      "    # AdamW: decoupled weight decay\n    opt = torch.optim.AdamW(param_groups(model, cfg))\n", 1)
+    assert new != old
+    assert check_code_edit(regime, train, old, new) == []
+    model = "regimes/metabolism/model.py"
+    if model in files:
+        m = files[model]
+        assert check_code_edit(regime, model, m, m + "\n\ndef helper(x):\n    return x * 2\n") == []
+        errs = check_code_edit(regime, model, m, m + "\n\nimport os\n")
+        assert len(errs) == 1 and "import of os is not allowed" in errs[0] and "(whole file)" in errs[0]
+
+
+def test_builtin_code_strategies_pass_the_guard():
+    """Every code strategy a built-in regime declares is an edit the guard accepts."""
+    from regimes.registry import list_regimes
+
+    checked = 0
+    for regime in list_regimes():
+        for cs in regime.code_strategies:
+            src = Path(regime.package_dir) / Path(cs.file).relative_to(*regime.package.split("."))
+            old = src.read_text()
+            assert old.count(cs.old) == 1, f"{regime.name}/{cs.name}: old text occurs {old.count(cs.old)} times"
+            assert check_code_edit(regime, cs.file, old, old.replace(cs.old, cs.new, 1)) == [], cs.name
+            checked += 1
+    if not checked:
+        pytest.skip("no built-in regime declares code strategies yet")

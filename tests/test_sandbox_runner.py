@@ -68,6 +68,7 @@ def test_environment_is_scrubbed_and_workspace_copy_shadows_installed(tmp_path, 
     assert Path(dump["regimes_file"]).resolve() == (code_dir / "regimes" / "__init__.py").resolve()
     assert Path(dump["train_file"]).resolve().is_relative_to(code_dir.resolve())
     assert Path(dump["cwd"]).resolve() == res.out_dir
+    assert Path(dump["sys_path"][0]).resolve() == code_dir.resolve()  # not the cwd, not the project
 
 
 def test_extra_env_refuses_credentials(tmp_path, code_dir):
@@ -178,3 +179,40 @@ def test_bad_launch_is_a_clear_error(tmp_path, code_dir):
         run_training(spec)
     with pytest.raises(ValueError, match="not a dotted module name"):
         RunSpec(slot=0, node_id=0, config_path=tmp_path, out_dir=tmp_path, code_dir=code_dir, train_entry="a b")
+
+
+@pytest.mark.slow
+def test_real_metabolism_entry_runs_from_a_workspace_checkout(tmp_path, monkeypatch):
+    """End to end on the real package: workspace -> checkout -> runner; an edit in the
+    checkout's commit (not in the installed copy) is what runs."""
+    import sys as _sys
+
+    import yaml
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from _metabolism_tiny import kinetics_cfg
+        from regimes.rate_constants import REGIME as regime
+    except ImportError as e:  # pragma: no cover
+        pytest.skip(f"metabolism package or its tiny configs not available: {e}")
+    from sandbox.workspace import Workspace
+
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    ws = Workspace.create(tmp_path / "workspace", regime)
+    train = "regimes/metabolism/train.py"
+    old = ws.read("root", train)
+    marker = "    t = cfg.training\n    dev = data.conc.device\n    gen = torch.Generator().manual_seed(t.seed + 1)\n"
+    assert old.count(marker) == 1
+    broken = ws.commit_edit(ws.root_commit, train, old.replace(marker, marker + "    raise RuntimeError('the "
+                                                                             "workspace copy ran')\n"), "probe")
+    conf = tmp_path / "config.yaml"
+    conf.write_text(yaml.safe_dump(kinetics_cfg()))
+    results = {}
+    for name, commit in (("root", ws.root_commit), ("probe", broken)):
+        code = ws.checkout(commit, tmp_path / name / "code")
+        results[name] = run_training(RunSpec(slot=0, node_id=1, config_path=conf, out_dir=tmp_path / name,
+                                             code_dir=code, train_entry=regime.train_entry, timeout_s=300))
+    assert results["root"].status == "ok", results["root"].reason
+    assert regime.primary_metric in results["root"].metrics
+    assert results["probe"].status == "failed"
+    assert "RuntimeError: the workspace copy ran" in results["probe"].reason
