@@ -289,6 +289,15 @@ def fmt_score(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "—"
 
 
+def fmt_rate(r: float) -> str:
+    """Steps per second, compact: 0.42, 25.0, 812, 105k."""
+    if r >= 10_000:
+        return f"{r / 1000:.0f}k"
+    if r >= 100:
+        return f"{r:.0f}"
+    return f"{r:.1f}" if r >= 1 else f"{r:.2f}"
+
+
 def fmt_duration(s: float | None) -> str:
     """Seconds as 42s, 3m05s or 2h07m."""
     if s is None or not math.isfinite(s):
@@ -447,7 +456,7 @@ def _slot_table(run_dir: Path, st: RunStatus, width: int) -> Table:
     for s in st.slots:
         out = slot_out_dir(run_dir, s.out_dir)
         prog = read_progress(out) if out is not None and s.status != "pending" else None
-        speed = f"{prog.rate:.1f}/s" if prog and prog.rate else "—"
+        speed = f"{fmt_rate(prog.rate)}/s" if prog and prog.rate else "—"
         if prog and prog.eta_s is not None and s.status == "running":
             speed += f" {fmt_duration(prog.eta_s)}"
         row = [str(s.slot), str(s.node) if s.node is not None else "—"]
@@ -494,6 +503,20 @@ def _best_panel(nodes: list[dict], st: RunStatus) -> RenderableType:
     return t
 
 
+def _ucb_line(line: str) -> Text:
+    """One ucb_scores.txt line with its node id and UCB value highlighted."""
+    t = Text("  ", no_wrap=True, overflow="ellipsis")
+    head, sep, rest = line.partition(":")
+    if sep and head.startswith("Node"):
+        t.append(head + sep, style="bold cyan")
+        ucb, sep2, tail = rest.partition(",")
+        t.append(ucb, style="bold")
+        t.append(sep2 + tail)
+    else:
+        t.append(line)
+    return t
+
+
 def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
            reasoning_lines: int = 2) -> RenderableType:
     """The live view of `run_dir`, built only from its files.
@@ -510,7 +533,7 @@ def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
                      title_align="left", border_style="blue")
     run_cfg = read_run_yaml(run_dir)
     nodes = read_nodes(run_dir)
-    parts: list[RenderableType] = [_header(run_dir, st, run_cfg, now), _slot_table(run_dir, st, width), Text(""),
+    parts: list[RenderableType] = [_header(run_dir, st, run_cfg, now), _slot_table(run_dir, st, width),
                                    _best_panel(nodes, st)]
     ucb = read_ucb(run_dir, 3)
     ut = Text()
@@ -518,7 +541,7 @@ def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
     if not ucb:
         ut.append("  (block start: parents are root)", style="dim")
     parts.append(ut)
-    parts.extend(Text("  " + line, no_wrap=True, overflow="ellipsis") for line in ucb)
+    parts.extend(_ucb_line(line) for line in ucb)
     mt = Text()
     mt.append("policy ", style="bold")
     mt.append((st.message or "").strip() or "—", style="italic")
