@@ -59,6 +59,16 @@ FORBIDDEN_MODULE_ATTRS = {("sys", "modules"): "reaches sys.modules", ("os", "for
                           ("os", "kill"): "signals processes", ("os", "killpg"): "signals processes"}
 #: attribute prefixes forbidden on os: os.execv, os.spawnl, os.posix_spawn ...
 FORBIDDEN_OS_PREFIXES = {"exec": "executes a program", "spawn": "starts processes", "posix_spawn": "starts processes"}
+#: functions of the science packages' data modules that reach the dataset cache (where the truth
+#: file and the held-out run live): training code gets its data as arguments, never by path
+DATA_ACCESS_NAMES = {"load_or_generate", "dataset_dir", "cache_dir", "cache_root", "cache_key", "load_inputs",
+                     "load_test_run", "dataset_info", "load_truth", "training_data_from_inputs"}
+#: file readers: `torch.load(p)` reads any file, incl. the truth file by a path not spelled out
+FILE_READER_OWNERS = {"torch", "np", "numpy", "pickle", "json", "yaml", "joblib", "scipy", "io", "shutil"}
+FILE_READER_ATTRS = {"load", "loads", "loadtxt", "fromfile", "memmap", "genfromtxt", "load_npz", "loadmat",
+                     "safe_load", "full_load", "unsafe_load", "copy", "copyfile", "FileIO"}
+#: builtins that reach attributes by a name computed at run time
+DYNAMIC_ATTR_CALLS = {"getattr", "setattr", "hasattr", "delattr"}
 #: the science package's module that reads the truth file (contracts §2)
 EVALUATION_MODULE = "evaluate"
 
@@ -481,11 +491,24 @@ def _findings(regime: Regime, path: str, tree: ast.Module, text: str, spans: _Sp
         if isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
             add(node, f"name {node.id}", f"name {node.id}",
                 f"`{node.id}` is not allowed in edited code ({FORBIDDEN_NAMES[node.id]})")
+        if isinstance(node, (ast.Name, ast.Attribute)):
+            name = node.id if isinstance(node, ast.Name) else node.attr
+            if name in DATA_ACCESS_NAMES:
+                add(node, f"data {name}", f"data {name}",
+                    f"`{name}` reaches the dataset cache (truth file, held-out run); "
+                    f"training code gets its data as arguments")
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC_ATTR_CALLS
+                and len(node.args) >= 2 and not (isinstance(node.args[1], ast.Constant)
+                                                 and isinstance(node.args[1].value, str))):
+            add(node, f"dyn {node.func.id}", f"dyn {node.func.id}",
+                f"`{node.func.id}` with a computed attribute name is not allowed in edited code")
         if isinstance(node, ast.Name) and node.id in bound:
             add(node, f"bound {node.id}", f"bound {node.id}", f"uses `{node.id}`: {bound[node.id]}")
         if isinstance(node, ast.Attribute):
             why = FORBIDDEN_ATTRS.get(node.attr)
             owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if owner in FILE_READER_OWNERS and node.attr in FILE_READER_ATTRS:
+                why = why or "reads a file"
             if owner in ("os", "sys"):
                 why = why or FORBIDDEN_MODULE_ATTRS.get((owner, node.attr))
                 if owner == "os":

@@ -137,6 +137,14 @@ def test_read_of_ground_truth(ws, old):
               "mentions ground truth ('truth')")
     _rejected(ws, TRAIN, old.replace("return x - lr * x", "return x.metabolite_type"),
               "line 29 (function train_step): attribute 'metabolite_type' mentions ground truth")
+    # reaching the truth file without naming it: through the data cache, a file reader, a computed name
+    _rejected(ws, TRAIN, old.replace("return x - lr * x",
+                                     "from regimes.fakesci.data import load_or_generate\n"
+                                     "    _d, p = load_or_generate(x)\n    import torch\n    return torch.load(p)"),
+              "line 30 (function train_step): `load_or_generate` reaches the dataset cache",
+              "line 32 (function train_step): `torch.load` is not allowed in edited code (reads a file)")
+    _rejected(ws, TRAIN, old.replace("return x - lr * x", "return getattr(x, 'metabolite_' + 'ty' + 'pe')"),
+              "`getattr` with a computed attribute name is not allowed")
 
 
 def test_existing_code_is_not_blamed(tmp_path):
