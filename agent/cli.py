@@ -412,24 +412,25 @@ def cmd_regimes(args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.name:
             raise UsageError(f"unexpected argument {args.name!r}", hint="use `agent regimes show NAME`")
-        from rich.table import Table
-
         from regimes.registry import RegimeError, list_regimes
 
         try:
             regimes = list_regimes(args.regime_path or None)
         except RegimeError as e:
             raise UsageError(str(e), hint="fix or remove the plugin named above") from None
-        from rich import box
-
-        t = Table(title="regimes", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
-        for col in ("name", "variants", "primary metric", "mutable", "title"):
-            t.add_column(col, no_wrap=True, overflow="ellipsis", justify="right" if col == "mutable" else "left",
-                         ratio=1 if col == "title" else None)
+        # Plain aligned columns: names, variants and metrics are never cut; the title takes what is left.
+        rows = [("name", "variants", "primary metric", "keys", "title")]
         for r in regimes:
-            variants = ", ".join(f"[bold]{v}[/]" if v == r.default_variant else v for v in r.variants)
-            t.add_row(r.name, variants, r.primary_metric, str(len(r.mutable)), r.title)
-        console.print(t)
+            variants = [r.default_variant] + [v for v in r.variants if v != r.default_variant]
+            rows.append((r.name, ", ".join(variants), r.primary_metric, str(len(r.mutable)), r.title))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        room = max(10, console.width - sum(widths) - 8)
+        for i, row in enumerate(rows):
+            title = row[4] if len(row[4]) <= room else row[4][: room - 1] + "…"
+            line = "  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]),
+                              row[3].rjust(widths[3]), title])
+            console.print(line.rstrip(), style="bold" if i == 0 else None, highlight=False, markup=False,
+                          soft_wrap=True)
         console.print("details: agent regimes show NAME   default config: agent regimes config NAME", highlight=False)
         return EXIT_OK
     if not args.name:

@@ -97,3 +97,25 @@ def test_make_run_path_on_real_homeostasis(tmp_path, capsys):
     assert len(_nodes(run)) == 2
     assert main(["report", str(run)]) == 0
     assert (run / "report" / "report.md").is_file()
+
+
+def test_regimes_listing_show_config_and_new_regime(tmp_path, capsys):
+    assert main(["regimes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("homeostasis", "low_rank_connectivity", "rate_constants", "sparse_connectivity", "stoichiometry"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert main(["new-regime", "my_toy", "--dir", str(tmp_path)]) == 0
+    assert "agent run --regime my_toy" in capsys.readouterr().out
+    assert main(["new-regime", "my_toy", "--dir", str(tmp_path)]) == 2  # exists: one line, exit 2
+    assert "already exists" in capsys.readouterr().err.splitlines()[0]
+    assert main(["regimes", "--regime-path", str(tmp_path)]) == 0
+    assert any(line.startswith("my_toy ") for line in capsys.readouterr().out.splitlines())
+    assert main(["regimes", "show", "my_toy", "--regime-path", str(tmp_path)]) == 0
+    assert "my_toy" in capsys.readouterr().out
+    assert main(["regimes", "config", "my_toy", "--regime-path", str(tmp_path)]) == 0
+    import yaml
+
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert set(cfg) >= {"simulation", "training", "claude"} and "n_iter_block" in cfg["claude"]
+    assert main(["regimes", "show", "nosuch"]) == 2
+    assert "unknown regime 'nosuch'" in capsys.readouterr().err

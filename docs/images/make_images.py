@@ -70,7 +70,7 @@ def main() -> None:
         console_png(view, HERE / "live_view.png")
         run = Path(sys.argv[1]) if len(sys.argv) > 1 else rec
         report = write_report(run, out_dir=Path(tmp) / "report")
-        for name in ("ucb_tree.png", "scores.png"):
+        for name in ("scores.png",):
             shutil.copy(report.parent / name, HERE / f"report_{name}")
     for p in sorted(HERE.glob("*.svg")) + sorted(HERE.glob("*.png")):
         print(p.relative_to(ROOT), p.stat().st_size, "bytes")
