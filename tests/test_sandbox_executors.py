@@ -134,3 +134,50 @@ def test_ray_executor_matches_local(tmp_path, ray_instance):
             assert (out / name).is_file(), name
         assert len((out / "progress.jsonl").read_text().splitlines()) == 5
     assert {s for s, _ in seen} == {0, 1}
+
+
+def test_ray_cancel_kills_the_trainings(tmp_path, ray_instance):
+    import os
+    import time
+
+    specs = two_slot_job(tmp_path, sleep=0)
+    for s in specs:
+        Path(s.config_path).write_text(json.dumps({"mode": "hang"}))
+    ex = make_executor("ray", slots=2)
+    cancel = threading.Event()
+    timer = threading.Timer(20.0, cancel.set)  # a fallback: cancel as soon as both trainings run
+    timer.start()
+    running = set()
+
+    def on_progress(slot, rec):  # the hang mode reports once, after starting its child
+        running.add(slot)
+        if running == {0, 1}:
+            cancel.set()
+
+    try:
+        results = ex.run_batch(specs, on_progress=on_progress, cancel=cancel)
+    finally:
+        timer.cancel()
+        ex.shutdown()
+    assert running == {0, 1}, "the trainings never started"
+    assert [r.status for r in results] == ["killed", "killed"]
+    assert all("cancelled" in r.reason for r in results)
+    # the children of the hanging trainings died with their groups
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        left = [p for p in os.listdir("/proc") if p.isdigit() and _is_fake_sleeper(p)]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, left
+
+
+def _is_fake_sleeper(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ")
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return b"time.sleep(600)" in cmd and state != "Z"
