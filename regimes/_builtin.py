@@ -25,9 +25,9 @@ IMPORT_ALLOWLIST = list(DEFAULT_IMPORT_ALLOWLIST)
 #: generator), and the seed's names for type labels. The guard rejects new code
 #: that mentions any of them.
 METABOLISM_TRUTH = ["truth", "oracle", "metabolite_type", "types", "lambda", "baseline",
-                    "true_S", "S_true", "true_k", "k_true", "true_log_k", "gt_slope", "gt_offset"]
+                    "true_S", "true_k", "true_log_k", "gt_slope", "gt_offset"]
 #: The signal package's truth file (truth.pt: true W, gain, generator parameters).
-SIGNAL_TRUTH = ["truth", "oracle", "true_W", "W_true", "w_true", "true_w", "neuron_type"]
+SIGNAL_TRUTH = ["truth", "oracle", "true_W", "neuron_type"]
 
 SEED_RANGE = (0, 2**31 - 1)
 

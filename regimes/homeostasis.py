@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from regimes import _builtin as B
-from regimes.base import Classification, Degeneracy, EditableFile, Profile, Regime, get_dotted
+from regimes.base import Classification, CodeStrategy, Degeneracy, EditableFile, Profile, Regime, get_dotted
 from regimes.rate_constants import REGIME as RATE_CONSTANTS
 
 TRAIN = "regimes/metabolism/train.py"
@@ -27,6 +27,107 @@ PHASE1_KEYS = ["training.learning_rate_start", "training.learning_rate_k", "trai
                "training.coeff_mass_conservation", "training.coeff_MLP_sub_diff", "training.coeff_MLP_sub_norm",
                "training.coeff_MLP_node_L1", "training.coeff_k_center", "training.n_epochs_init",
                "training.first_coeff_L1", "training.recurrent_training", "training.time_step"]
+
+
+# ----- the seed's literature strategies, as exact edits inside the phase2_loop region -----
+
+_ROLL = """            idx = torch.randint(0, data.n_frames - T, (B,), generator=gen).to(dev)
+            x = conc0[idx]
+            for _s in range(T):
+                x = (x + dt * model(x)).clamp_min(0.0)
+                if t.noise_recurrent_level > 0:
+                    x = x + t.noise_recurrent_level * torch.randn(x.shape, generator=gen).to(dev)
+            loss = ((x - conc0[idx + T]) ** 2).mean() / ((dt * T) ** 2 * ynorm2)
+"""
+_EULER = "            for _s in range(T):\n                x = (x + dt * model(x)).clamp_min(0.0)\n"
+_LOSS = "            loss = ((x - conc0[idx + T]) ** 2).mean() / ((dt * T) ** 2 * ynorm2)\n"
+_UPDATE = """            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            lv = loss.item()
+"""
+
+
+def _cs(name: str, old: str, new: str, hypothesis: str, description: str) -> CodeStrategy:
+    return CodeStrategy(name=name, file=TRAIN, old=old, new=new, hypothesis=hypothesis, description=description)
+
+
+CODE_STRATEGIES = [
+    _cs("1-residual-supervision", _LOSS,
+        _LOSS + "            # strategy 1: fit MLP_node directly to what the frozen reactions leave unexplained\n"
+                "            c_now = conc0[idx]\n"
+                "            with torch.no_grad():\n"
+                "                residual = data.deriv[0][idx] - model.reaction(c_now)\n"
+                "            loss = loss + ((model.node(c_now) - residual) ** 2).mean() / (residual.var() + 1e-12)\n",
+        "the homeostatic signal is ~1000x weaker than the reactions in the rollout loss; supervising MLP_node with "
+        "the residual dc/dt - reaction(c), normalised to O(1), gives it a direct, unattenuated target",
+        "Strategy 1: residual-based direct supervision (PINN residual decomposition, SINDy operator splitting)"),
+    _cs("2-signal-amplification", _EULER,
+        "            for _s in range(T):\n"
+        "                # strategy 2: MLP_node amplified 50x at the start, annealed to 1x by mid-training\n"
+        "                amp = 1.0 + 49.0 * max(0.0, 1.0 - 2.0 * step / max(1, t.n_epochs * steps_per_epoch))\n"
+        "                x = (x + dt * (model.reaction(x) + amp * model.node(x))).clamp_min(0.0)\n",
+        "multiplying the MLP_node output makes its contribution comparable to the reactions, so its gradients are "
+        "meaningful while it learns the shape; annealing to 1x recovers the true scale",
+        "Strategy 2: signal amplification (curriculum learning, loss scaling)"),
+    _cs("3-contrastive-embeddings", _LOSS,
+        _LOSS + "            # strategy 3: embeddings follow the similarity of the learned MLP_node response curves\n"
+                "            grid = torch.linspace(float(conc0.min()), float(conc0.max()), 16, device=dev)\n"
+                "            resp = model.node_fn(grid.expand(model.n_met, -1), model.a.unsqueeze(1).expand(-1, 16, -1))\n"
+                "            resp = resp - resp.mean(1, keepdim=True)\n"
+                "            cos = torch.nn.functional.cosine_similarity\n"
+                "            want = cos(resp.unsqueeze(1), resp.unsqueeze(0), dim=-1).detach()\n"
+                "            have = cos(model.a.unsqueeze(1), model.a.unsqueeze(0), dim=-1)\n"
+                "            loss = loss + 0.1 * ((have - want) ** 2).mean()\n",
+        "embeddings get almost no gradient from the weak homeostatic signal; pulling together metabolites whose "
+        "learned MLP_node curves agree (no labels used) should separate the two types",
+        "Strategy 3: unsupervised auxiliary loss for embeddings (SimCLR, BYOL)"),
+    _cs("4-rollout-curriculum", _ROLL,
+        _ROLL.replace("T", "Tc").replace("            idx = torch.randint",
+                      "            # strategy 4: the full rollout in the first half of training, half of it afterwards\n"
+                      "            Tc = T if step < (t.n_epochs * steps_per_epoch) // 2 else max(1, T // 2)\n"
+                      "            idx = torch.randint"),
+        "the longest rollout accumulates the most homeostatic drift to start learning from; shorter rollouts "
+        "later refine the functions with cleaner gradients",
+        "Strategy 4: curriculum on time steps (curriculum learning, scheduled sampling)"),
+    _cs("5-lr-warmup-kick", _UPDATE,
+        _UPDATE.replace("            opt.step()\n",
+                        "            # strategy 5: 10x learning rates at the start, decaying to the configured ones over 10%\n"
+                        "            kick = 1.0 + 9.0 * max(0.0, 1.0 - step / max(1.0, 0.1 * t.n_epochs * steps_per_epoch))\n"
+                        "            opt.param_groups[0][\"lr\"] = t.learning_rate_node_homeostasis * kick\n"
+                        "            opt.param_groups[1][\"lr\"] = t.learning_rate_embedding_homeostasis * kick\n"
+                        "            opt.step()\n"),
+        "MLP_node starts at zero output where gradients are tiny; a large initial learning rate kicks it out of "
+        "that flat region, the decay then lets it settle",
+        "Strategy 5: higher learning rates with warmup/decay (Goyal et al. 2017)"),
+    _cs("6-multi-scale-rollout", _ROLL,
+        _ROLL.replace("T", "Tb").replace("            idx = torch.randint",
+                      "            # strategy 6: a rollout length drawn per batch from 4/16/32/64\n"
+                      "            Tb = min((4, 16, 32, 64)[int(torch.randint(0, 4, (1,), generator=gen))], "
+                      "data.n_frames - 1)\n"
+                      "            idx = torch.randint"),
+        "short rollouts give clean gradients of the local dynamics, long ones carry the homeostatic drift; "
+        "mixing them captures both",
+        "Strategy 6: multi-scale rollout (multi-scale training, stochastic depth)"),
+    _cs("7-gradient-accumulation", _UPDATE,
+        "            (loss / 4.0).backward()  # strategy 7: accumulate gradients over 4 mini-batches\n"
+        "            if (step + 1) % 4 == 0:\n"
+        "                opt.step()\n"
+        "                opt.zero_grad(set_to_none=True)\n"
+        "            step += 1\n"
+        "            lv = loss.item()\n",
+        "averaging gradients over 4 mini-batches reduces their variance so the weak homeostatic gradient becomes "
+        "reliable",
+        "Strategy 7: gradient accumulation (Goyal et al. 2017)"),
+    _cs("8-stop-gradient-reactions", _EULER,
+        "            for _s in range(T):\n"
+        "                # strategy 8: the reaction part without gradient: MLP_node receives the whole error\n"
+        "                x = (x + dt * (model.reaction(x).detach() + model.node(x))).clamp_min(0.0)\n",
+        "gradients flowing through the frozen reactions' Jacobian dilute and distort the error signal reaching "
+        "MLP_node; cutting them isolates the homeostatic component",
+        "Strategy 8: separate loss components (stop-gradient, Chen & He 2021)"),
+]
 
 
 def slope_ratios(metrics: dict[str, float]) -> list[float]:
@@ -189,6 +290,7 @@ REGIME = HomeostasisRegime(
     editable=[EditableFile(path=TRAIN, regions=["phase2_loop"])],
     code_edit_when="block_end",
     code_warmup_iters=0,
+    code_strategies=CODE_STRATEGIES,
     plots=["plots/*MLP_node*.png", "plots/*embedding*.png", "plots/*rate_constants*.png", "plots/*loss*.png",
            "plots/*.png"],
     instructions=B.instructions("homeostasis"),

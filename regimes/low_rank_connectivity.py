@@ -9,7 +9,7 @@ and many W explain it equally well. L1 does not match this structure.
 from __future__ import annotations
 
 from regimes import _builtin as B
-from regimes.sparse_connectivity import (SIGNAL_EDITABLE, SIGNAL_LOG_CONFIG, SIGNAL_LOG_METRICS,
+from regimes.sparse_connectivity import (SIGNAL_CODE_STRATEGIES, SIGNAL_EDITABLE, SIGNAL_LOG_CONFIG, SIGNAL_LOG_METRICS,
                                          SIGNAL_METRIC_LABELS, SIGNAL_PLOTS, SIGNAL_STRATEGIES, SignalRegime,
                                          signal_mutable)
 
@@ -35,6 +35,8 @@ REGIME = SignalRegime(
     editable=SIGNAL_EDITABLE,
     code_edit_when="after_warmup",
     code_warmup_iters=4,
+    # proximal L1 pushes entries to zero: it does not match a dense low-rank W
+    code_strategies=[c for c in SIGNAL_CODE_STRATEGIES if c.name != "proximal-L1"],
     plots=SIGNAL_PLOTS,
     instructions=B.instructions("low_rank_connectivity"),
     # L1-calibration is the sparse regime's lever; here L1 does not match the structure

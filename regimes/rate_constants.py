@@ -9,7 +9,7 @@ regime starts from.
 from __future__ import annotations
 
 from regimes import _builtin as B
-from regimes.base import EditableFile, Profile, Regime
+from regimes.base import CodeStrategy, EditableFile, Profile, Regime
 
 TRAIN = "regimes/metabolism/train.py"
 MODEL = "regimes/metabolism/model.py"
@@ -17,6 +17,42 @@ MODEL = "regimes/metabolism/model.py"
 #: the seed's "Frozen Parameters" table: S is given, so no S learning or S regularisation
 S_FROZEN = ["training.freeze_stoichiometry", "training.learning_rate_S_start", "training.coeff_S_L1",
             "training.coeff_S_integer", "training.coeff_mass_conservation"]
+
+
+_STEP = """            loss = pred_loss + regul
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+"""
+
+#: code changes for k recovery (seed 001 lists none; these follow its key insights: balance of the
+#: learning rates, the k / MLP_sub gauge, MLP compensation), as exact edits of the committed files
+CODE_STRATEGIES = [
+    CodeStrategy(
+        name="grad-clip-log-k", file=TRAIN, old=_STEP,
+        new=_STEP.replace("            opt.step()\n",
+                          "            torch.nn.utils.clip_grad_norm_([model.log_k], max_norm=1.0)  # steady k updates\n"
+                          "            opt.step()\n"),
+        hypothesis="with a high lr_k the rate constants overshoot and oscillate; clipping the log_k gradient norm "
+                   "should let a fast lr_k converge instead of settling on wrong values",
+        description="gradient clipping on log_k"),
+    CodeStrategy(
+        name="cosine-lr", file=TRAIN, old=_STEP,
+        new=_STEP + "            for g in opt.param_groups:  # cosine decay of every group's lr over the run\n"
+                    "                g.setdefault(\"initial_lr\", g[\"lr\"])\n"
+                    "                g[\"lr\"] = g[\"initial_lr\"] * 0.5 * (1.0 + math.cos(math.pi * (step + 1) / "
+                    "max(1, t.n_epochs * ipe)))\n",
+        hypothesis="large early steps then fine-tuning (cosine annealing) should let k settle precisely once the "
+                   "MLPs have found their shape, raising rate_constants_R2 at the end of training",
+        description="learning-rate schedule"),
+    CodeStrategy(
+        name="mlp-sub-capacity-half", file=MODEL,
+        old="        self.mlp_sub = mlp([2, gm.hidden_dim, gm.hidden_dim, 1])\n",
+        new="        self.mlp_sub = mlp([2, max(1, gm.hidden_dim // 2), 1])  # smaller MLP_sub: less room to absorb k\n",
+        hypothesis="MLP_sub compensates for wrong k by reshaping the concentration-to-rate map; a smaller MLP_sub "
+                   "(one hidden layer of half width) has less room to do so, so k must carry the rates",
+        description="MLP_sub capacity reduction"),
+]
 
 
 class RateConstantsRegime(Regime):
@@ -69,6 +105,7 @@ REGIME = RateConstantsRegime(
     editable=[EditableFile(path=TRAIN, functions=["train_phase1"]), EditableFile(path=MODEL)],
     code_edit_when="after_warmup",
     code_warmup_iters=4,
+    code_strategies=CODE_STRATEGIES,
     plots=["plots/*MLP_sub*.png", "plots/*MLP_node*.png", "plots/*rate_constants*.png", "plots/*loss*.png",
            "plots/*rollout*.png", "plots/*embedding*.png", "plots/*.png"],
     instructions=B.instructions("rate_constants"),

@@ -8,7 +8,7 @@ to compare them and keep the understanding of each apart.
 from __future__ import annotations
 
 from regimes import _builtin as B
-from regimes.base import EditableFile, ParamSpec, Profile, Regime
+from regimes.base import CodeStrategy, EditableFile, ParamSpec, Profile, Regime
 
 TRAIN = "regimes/signal/train.py"
 MODEL = "regimes/signal/model.py"
@@ -59,6 +59,70 @@ SIGNAL_STRATEGIES = ["exploit", "failure-probe", "explore", "degeneracy-break", 
                      "multi-code-modification", "identifiability-test", "fixed-model-sweep"]
 
 
+
+def _cs(name: str, file: str, old: str, new: str, hypothesis: str, description: str = "") -> CodeStrategy:
+    return CodeStrategy(name=name, file=file, old=old, new=new, hypothesis=hypothesis, description=description)
+
+
+_STEP = """            loss, loss_pred = batch_loss(model, u, du, frames[it], cfg, coeff_L1, recurrent, delta, ynorm2, data.delta_t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+"""
+
+#: the seed's "priority code changes", as exact edits of the committed science files
+SIGNAL_CODE_STRATEGIES = [
+    _cs("W-init-1/sqrt(n)", MODEL,
+        "        self.W = nn.Parameter(torch.randn(n_neurons, n_neurons))  # W init: N(0, 1) (SCIENCE.md B2)\n",
+        "        self.W = nn.Parameter(torch.randn(n_neurons, n_neurons) / math.sqrt(n_neurons))  # W init: N(0, 1/n)\n",
+        "the true W has entries of scale 1/sqrt(n); an N(0, 1) init is sqrt(n) times too large and lets the MLPs "
+        "absorb the mismatch, so starting at the true scale should raise connectivity_R2",
+        "priority 1: W initialisation scale"),
+    _cs("grad-clip-W", TRAIN, _STEP,
+        _STEP.replace("            optimizer.step()\n",
+                      "            torch.nn.utils.clip_grad_norm_([model.W], max_norm=1.0)  # tame large W updates\n"
+                      "            optimizer.step()\n"),
+        "large gradients on the n^2 entries of W destabilise training; clipping their norm to 1 gives smoother, "
+        "more faithful W updates",
+        "priority 2: gradient clipping on W"),
+    _cs("cosine-lr", TRAIN,
+        "    scheduler = None  # no LR schedule by default; a code strategy may create one here "
+        "(it steps after optimizer.step())\n",
+        "    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total))  # cosine decay\n",
+        "large early updates of W then fine-tuning (cosine annealing of every learning rate) should settle W "
+        "closer to the truth than a constant rate",
+        "priority 3: learning-rate schedule"),
+    _cs("proximal-L1", TRAIN, _STEP,
+        "            # proximal L1: the gradient step without L1, then soft-thresholding of W (exact zeros)\n"
+        "            loss, loss_pred = batch_loss(model, u, du, frames[it], cfg, 0.0, recurrent, delta, ynorm2, "
+        "data.delta_t)\n"
+        "            optimizer.zero_grad(set_to_none=True)\n"
+        "            loss.backward()\n"
+        "            optimizer.step()\n"
+        "            if coeff_L1 > 0:\n"
+        "                with torch.no_grad():\n"
+        "                    thr = optimizer.param_groups[0][\"lr\"] * coeff_L1  # group 0 holds W\n"
+        "                    model.W.copy_(torch.sign(model.W) * torch.clamp(model.W.abs() - thr, min=0.0))\n",
+        "soft-thresholding after each step produces exact zeros, which a gradient L1 under Adam does not; the "
+        "sparsity pattern of W (half its entries are zero) should be recovered better",
+        "priority 4: proximal L1"),
+    _cs("mlp-capacity-half", MODEL,
+        "        self.lin_edge = MLP(1 + cfg.embedding_dim, cfg.hidden_dim, 1, cfg.n_layers)\n"
+        "        self.lin_phi = MLP(1 + cfg.embedding_dim, cfg.hidden_dim, 1, cfg.n_layers)\n",
+        "        # smaller MLPs (half width, one layer less): W has to carry more of the signal\n"
+        "        self.lin_edge = MLP(1 + cfg.embedding_dim, max(1, cfg.hidden_dim // 2), 1, max(2, cfg.n_layers - 1))\n"
+        "        self.lin_phi = MLP(1 + cfg.embedding_dim, max(1, cfg.hidden_dim // 2), 1, max(2, cfg.n_layers - 1))\n",
+        "lin_edge and lin_phi with less capacity cannot compensate for a wrong W as easily, which should shrink "
+        "the degeneracy gap",
+        "priority 5: MLP capacity reduction"),
+    _cs("zero-diagonal", TRAIN, _STEP,
+        _STEP + "            with torch.no_grad():  # no self-loops, whatever the optimiser does\n"
+                "                model.W.fill_diagonal_(0.0)\n",
+        "keeping the diagonal of W at exactly zero after every step removes any self-loop signal (the forward "
+        "pass masks it; this also keeps the stored W and its L1 clean)",
+        "priority 6: W diagonal constraint"),
+]
+
 class SignalRegime(Regime):
     """W recovery on the signal package; configs `<stem>_<variant>_<profile>.yaml`."""
 
@@ -92,6 +156,7 @@ REGIME = SignalRegime(
     editable=SIGNAL_EDITABLE,
     code_edit_when="after_warmup",
     code_warmup_iters=4,
+    code_strategies=SIGNAL_CODE_STRATEGIES,
     plots=SIGNAL_PLOTS,
     instructions=B.instructions("sparse_connectivity"),
     strategies=SIGNAL_STRATEGIES,
