@@ -372,6 +372,12 @@ def _drive(target: Callable[..., Any], run_dir: Path, no_live: bool, console) ->
 def cmd_resume(args: argparse.Namespace) -> int:
     """`agent resume RUN_DIR`: continue from the checkpoint with the same view."""
     run_dir = _run_dir_arg(args.run_dir, "resume")
+    from agent.live import PID_FILE, read_status
+    from agent.status_view import liveness
+
+    alive, why = liveness(run_dir, read_status(run_dir))
+    if alive and (run_dir / PID_FILE).is_file():
+        raise UsageError(f"run {run_dir} is still {why}", hint="stop it first (Ctrl-C in its terminal), then resume")
     from agent.run import resume_run
 
     console = _console()

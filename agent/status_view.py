@@ -48,6 +48,8 @@ def liveness(run_dir: Path, st: RunStatus | None, now: datetime | None = None) -
             return False, f"not running (process {pid} has ended)"
     if st is None:
         return False, "not started (no status.json)"
+    if st.phase == "stopped":
+        return False, f"stopped ({st.message or 'Ctrl-C'}); continue with: agent resume {run_dir}"
     if st.finished:
         return False, f"finished ({st.phase})"
     upd = parse_time(st.updated_at)

@@ -83,6 +83,12 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, monkeypatch, capsys)
     assert "stopping after the current step" in out and f"agent resume {run}" in out
     status = json.loads((run / "status.json").read_text())
     assert status["phase"] == "stopped" and len(_nodes(run)) < 4
+    assert main(["status", str(run)]) == 0
+    assert "continue with: agent resume" in capsys.readouterr().out
+    (run / "run.pid").write_text(str(os.getpid()))  # as if another `agent run` still owned it
+    assert main(["resume", str(run), "--no-live"]) == 2
+    assert "is still running (process" in capsys.readouterr().err
+    (run / "run.pid").unlink()
     assert main(["resume", str(run), "--no-live"]) == 0
     assert [n["id"] for n in _nodes(run)] == [1, 2, 3, 4]
 

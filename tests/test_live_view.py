@@ -42,9 +42,9 @@ def test_render_recorded_run_shows_every_part(tmp_path):
     assert "root" not in rows[3] and "pending" in rows[3] and "principle-test" in rows[3]
     # best so far with its key config, the UCB lines, the latest policy message
     assert "best so far node 5  score 0.9050  converged" in text
-    assert "learning_rate_node=5E-3" in text
+    assert "learning_rate_node_homeostasis=5E-3" in text
     assert "Node 5: UCB=2.912, parent=2" in text and "Node 2: UCB=1.852" in text
-    assert "policy exploit node 5 on slots 0-1, probe L1 on slot 3" in text
+    assert "policy exploit node 5 on slots 0-1, probe the embedding lr on slot 3" in text
 
 
 def test_render_is_a_pure_function_of_the_files(tmp_path):
@@ -108,7 +108,8 @@ def test_plain_lines_one_per_event(tmp_path):
     first = rep.poll()
     finished = [ln for ln in first if " finished: node " in ln]
     assert len(finished) == 8
-    assert "slot 0 finished: node 5 (parent 2, exploit: learning_rate_node: 3E-3 -> 5E-3) score 0.9050 converged" in first
+    assert ("slot 0 finished: node 5 (parent 2, exploit: learning_rate_node_homeostasis: 3E-3 -> 5E-3) "
+            "score 0.9050 converged") in first
     assert [ln for ln in first if ln.startswith("batch start")] == [
         "batch start (block 1, 8/16 iterations done): slot 0 node 9 exploit, slot 1 node 10 exploit, "
         "slot 3 node 12 principle-test"]

@@ -33,8 +33,11 @@ def test_report_on_recorded_two_batch_run(tmp_path, capsys):
     for rel in images:
         _assert_png(md_path.parent / rel)
     # the best node's config is the YAML of node 5; the lineage goes root -> 2 -> 5
-    assert "learning_rate_node: 0.005" in md
-    assert "Lineage: root → 2 (learning_rate_node: 1E-3 -> 3E-3) → 5 (learning_rate_node: 3E-3 -> 5E-3)" in md
+    assert "learning_rate_node_homeostasis: 0.005" in md
+    assert ("Lineage: root → 2 (learning_rate_node_homeostasis: 1E-3 -> 3E-3) → "
+            "5 (learning_rate_node_homeostasis: 3E-3 -> 5E-3)") in md
+    # one parameter panel per mutable key of the regime that varied (slot-fixed time steps are not mutable)
+    assert "## Parameters versus score\n\n![parameters versus score](params.png)" in md
     assert "No workspace in this run directory" in md
     # top nodes are ordered by score
     top = md.split("## Top nodes")[1].split("## Best node")[0]
@@ -108,3 +111,16 @@ def test_report_shows_code_diff_from_workspace(tmp_path):
     code = md.split("### Code")[1].split("### Plots")[0]
     assert "```diff" in code and "-    return x * 2" in code and "+    return x * 3" in code
     assert Path(run / "report" / "report.md").exists()
+
+
+def test_param_panels_follow_the_regimes_mutable_keys(tmp_path):
+    from agent.live import read_nodes
+    from agent.report import param_keys
+    from regimes.registry import get_regime
+
+    nodes = read_nodes(make_recorded_run(tmp_path / "run"))
+    assert param_keys(nodes, get_regime("homeostasis")) == [
+        "training.learning_rate_node_homeostasis", "training.learning_rate_embedding_homeostasis"]
+    # without the regime: every training key that varied (here also the slot-fixed time step)
+    assert param_keys(nodes, None) == ["training.homeostasis_time_step", "training.learning_rate_embedding_homeostasis",
+                                       "training.learning_rate_node_homeostasis"]
