@@ -71,7 +71,7 @@ def build_graph(ctx: RunCtx):
         it = state["iteration"]
         _sync_env(ctx, state)
         ctx.set_status(phase="run_slots")
-        specs, checkouts, nodes = [], {}, []
+        specs, nodes = [], []
         for s in _all_slots(ctx):
             nid = ctx.node_id(it, s)
             nodes.append(nid)
@@ -97,8 +97,7 @@ def build_graph(ctx: RunCtx):
             for stale in ("metrics.json", "progress.jsonl"):
                 if (d / stale).exists():
                     (d / stale).unlink()
-            code_dir = ctx.workspace.checkout(launch["commit"], d / "code")
-            checkouts[s] = code_dir
+            code_dir = _code_checkout(ctx, launch["commit"])
             specs.append(RunSpec(slot=s, node_id=nid, config_path=d / "config.yaml", out_dir=d, code_dir=code_dir,
                                  train_entry=ctx.regime.train_entry, device=info.device,
                                  threads=max(1, _cpu_count() // max(1, S))))
@@ -111,14 +110,7 @@ def build_graph(ctx: RunCtx):
             def on_progress(slot: int, rec: dict) -> None:
                 ctx.emit({"type": "progress", "slot": slot, **rec})
 
-            try:
-                results = ctx.executor.run_batch(specs, on_progress=on_progress, cancel=ctx.kill)
-            finally:
-                for s, cd in checkouts.items():
-                    try:
-                        ctx.workspace.remove_checkout(cd)
-                    except Exception:  # a leftover checkout is pruned on the next open
-                        pass
+            results = ctx.executor.run_batch(specs, on_progress=on_progress, cancel=ctx.kill)
             for spec, res in zip(specs, results):
                 d = spec.out_dir
                 if res.status == "killed" or ctx.kill.is_set():
@@ -309,6 +301,18 @@ class _Pseudo:
 
     def __init__(self, id, parent, score, mutation):
         self.id, self.parent, self.score, self.mutation = id, parent, score, mutation
+
+
+def _code_checkout(ctx: RunCtx, commit: str) -> Path:
+    """A read-only checkout of `commit` under run_dir/code/, shared by every training on that commit.
+
+    Most nodes run on a handful of commits, so checkouts are made once and kept
+    (a `.ready` marker says the checkout completed; a half-made one is redone)."""
+    dest = ctx.run_dir / "code" / commit[:16]
+    if not (dest / ".ready").exists():
+        ctx.workspace.checkout(commit, dest)
+        (dest / ".ready").write_text(commit + "\n")
+    return dest
 
 
 def _valid_metrics(p: Path) -> bool:

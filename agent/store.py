@@ -65,6 +65,7 @@ class Store:
         self.path = Path(path)
         self._nodes: dict[int, NodeRecord] = {}
         self._offset = 0  # bytes of the file already parsed (complete lines only)
+        self._best: NodeRecord | None = None  # kept incrementally (status.json asks often)
         self.refresh()
 
     # ----- reading -----
@@ -89,7 +90,7 @@ class Store:
             except ValueError as e:
                 log.warning("nodes.jsonl: skipping an unreadable line (%s)", str(e).splitlines()[0])
                 continue
-            self._nodes[rec.id] = rec
+            self._add(rec)
         self._offset += len(complete)
         if tail.strip():
             # a torn last line: a crash mid-write; the next append starts a fresh line
@@ -116,11 +117,13 @@ class Store:
 
     def best(self) -> NodeRecord | None:
         """Highest score (earliest id on ties)."""
-        best = None
-        for n in self.nodes():
-            if best is None or n.score > best.score:
-                best = n
-        return best
+        return self._best
+
+    def _add(self, rec: NodeRecord) -> None:
+        self._nodes[rec.id] = rec
+        b = self._best
+        if b is None or rec.score > b.score or (rec.score == b.score and rec.id < b.id):
+            self._best = rec
 
     # ----- writing -----
 
@@ -137,7 +140,7 @@ class Store:
             f.write(line.encode())
             f.flush()
             os.fsync(f.fileno())
-        self._nodes[rec.id] = rec
+        self._add(rec)
         self._offset = self.path.stat().st_size
 
     def _torn_tail(self) -> bool:

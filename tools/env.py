@@ -58,15 +58,20 @@ def slot_dir(run_dir: Path, iteration: int, slot: int) -> Path:
     return Path(run_dir) / "iterations" / f"iter_{iteration:03d}" / f"slot_{slot:02d}"
 
 
+# the C loader/dumper when libyaml is there: configs are read many times per batch
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def load_yaml(path: Path) -> dict:
-    return yaml.safe_load(Path(path).read_text()) or {}
+    return yaml.load(Path(path).read_text(), Loader=_Loader) or {}
 
 
 def dump_yaml_atomic(path: Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False))
     os.replace(tmp, path)
 
 
