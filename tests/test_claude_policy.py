@@ -323,3 +323,17 @@ def test_mutate_prompt_describes_slots_from_plans_configs_and_store(tmp_path):
     assert "partial, score 0.81, from mutation training.batch_size: 4 -> 8" in text
     assert "rate_constants_R2=0.81" in text and "bigger batch helped" in text
     assert "learning_rate_k=0.005, batch_size=8" in text
+
+
+def test_registry_factory_reads_run_options_and_env(monkeypatch, tmp_path):
+    from agent.policies.registry import make_policy
+
+    monkeypatch.setenv("GNN_AGENT_LLM_DEADLINE_S", "7.5")
+    monkeypatch.setenv("GNN_AGENT_LLM_MAX_RETRIES", "1")
+    p = make_policy("claude", model="claude-opus-4-5", run_dir=tmp_path, max_cost_usd=2.0, seed=3, slots=2)
+    assert isinstance(p, ClaudePolicy) and p.name == "claude" and p.model == "claude-opus-4-5"
+    assert (p._client_kwargs["deadline_s"], p._client_kwargs["max_retries"],
+            p._client_kwargs["max_cost_usd"]) == (7.5, 1, 2.0)
+    monkeypatch.setenv("GNN_AGENT_LLM_DEADLINE_S", "soon")
+    with pytest.raises(ValueError, match="GNN_AGENT_LLM_DEADLINE_S='soon': not a number"):
+        make_policy("claude", model="claude-opus-4-5", run_dir=tmp_path)

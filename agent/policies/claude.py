@@ -34,7 +34,9 @@ MAX_IMAGE_BYTES = 3_500_000
 #: the keys of a result dict rendered in this order (others follow, as JSON)
 _RESULT_ORDER = ("slot", "node", "node_id", "parent", "status", "classification", "score", "degeneracy",
                  "strategy", "mutation", "parent_rule", "metrics", "config", "plots", "traceback_tail",
-                 "traceback", "reason", "out_dir")
+                 "traceback", "reason", "duration_s", "commit")
+#: bookkeeping the model does not need (paths, timestamps)
+_RESULT_HIDDEN = ("out_dir", "finished_at", "started_at")
 
 
 class ClaudePolicy(Policy):
@@ -267,7 +269,7 @@ def format_results(results: list[dict]) -> str:
             head += f" (parent {r['parent'] if r['parent'] is not None else 'root'})"
         lines = [head]
         keys = [k for k in _RESULT_ORDER if k in r and k not in ("slot", "node", "node_id", "parent")]
-        keys += [k for k in r if k not in _RESULT_ORDER]
+        keys += [k for k in r if k not in _RESULT_ORDER and k not in _RESULT_HIDDEN]
         for k in keys:
             v = r[k]
             if v is None or v == "" or v == [] or v == {}:
@@ -295,6 +297,8 @@ def _format_field(key: str, v: Any) -> str:
     if key in ("traceback_tail", "traceback") and isinstance(v, str):
         tail = "\n".join(v.strip().splitlines()[-15:])
         return f"- {key}:\n```\n{tail}\n```"
+    if key == "commit" and isinstance(v, str):
+        return f"- commit: {v[:10]}"
     if isinstance(v, float):
         return f"- {key}: {_num(v)}"
     if isinstance(v, (dict, list)):
