@@ -488,6 +488,12 @@ def _findings(regime: Regime, path: str, tree: ast.Module, text: str, spans: _Sp
                 verdict = _module_verdict(regime, mod)
                 if verdict:
                     add(node, f"import {mod}", f"import {mod}", verdict)
+            if isinstance(node, ast.ImportFrom):
+                base = _resolve_from(path, node)
+                for a in node.names:
+                    if base.split(".")[0] in FILE_READER_OWNERS and a.name in FILE_READER_ATTRS:
+                        add(node, f"reader {base}.{a.name}", f"reader {a.name}",
+                            f"`from {base} import {a.name}` is not allowed in edited code (reads a file)")
         if isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
             add(node, f"name {node.id}", f"name {node.id}",
                 f"`{node.id}` is not allowed in edited code ({FORBIDDEN_NAMES[node.id]})")
@@ -507,14 +513,19 @@ def _findings(regime: Regime, path: str, tree: ast.Module, text: str, spans: _Sp
         if isinstance(node, ast.Attribute):
             why = FORBIDDEN_ATTRS.get(node.attr)
             owner = node.value.id if isinstance(node.value, ast.Name) else None
-            if owner in FILE_READER_OWNERS and node.attr in FILE_READER_ATTRS:
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            root_name = root.id if isinstance(root, ast.Name) else None
+            if root_name in FILE_READER_OWNERS and node.attr in FILE_READER_ATTRS:  # torch.jit.load too
                 why = why or "reads a file"
             if owner in ("os", "sys"):
                 why = why or FORBIDDEN_MODULE_ATTRS.get((owner, node.attr))
                 if owner == "os":
                     why = why or next((w for p, w in FORBIDDEN_OS_PREFIXES.items() if node.attr.startswith(p)), None)
             if why:
-                shown = f"{owner}.{node.attr}" if owner else f".{node.attr}"
+                shown = ast.unparse(node) if root_name else f".{node.attr}"
+                shown = shown if len(shown) <= 40 else f"...{node.attr}"
                 add(node, f"attr {node.attr}", f"attr {node.attr}", f"`{shown}` is not allowed in edited code ({why})")
         for kind, s in _strings(node):
             low = s.lower()

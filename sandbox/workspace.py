@@ -281,6 +281,8 @@ class Workspace:
             sha = self.resolve(base)
             path = self._norm_path(path)
             entry = self._file_entry(sha, path)
+            if entry is not None and entry[0] == "120000":
+                raise WorkspaceError(f"{path} is a symlink at {sha[:10]}; edits may not go through symlinks")
             mode = entry[0] if entry else "100644"
             blob = self._git("hash-object", "-w", "--stdin", input=new_text.encode())
             return self._commit_with(sha, path, (mode, blob), message)

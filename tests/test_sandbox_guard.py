@@ -143,6 +143,9 @@ def test_read_of_ground_truth(ws, old):
                                      "    _d, p = load_or_generate(x)\n    import torch\n    return torch.load(p)"),
               "line 30 (function train_step): `load_or_generate` reaches the dataset cache",
               "line 32 (function train_step): `torch.load` is not allowed in edited code (reads a file)")
+    _rejected(ws, TRAIN, old.replace("return x - lr * x", "from torch import load as ld\n    return torch.jit.load(x)"),
+              "`from torch import load` is not allowed in edited code (reads a file)",
+              "`torch.jit.load` is not allowed")
     _rejected(ws, TRAIN, old.replace("return x - lr * x", "return getattr(x, 'metabolite_' + 'ty' + 'pe')"),
               "`getattr` with a computed attribute name is not allowed")
 
