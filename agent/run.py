@@ -8,8 +8,6 @@ workspace/, status.json) and drives the graph until the iteration budget;
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -207,8 +205,8 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
                     ctx.env.reasoning(f"max cost reached: ${ctx._cost():.2f} >= ${max_cost:.2f}; stopping")
                     outcome = "stopped (max cost)"
                     break
-    except RunStopped:
-        outcome = "stopped"
+    except RunStopped as e:
+        outcome = f"stopped: {e}"
     finally:
         conn.close()
         ctx.close()
@@ -244,4 +242,3 @@ def _carry_knowledge(old_run: Path, regime, variant: str, mem: Memory) -> Memory
 
 
 __all__ = ["RunOptions", "RunError", "start_run", "resume_run"]
-_ = (os, shutil)

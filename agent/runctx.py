@@ -182,6 +182,11 @@ class RunCtx:
             self.set_status(message=self.env.last_message or self.status.get("message", ""))
             return
         except Exception as e:  # any policy failure (deadline, API, bug) -> heuristic fallback
+            if type(e).__name__ == "CostLimitReached":
+                # spend reached --max-cost-usd: no fallback; stop cleanly, the step re-runs on resume
+                self.env.restore(snap)
+                self.env.reasoning(f"[{step}] cost limit reached: {e}; stopping (resumable)")
+                raise RunStopped(f"cost limit reached: {e}") from None
             if self.policy is self.fallback:
                 raise
             msg = f"policy {self.policy.name} failed at {step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

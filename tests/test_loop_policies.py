@@ -93,3 +93,28 @@ def test_kill_cancels_trainings_and_resume_reruns_them(tmp_path):
     (tmp_path / "HOLD").unlink()
     resume_run(d)
     assert [n.id for n in Store(d / "nodes.jsonl").nodes()] == [1, 2]
+
+
+def test_cost_limit_stops_without_fallback_and_rolls_back(tmp_path):
+    import pytest
+
+    from agent.llm import CostLimitReached
+    from agent.policies.base import Policy
+    from agent.runctx import RunStopped
+
+    class Spender(Policy):
+        name = "spender"
+
+        def act(self, ctx, tools):
+            tools.call("set_config", {"slot": 0, "changes": {"training.coeff_reg": 9.0}})
+            raise CostLimitReached("spent $1.00 of $1.00")
+
+    d = tmp_path / "run"
+    start_run(toy_options(d, iterations=2))
+    ctx = open_ctx(d, iteration=1)
+    ctx.policy = Spender()
+    before = ctx.env.slot_config(0)
+    with pytest.raises(RunStopped, match="cost limit reached"):
+        ctx.run_policy_step("mutate", [0, 1], [], {"block": 1, "iter_in_block": 2})
+    assert ctx.env.slot_config(0) == before  # rolled back, and the heuristic did not step in
+    assert "FALLBACK" not in (d / "reasoning.log").read_text()
