@@ -298,6 +298,10 @@ def _finish(run_dir: Path, intr, console) -> int:
         console.print(f"stopped. resume with: agent resume {run_dir}", highlight=False, markup=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     st = read_status(run_dir)
+    if st is not None and st.phase == "stopped":  # e.g. --max-cost-usd reached: a requested, clean stop
+        console.print(f"stopped: {st.message or 'budget reached'}. resume with: agent resume {run_dir}",
+                      highlight=False, markup=False, soft_wrap=True)
+        return EXIT_OK
     if st is not None and st.phase == "failed":
         console.print(f"run failed: {st.message or 'see reasoning.log'} ({run_dir})", highlight=False, markup=False, soft_wrap=True)
         return EXIT_FAILED
@@ -363,7 +367,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _drive(target: Callable[..., Any], run_dir: Path, no_live: bool, console) -> int:
     from agent.live import drive
 
-    result, intr = drive(target, run_dir, console, live=_use_live(no_live, console))
+    try:
+        result, intr = drive(target, run_dir, console, live=_use_live(no_live, console))
+    except Exception as e:
+        if os.environ.get("GNN_AGENT_DEBUG", "") not in ("", "0") or _known_error(e) is not None:
+            raise
+        # The loop saved its state at the last step: say so instead of a bare crash.
+        first = (str(e).strip().splitlines() or [""])[0]
+        resumable = (Path(run_dir) / "run.yaml").is_file()
+        _print_error(f"run failed: {type(e).__name__}: {first}".rstrip(": "),
+                     (f"the run is resumable: agent resume {run_dir}; " if resumable else "")
+                     + "run with GNN_AGENT_DEBUG=1 for the traceback")
+        return EXIT_FAILED
     if isinstance(result, (str, Path)):
         run_dir = Path(result)
     return _finish(run_dir, intr, console)

@@ -571,6 +571,7 @@ class PlainReporter:
         self._block: int | None = None
         self._fallback = False
         self._done = False
+        self._phase: str | None = None
 
     def poll(self, status: dict | None = None) -> list[str]:
         """Lines for the events since the last poll (possibly none).
@@ -604,6 +605,9 @@ class PlainReporter:
             best = f"best node {b['id']} score {fmt_score(b['score'])}" if b else "no scored node"
             lines.append(f"block {self._block} ended: {best}")
         self._block = st.block
+        if st.phase == "prepare" and self._phase != "prepare":
+            lines.append(f"prepare: data, regime preparation and first configs ({st.message or 'starting'})")
+        self._phase = st.phase
         # one batch-start line per batch: iterations_done only moves when a batch has finished
         batch_key = (st.block, st.iterations_done)
         running = [s for s in st.slots if s.node is not None and s.status in ("running", "pending")]

@@ -125,3 +125,20 @@ def test_regimes_listing_show_config_and_new_regime(tmp_path, capsys):
     assert set(cfg) >= {"simulation", "training", "claude"} and "n_iter_block" in cfg["claude"]
     assert main(["regimes", "show", "nosuch"]) == 2
     assert "unknown regime 'nosuch'" in capsys.readouterr().err
+
+
+def test_a_crash_inside_the_run_is_one_line_and_says_resume(tmp_path, monkeypatch, capsys):
+    import agent.run as run_mod
+
+    real_start = run_mod.start_run
+
+    def crashing(opts, stop=None, kill=None, on_event=None, **kw):
+        real_start(opts.model_copy(update={"iterations": 2}), stop=stop, kill=kill, on_event=on_event, **kw)
+        raise RuntimeError("executor lost\ndetails")  # the loop dies after writing its run directory
+
+    monkeypatch.setattr(run_mod, "start_run", crashing)
+    monkeypatch.delenv("GNN_AGENT_DEBUG", raising=False)
+    run = tmp_path / "run"
+    assert main(_toy_run(run)) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "RuntimeError: executor lost" in err[0] and f"agent resume {run}" in err[1]
