@@ -284,6 +284,10 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
         raise ValueError(f"run slot {spec.slot}: config {config} does not exist")
     if not code_dir.is_dir():
         raise ValueError(f"run slot {spec.slot}: code_dir {code_dir} does not exist")
+    if spec.memory_limit_mb and spec.device != "cpu":
+        # RLIMIT_AS counts address space; CUDA reserves far more than any sensible limit
+        raise ValueError(f"run slot {spec.slot}: memory_limit_mb (an address-space limit) works only with "
+                         f"device cpu, not {spec.device}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("metrics.json", "progress.jsonl"):  # a re-run must not read the last attempt's files
         (out_dir / stale).unlink(missing_ok=True)

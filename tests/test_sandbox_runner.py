@@ -177,6 +177,10 @@ def test_bad_launch_is_a_clear_error(tmp_path, code_dir):
                    code_dir=code_dir, train_entry=ENTRY)
     with pytest.raises(ValueError, match="missing.yaml does not exist"):
         run_training(spec)
+    (tmp_path / "c.yaml").write_text("{}")
+    cuda = spec.model_copy(update={"config_path": tmp_path / "c.yaml", "device": "cuda", "memory_limit_mb": 4000})
+    with pytest.raises(ValueError, match="memory_limit_mb .* works only with device cpu, not cuda"):
+        run_training(cuda)
     with pytest.raises(ValueError, match="not a dotted module name"):
         RunSpec(slot=0, node_id=0, config_path=tmp_path, out_dir=tmp_path, code_dir=code_dir, train_entry="a b")
 
