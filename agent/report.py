@@ -205,11 +205,21 @@ def plot_ucb_tree(nodes: list[dict], path: Path) -> Path:
                     vmin=vmin, vmax=vmax, s=70, edgecolors="black", linewidths=0.5, zorder=3,
                     plotnonfinite=True)
     if len(ids) <= 80:
-        for i in ids:
-            ax.text(pos[i][0], -pos[i][1], str(i), fontsize=6, ha="center", va="center", color="white",
-                    fontweight="bold", zorder=4)
+        for i, sc_i in zip(ids, scores):
+            # dark label on the bright end of viridis, light label on the dark end
+            bright = math.isfinite(sc_i) and (sc_i - vmin) / (vmax - vmin) > 0.6
+            ax.text(pos[i][0], -pos[i][1], str(i), fontsize=6, ha="center", va="center",
+                    color="black" if bright else "white", fontweight="bold", zorder=4)
     fig.colorbar(sc, ax=ax, label="score")
     depth = max((d for _, d in pos.values()), default=1)
+    blocks: dict[Any, list[float]] = defaultdict(list)
+    for i in ids:
+        blocks[by_id[i].get("block")].append(pos[i][0])
+    if len(blocks) > 1:  # each block restarts from the root: label its subtrees
+        for b, xs in blocks.items():
+            ax.text((min(xs) + max(xs)) / 2, -depth - 0.35, f"block {b}", ha="center", va="top", fontsize=8,
+                    color="dimgrey")
+        ax.set_ylim(-depth - 0.6, 0.3)
     ax.set_yticks([-d for d in range(depth + 1)], [str(d) for d in range(depth + 1)])
     ax.set_ylabel("depth")
     ax.set_xticks([])
@@ -403,7 +413,14 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     md += ["", "### Metrics", "", _md_table(["metric", "value"],
                                              [[k, fmt_value(v)] for k, v in (best.get("metrics") or {}).items()]), ""]
     md += ["### Config", "", "```yaml", yaml.safe_dump(best.get("config") or {}, sort_keys=False).rstrip(), "```", ""]
-    md += ["### Code", "", _code_diff(run_dir, best), ""]
+    md += ["### Code", ""]
+    changes = [(x["id"], c) for x in chain for c in (x.get("code_changes") or []) if isinstance(c, dict)]
+    if changes:
+        md += ["Code edits along the lineage:", ""]
+        md += [f"- node {nid}: `{c.get('file', '?')}` {c.get('function') or ''} — {c.get('change') or ''}"
+               + (f" (hypothesis: {c['hypothesis']})" if c.get("hypothesis") else "") for nid, c in changes]
+        md.append("")
+    md += [_code_diff(run_dir, best), ""]
     md += ["### Plots", ""]
     src = slot_out_dir(run_dir, best.get("out_dir"))
     plots = sorted((src / "plots").glob("*.png")) if src is not None and (src / "plots").is_dir() else []

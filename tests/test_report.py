@@ -106,9 +106,13 @@ def test_report_shows_code_diff_from_workspace(tmp_path):
     recs = [json.loads(x) for x in (run / "nodes.jsonl").read_text().splitlines()]
     for r in recs:
         r["commit"] = commit if r["id"] == 5 else ws.root_commit
+        if r["id"] == 5:
+            r["code_changes"] = [{"file": rel, "function": "step", "change": "x3", "hypothesis": "faster",
+                                  "strategy": "", "commit": commit}]
     (run / "nodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     md = write_report(run).read_text()
     code = md.split("### Code")[1].split("### Plots")[0]
+    assert f"- node 5: `{rel}` step — x3 (hypothesis: faster)" in code
     assert "```diff" in code and "-    return x * 2" in code and "+    return x * 3" in code
     assert Path(run / "report" / "report.md").exists()
 
