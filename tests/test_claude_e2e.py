@@ -4,11 +4,13 @@
   log, block_end, mutate) answered by a scripted "Claude" through the real SDK;
 - a run whose server stalls: every step falls back to the heuristic and the
   run still finishes;
-- a spend limit crossed inside a step: the loop stops the run cleanly.
+- a spend limit crossed inside a step: the loop stops the run cleanly (no
+  fallback; the step is rolled back and re-runs on resume).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
@@ -37,11 +39,16 @@ def scripted_claude(fake, u=None):
         msgs = body["messages"]
         prompt = msgs[0]["content"][0]["text"]
         step = _step_of(body)
-        if len(msgs) > 1:  # the tool results came back: end the step
-            return {"content": [{"type": "text", "text": f"{step}: done."}], "stop_reason": "end_turn",
-                    "usage": u or usage()}
         m = re.search(r"Slots [a-z ]+: ([0-9, ]+)\.", prompt)
         slots = [int(x) for x in m.group(1).split(",")] if m else []
+        if step == "analyse" and len(msgs) == 1:  # look at a plot first
+            return {"content": [{"type": "text", "text": "Looking at slot 0's loss curve."},
+                                {"type": "tool_use", "id": fake.new_tool_id(), "name": "view_plot",
+                                 "input": {"slot": 0, "name": "loss.png"}}],
+                    "stop_reason": "tool_use", "usage": u or usage(2000, 50, 1500, 0)}
+        if len(msgs) > 1 and not (step == "analyse" and len(msgs) == 3):  # results came back: end the step
+            return {"content": [{"type": "text", "text": f"{step}: done."}], "stop_reason": "end_turn",
+                    "usage": u or usage()}
         calls: list[tuple[str, dict]] = []
         if step == "prepare":
             calls = [("finish_mutation", {"slot": s, "mutation": "baseline (default config)", "strategy": "baseline",
@@ -97,6 +104,11 @@ def test_claude_run_every_step_through_the_sdk(fake_anthropic, tmp_path):
     analyse = [b for b in reqs if _step_of(b) == "analyse"]
     imgs = image_blocks(analyse[0]["messages"][0])
     assert len(imgs) == 2 and {i["source"]["media_type"] for i in imgs} == {"image/png"}  # loss.png of 2 slots
+    # the view_plot tool's image went back inside its tool_result
+    (plot_result,) = [b for b in analyse[1]["messages"][-1]["content"] if b["type"] == "tool_result"]
+    (img,) = image_blocks(plot_result)
+    png = (d / "iterations" / "iter_001" / "slot_00" / "plots" / "loss.png").read_bytes()
+    assert base64.b64decode(img["source"]["data"]) == png and not plot_result.get("is_error")
 
     calls = [json.loads(x) for x in (d / "llm_calls.jsonl").read_text().splitlines()]
     assert len(calls) == len(reqs) and all(c["ok"] for c in calls)
@@ -140,8 +152,9 @@ def test_spend_limit_stops_the_run_cleanly(fake_anthropic, tmp_path):
 
     assert len(fake_anthropic.requests) == 1  # nothing was sent past the limit
     status = json.loads((d / "status.json").read_text())
-    assert status["phase"] == "stopped" and "max cost" in status["message"]
+    assert status["phase"] == "stopped" and "cost limit reached" in status["message"]
     assert status["cost_usd"] == pytest.approx(1.5 + 10 * 3e-6)
     assert Store(d / "nodes.jsonl").nodes() == []  # stopped before training anything
     log = (d / "reasoning.log").read_text()
-    assert "CostLimitReached" in log and "max cost reached" in log
+    assert "[prepare] cost limit reached: LLM spend $1.5000 reached --max-cost-usd $1.0000" in log
+    assert "FALLBACK" not in log  # a spend limit stops the run; it does not hand the step to the heuristic
