@@ -15,7 +15,7 @@ Usage (the README's table comes from the first form):
 
     python benchmarks/search_quality.py --regime rate_constants --regime sparse_connectivity \
         --iterations 16 --slots 2 --seeds 3
-    python benchmarks/search_quality.py --regime toy --regime-path tests/fixtures/toy_regime \
+    python benchmarks/search_quality.py --regime toy --regime-path tests/fixtures/toy_regime/plugins \
         --iterations 4 --slots 2 --seeds 1 --out /tmp/sq      # a tiny smoke run
 
 Not part of the test suite's timing: it prints its figures.

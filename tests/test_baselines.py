@@ -163,3 +163,11 @@ def test_optuna_exploits_history(tmp_path):
         return hits / 24
 
     assert frac_high(OptunaPolicy) > frac_high(RandomPolicy)
+
+
+def test_mutation_line_uses_the_seed_number_format():
+    from agent.policies.baselines import mutation_line
+
+    assert mutation_line({"training.learning_rate_k": 1e-3}, {"training.learning_rate_k": 5e-3}) == \
+        "learning_rate_k: 1E-3 -> 5E-3"
+    assert mutation_line({"training.batch_size": 8}, {"training.batch_size": 8}) == "no change (default config)"

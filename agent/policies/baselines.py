@@ -49,8 +49,12 @@ def search_space(regime: Regime, config: dict) -> list[ParamSpec]:
 
 
 def _fmt(v: Any) -> str:
+    """Compact numbers as the seeds write them: 1E-3, 4.43E-3, 0.5, 2000."""
     if isinstance(v, float):
-        return f"{v:.3E}" if (v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4)) else f"{v:.4g}"
+        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
+            mant, exp = f"{v:.3e}".split("e")
+            return f"{mant.rstrip('0').rstrip('.')}E{int(exp)}"
+        return f"{v:.4g}"
     return str(v)
 
 
@@ -211,3 +215,13 @@ class OptunaPolicy(_SearchPolicy):
             trial = study.ask(dists)
             out[s] = dict(trial.params)
         return out
+
+
+def _register() -> None:
+    from agent.policies.registry import register_policy
+
+    register_policy("optuna", lambda **kw: OptunaPolicy(kw["regime"], seed=kw.get("seed", 0)))
+    register_policy("random", lambda **kw: RandomPolicy(kw["regime"], seed=kw.get("seed", 0)))
+
+
+_register()
