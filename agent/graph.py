@@ -231,7 +231,9 @@ def build_graph(ctx: RunCtx):
     # ----- mutate -----
     def mutate(state: LoopState) -> dict:
         it = state["iteration"]
-        _sync_env(ctx, state, at_block_end=False)
+        # the mutate right after a block end is "between blocks": code edits of block_end regimes allowed
+        between = state.get("iter_in_block", 0) == 0 and state.get("block", 1) > 1
+        _sync_env(ctx, state, at_block_end=between)
         ctx.env.iteration = it + 1  # edits are for the next batch (commit messages say so)
         ctx.set_status(phase="mutate")
         for s in _all_slots(ctx):

@@ -72,3 +72,26 @@ def test_strategy_table_conditions():
     env.regime = NS(code_strategies=["x"], editable=["f"])
     assert h._conditions(ctx, _hist([0.2, 0.5, 0.52, 0.51]), env) == "code-modification"
     assert h._conditions(ctx, _hist([0.1, 0.5]), env) is None
+
+
+def test_block_end_regime_gets_code_edits_only_between_blocks(tmp_path, monkeypatch):
+    seen = []
+    orig = HeuristicPolicy.act
+
+    def spy(self, ctx, tools):
+        if ctx.step == "mutate":
+            seen.append((ctx.block, ctx.iter_in_block, ctx.code_allowed))
+        return orig(self, ctx, tools)
+
+    monkeypatch.setattr(HeuristicPolicy, "act", spy)
+    monkeypatch.setattr(HeuristicPolicy, "_plateaued", staticmethod(lambda nodes: True))
+    d = tmp_path / "run"
+    start_run(toy_options(d, regime="toy_homeo", iterations=6))  # block 1 = batches 1-2
+    assert seen == [(1, 2, False), (2, 0, True)]
+    nodes = Store(d / "nodes.jsonl").nodes()
+    assert nodes[5].slot == 1 and nodes[5].parent is None
+    assert nodes[5].strategy == "code-modification" and nodes[5].mutation.startswith("[code] update: double-step")
+    assert nodes[5].commit != nodes[4].commit
+    entry = (d / "analysis.md").read_text().split("## Iter 6:")[1]
+    assert "CODE MODIFICATION:\n  File: toyfit/train.py\n  Function: update" in entry
+    assert "Strategy: double-step" in entry and "Slot: slot_1 (n_epochs=2)" in entry

@@ -30,7 +30,8 @@ ROLES = ("exploit", "exploit", "explore", "principle-test")
 class _N:
     """A node of the block history (store record or batch result)."""
 
-    __slots__ = ("id", "parent", "score", "mutation", "strategy", "gap", "status", "config", "code_changes", "slot")
+    __slots__ = ("id", "parent", "score", "mutation", "strategy", "gap", "status", "config", "code_changes", "slot",
+                 "block")
 
     def __init__(self, d: dict):
         self.id = d.get("id", d.get("node"))
@@ -44,6 +45,7 @@ class _N:
         self.config = d.get("config") or {}
         self.code_changes = d.get("code_changes") or []
         self.slot = d.get("slot", 0)
+        self.block = d.get("block", 0)
 
 
 def _param_of(mutation: str) -> str | None:
@@ -317,6 +319,9 @@ class HeuristicPolicy(Policy):
                 changes = self._diff_keys(env.slot_config(slot), best.config, cands)
                 if changes and tools.call("set_config", {"slot": slot, "changes": changes}).ok:
                     prefix = f" (on the config of best node {best.id})"
+                # between blocks, after a plateau, the code-modification slot tries a code strategy
+                if slot % len(ROLES) == 1 and self._plateaued(nodes) and ctx.code_allowed:
+                    strategy = "code-modification"
             if strategy == "code-modification":
                 if self._code_mutation(ctx, tools, slot, plan, nodes):
                     continue
@@ -326,6 +331,20 @@ class HeuristicPolicy(Policy):
             if strategy == "recombine":
                 strategy = "exploit"
             self._param_mutation(ctx, tools, slot, plan, strategy, hist, nodes, cands, rng, prefix)
+
+    @staticmethod
+    def _plateaued(nodes: dict[int, _N]) -> bool:
+        """The last 3 results within +-0.05, or the newest block did not beat the earlier ones."""
+        ok = [nodes[k] for k in sorted(nodes) if nodes[k].status == "ok"]
+        last = [n.score for n in ok[-3:]]
+        if len(last) == 3 and max(last) - min(last) <= 0.05:
+            return True
+        blocks = sorted({getattr(n, "block", 0) for n in ok})
+        if len(blocks) >= 2:
+            newest = max(n.score for n in ok if n.block == blocks[-1])
+            earlier = max(n.score for n in ok if n.block != blocks[-1])
+            return newest <= earlier + 0.01
+        return False
 
     @staticmethod
     def _diff_keys(cfg: dict, other: dict, cands: list[ParamSpec]) -> dict:
