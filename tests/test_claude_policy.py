@@ -337,3 +337,16 @@ def test_registry_factory_reads_run_options_and_env(monkeypatch, tmp_path):
     monkeypatch.setenv("GNN_AGENT_LLM_DEADLINE_S", "soon")
     with pytest.raises(ValueError, match="GNN_AGENT_LLM_DEADLINE_S='soon': not a number"):
         make_policy("claude", model="claude-opus-4-5", run_dir=tmp_path)
+
+
+def test_empty_text_blocks_are_not_echoed_back(fake_anthropic, tmp_path):
+    fake_anthropic.reply([{"type": "text", "text": "  "},
+                          {"type": "tool_use", "id": "tu_x", "name": "update_memory",
+                           "input": {"section": "Open Questions", "text": "- why?"}}], "tool_use")
+    fake_anthropic.text("done")
+    tools = StubToolBox("log", [0], ("update_memory",))
+    ClaudePolicy(model=MODEL, deadline_s=10, max_retries=0).act(ctx_for("log", tmp_path, slots=[0]), tools)
+    echoed = fake_anthropic.requests[1]["messages"][1]
+    assert echoed["role"] == "assistant"
+    assert [b["type"] for b in echoed["content"]] == ["tool_use"]
+    assert tools.messages == ["done"]  # blank text is not a message either

@@ -165,7 +165,9 @@ class ClaudePolicy(Policy):
             uses = [b for b in blocks if b.get("type") == "tool_use"]
             if msg.stop_reason == "refusal":
                 raise PolicyError(f"claude refused at step {ctx.step}")
-            messages.append({"role": "assistant", "content": blocks or [{"type": "text", "text": "(no content)"}]})
+            # the API refuses empty text blocks in a request: do not echo them back
+            echo = [b for b in blocks if not (b.get("type") == "text" and not b.get("text", "").strip())]
+            messages.append({"role": "assistant", "content": echo or [{"type": "text", "text": "(no content)"}]})
             if not uses:
                 if not (required and tools.missing()):
                     return  # the model ended a step that needs no more calls
