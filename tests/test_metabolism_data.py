@@ -163,7 +163,7 @@ def test_training_receives_no_ground_truth(monkeypatch, tmp_path):
     truth_names = {"S", "k", "log_k_true", "types", "type", "lam", "lambda", "baseline", "truth"}
     for cfg, given in ((stoich_cfg(), False), (kinetics_cfg(), True)):
         c = parse_config(cfg)
-        train.run(c, tmp_path / c.graph_model.model)
+        train.run(c, tmp_path / c.graph_model.model, plots_on=False)
         data = seen["data"]
         assert isinstance(data, TrainingData)
         assert not truth_names & {f.name for f in fields(data)}

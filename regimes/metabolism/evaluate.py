@@ -251,14 +251,15 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, gm: Graph
     return EvalResult(metrics=m, notes=notes, plot_data=pd)
 
 
-def learned_from_model(model: torch.nn.Module, data: TrainingData) -> Learned:
-    """A `Learned` view of a trained model (evaluated on CPU copies)."""
+def learned_from_model(model: torch.nn.Module, data: TrainingData, tick: Callable[[], None] | None = None) -> Learned:
+    """A `Learned` view of a trained model (evaluated on CPU copies); `tick` is
+    called every 250 rollout frames (progress lines during evaluation)."""
     from regimes.metabolism.model import KineticsModel, rollout
 
     model = model.to("cpu").eval()
     dt = data.delta_t
     lrn = Learned(log_k=model.log_k.detach().clone(),
-                  rollout=lambda c0, n: rollout(model, c0, n, dt))
+                  rollout=lambda c0, n: rollout(model, c0, n, dt, tick=tick))
     if not model.freeze_S:
         lrn.s_all = model.sto_all.detach().clone()
     if isinstance(model, KineticsModel):
@@ -270,10 +271,11 @@ def learned_from_model(model: torch.nn.Module, data: TrainingData) -> Learned:
 
 
 def evaluate_model(model: torch.nn.Module, data: TrainingData, truth_path: Path, cfg: Config,
-                   hist: dict | None = None, timing: dict | None = None) -> EvalResult:
+                   hist: dict | None = None, timing: dict | None = None, tick: Callable[[], None] | None = None) -> EvalResult:
     """Metrics of a trained model against the dataset's truth file."""
     truth = load_truth(truth_path)
-    return compute_metrics(learned_from_model(model, data.to("cpu")), truth, data.to("cpu"), cfg.graph_model, hist, timing)
+    data = data.to("cpu")
+    return compute_metrics(learned_from_model(model, data, tick), truth, data, cfg.graph_model, hist, timing)
 
 
 def _fmt(v: float) -> str:

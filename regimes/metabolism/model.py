@@ -213,13 +213,16 @@ def build_model(gm: GraphModelConfig, data: TrainingData, freeze_S: bool) -> _St
     return KineticsModel(gm, data, freeze_S)
 
 
-def rollout(model: nn.Module, c0: torch.Tensor, n_frames: int, delta_t: float) -> torch.Tensor:
-    """Free Euler rollout (clamped at 0) from c0 (n_met,) -> (n_frames, n_met), frame 0 = c0."""
+def rollout(model: nn.Module, c0: torch.Tensor, n_frames: int, delta_t: float, tick=None) -> torch.Tensor:
+    """Free Euler rollout (clamped at 0) from c0 (n_met,) -> (n_frames, n_met), frame 0 = c0.
+    `tick()` (optional) is called every 250 frames."""
     out = torch.empty(n_frames, c0.shape[-1], dtype=c0.dtype, device=c0.device)
     c = c0.unsqueeze(0)
     with torch.no_grad():
         for t in range(n_frames):
             out[t] = c[0]
+            if tick is not None and t % 250 == 249:
+                tick()
             c = (c + delta_t * model(c)).clamp_min_(0.0)
             if not torch.isfinite(c).all():
                 out[t + 1:] = float("nan")

@@ -259,8 +259,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def run(cfg: Config, out: Path, device: str = "cpu", log=print) -> dict:
-    """Train, evaluate, plot and write everything into `out`; returns the metrics."""
+def run(cfg: Config, out: Path, device: str = "cpu", log=print, plots_on: bool = True) -> dict:
+    """Train, evaluate, plot and write everything into `out`; returns the metrics.
+    (`plots_on=False` skips the plots: tests only.)"""
     from regimes.metabolism import evaluate, plots  # heavy imports only when training
 
     out.mkdir(parents=True, exist_ok=True)
@@ -300,8 +301,11 @@ def run(cfg: Config, out: Path, device: str = "cpu", log=print) -> dict:
     timing = {"training_time_min": (t2 - t0) / 60.0, "steps_per_second": steps / max(t2 - t0, 1e-9),
               "phase1_time_s": t1 - t0, "phase2_time_s": t2 - t1}
     model.eval()
-    result = evaluate.evaluate_model(model, data, truth_path, cfg, hist, timing)
-    plots.write_plots(out / "plots", result)
+    tick = lambda: progress(steps, last[-1] if last else float("nan"), force=True)  # noqa: E731
+    result = evaluate.evaluate_model(model, data, truth_path, cfg, hist, timing, tick=tick)
+    tick()
+    if plots_on:
+        plots.write_plots(out / "plots", result)
     evaluate.write_outputs(out, result)
     progress.close()
     return result.metrics

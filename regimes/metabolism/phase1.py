@@ -1,0 +1,85 @@
+"""The phase-1 checkpoint of the homeostasis regime (SCIENCE.md A5).
+
+`ensure_phase1_checkpoint(sim_cfg, phase1_cfg)` trains the rate-constant model
+with S frozen once per (dataset, phase-1 config), in a subprocess
+(`python -m regimes.metabolism.train`), and caches model.pt, metrics.json,
+analysis.log and plots under ``<cache>/metabolism/phase1/<key>/``. Later calls
+return the cached checkpoint. The cache directory appears atomically (built
+in a temporary directory, then renamed), so two callers never see half of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from regimes.metabolism.config import PACKAGE, ConfigError, canonical_json, parse_config
+from regimes.metabolism.data import cache_root as _cache_root
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def default_phase1_config(profile: str = "quick") -> dict:
+    """The graph_model and training sections of rate_constants_<profile>.yaml (the best known phase-1 config)."""
+    cfg = yaml.safe_load((CONFIG_DIR / f"rate_constants_{profile}.yaml").read_text())
+    return {"graph_model": cfg["graph_model"], "training": cfg["training"]}
+
+
+def phase1_key(sim_cfg: dict, phase1_cfg: dict) -> tuple[str, dict]:
+    """Cache key and the validated full phase-1 config (claude section dropped)."""
+    full = {"simulation": sim_cfg, "graph_model": phase1_cfg.get("graph_model", {}),
+            "training": phase1_cfg.get("training", {})}
+    cfg = parse_config(full)
+    t, g = cfg.training, cfg.graph_model
+    if g.model != "kinetics" or not t.freeze_stoichiometry or t.homeostasis_training:
+        raise ConfigError("config error: phase1: needs graph_model.model: kinetics, training.freeze_stoichiometry: true "
+                          "and no homeostasis_training")
+    dump = cfg.dump()
+    dump.pop("claude", None)
+    return hashlib.sha256((PACKAGE + ":phase1:" + canonical_json(dump)).encode()).hexdigest()[:24], dump
+
+
+def ensure_phase1_checkpoint(sim_cfg: dict, phase1_cfg: dict, device: str = "cpu", cache_root: Path | None = None,
+                             log=print) -> tuple[Path, dict]:
+    """Path of the cached phase-1 model.pt for this dataset and phase-1 config (training it
+    if absent), and its metrics (rate_constants_R2 among them)."""
+    key, cfg = phase1_key(sim_cfg, phase1_cfg)
+    root = _cache_root(cache_root)
+    final = root / PACKAGE / "phase1" / key
+    if (final / "model.pt").is_file() and (final / "metrics.json").is_file():
+        metrics = json.loads((final / "metrics.json").read_text())
+        log(f"phase-1 checkpoint (cached) {final / 'model.pt'}: rate_constants_R2={metrics.get('rate_constants_R2', float('nan')):.4f}")
+        return final / "model.pt", metrics
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    try:
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        env = dict(os.environ)
+        env["GNN_AGENT_CACHE"] = str(root)
+        pkg_root = str(Path(__file__).resolve().parents[2])  # the directory holding `regimes/`
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        log(f"phase-1 checkpoint: training the rate-constant model (S frozen) into {final} ...")
+        r = subprocess.run([sys.executable, "-m", "regimes.metabolism.train", "--config", str(tmp / "config.yaml"),
+                            "--out", str(tmp), "--device", device], env=env, capture_output=True, text=True)
+        (tmp / "train.log").write_text(r.stdout + r.stderr)
+        if r.returncode != 0:
+            tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
+            raise RuntimeError(f"phase-1 training failed (exit {r.returncode}):\n{tail}")
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    metrics = json.loads((final / "metrics.json").read_text())
+    log(f"phase-1 checkpoint {final / 'model.pt'}: rate_constants_R2={metrics.get('rate_constants_R2', float('nan')):.4f}")
+    return final / "model.pt", metrics

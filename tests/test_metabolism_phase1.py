@@ -1,0 +1,91 @@
+"""Phase-1 checkpoint cache and a homeostasis (phase-2) training that uses it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from _metabolism_tiny import TINY_CYCLES, kinetics_cfg
+from regimes.metabolism import phase1, train
+from regimes.metabolism.config import ConfigError, parse_config
+
+
+def test_phase1_checkpoint_is_trained_once_then_used_by_phase2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    p1 = kinetics_cfg()
+    p1_cfg = {"graph_model": p1["graph_model"], "training": p1["training"]}
+    msgs = []
+    seen = []
+
+    def in_process(cmd, env, **kw):
+        """The same command, run in this process (the real subprocess is covered in test_metabolism_train)."""
+        import subprocess
+        assert cmd[1:3] == ["-m", "regimes.metabolism.train"] and env["GNN_AGENT_CACHE"] == str(tmp_path / "cache")
+        seen.append(cmd)
+        rc = train.main(cmd[3:])
+        return subprocess.CompletedProcess(cmd, rc, "", "")
+
+    monkeypatch.setattr(phase1.subprocess, "run", in_process)
+    path, metrics = phase1.ensure_phase1_checkpoint(TINY_CYCLES, p1_cfg, cache_root=tmp_path / "cache", log=msgs.append)
+    assert len(seen) == 1 and path.is_file() and "rate_constants_R2" in metrics
+    assert (path.parent / "analysis.log").is_file() and not list(path.parent.parent.glob(".*"))
+    mtime = path.stat().st_mtime_ns
+
+    calls = []
+    monkeypatch.setattr(phase1.subprocess, "run", lambda *a, **k: calls.append(a))
+    path2, metrics2 = phase1.ensure_phase1_checkpoint(TINY_CYCLES, p1_cfg, cache_root=tmp_path / "cache", log=msgs.append)
+    assert path2 == path and metrics2 == metrics and not calls and path.stat().st_mtime_ns == mtime
+    assert "cached" in msgs[-1]
+
+    # phase 2 from that checkpoint: reaction parameters stay frozen, phase-2 metrics appear
+    h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint=str(path),
+                     learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0,
+                     homeostasis_time_step=2)
+    out = tmp_path / "p2"
+    m = train.run(parse_config(h), out, plots_on=False)
+    assert m["rate_constants_R2"] == pytest.approx(metrics["rate_constants_R2"], abs=1e-9)
+    for k in ("phase2_loss", "phase2_node_magnitude", "avg_slope_ratio", "embedding_cluster_acc", "MLP_node_slope_ratio_1"):
+        assert k in m
+    ck1 = torch.load(path, weights_only=True)["state_dict"]
+    ck2 = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert torch.equal(ck1["log_k"], ck2["log_k"])
+    assert not torch.equal(ck1["a"], ck2["a"])  # fresh embeddings trained in phase 2
+
+
+def test_phase1_config_must_freeze_S(tmp_path):
+    p1 = kinetics_cfg(freeze_stoichiometry=False)
+    with pytest.raises(ConfigError, match="freeze_stoichiometry"):
+        phase1.ensure_phase1_checkpoint(TINY_CYCLES, {"graph_model": p1["graph_model"], "training": p1["training"]},
+                                        cache_root=tmp_path)
+
+
+def test_checkpoint_from_another_dataset_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "a"
+    train.run(parse_config(kinetics_cfg()), out, plots_on=False)
+    h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint=str(out / "model.pt"),
+                     learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0)
+    h["simulation"]["seed"] = 99
+    with pytest.raises(ConfigError, match="training.phase1_checkpoint: .* different simulation"):
+        train.run(parse_config(h), tmp_path / "b", plots_on=False)
+
+
+@pytest.mark.parametrize("name", ["stoichiometry_tied", "stoichiometry_untied", "rate_constants", "homeostasis"])
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_default_configs_are_complete_and_valid(name, profile):
+    raw = yaml.safe_load((phase1.CONFIG_DIR / f"{name}_{profile}.yaml").read_text())
+    assert list(raw) == ["simulation", "graph_model", "training", "claude"]
+    assert set(raw["claude"]) == {"n_epochs", "data_augmentation_loop", "n_iter_block", "ucb_c"}
+    cfg = parse_config(raw)
+    assert cfg.training.n_epochs <= raw["claude"]["n_epochs"]
+    assert cfg.training.data_augmentation_loop <= raw["claude"]["data_augmentation_loop"]
+    if profile == "quick":  # same simulation as full
+        full = yaml.safe_load((phase1.CONFIG_DIR / f"{name}_full.yaml").read_text())
+        assert raw["simulation"] == full["simulation"]
+    if name == "homeostasis":
+        assert cfg.training.skip_phase1 and cfg.training.homeostasis_training and cfg.training.phase1_checkpoint is None
+        p1 = phase1.default_phase1_config(profile)
+        phase1.phase1_key(raw["simulation"], p1)  # the phase-1 config validates against the same dataset

@@ -1,0 +1,194 @@
+"""Training entry and training keys of the metabolism package (tiny data)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from _metabolism_tiny import kinetics_cfg, stoich_cfg
+from regimes.metabolism import train
+from regimes.metabolism.config import parse_config
+from regimes.metabolism.data import load_or_generate
+from regimes.metabolism.model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = {"training_time_min", "steps_per_second"}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+
+
+def _write(tmp_path: Path, cfg: dict, name: str = "c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _phase1(cfg_dict: dict):
+    cfg = parse_config(cfg_dict)
+    data, _ = load_or_generate(cfg.simulation, given_stoichiometry=cfg.training.freeze_stoichiometry)
+    torch.manual_seed(cfg.training.seed)
+    model = build_model(cfg.graph_model, data, cfg.training.freeze_stoichiometry)
+    hist = train.train_phase1(model, data, cfg, train.Progress(None, 0))
+    return model, hist
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _differs(a, b) -> bool:
+    (ma, ha), (mb, hb) = a, b
+    pa, pb = _flat(ma), _flat(mb)
+    return ha["loss"] != hb["loss"] or pa.shape != pb.shape or not torch.equal(pa, pb)
+
+
+# (config builder, key, value): each must change the trained parameters or the loss history
+KEY_CASES = [
+    (kinetics_cfg, "learning_rate_start", 1e-2),  # falls back to the embedding lr here
+    (kinetics_cfg, "learning_rate_k", 1e-2),
+    (kinetics_cfg, "learning_rate_sub", 1e-2),
+    (kinetics_cfg, "learning_rate_node", 1e-2),
+    (kinetics_cfg, "learning_rate_embedding", 1e-2),
+    (kinetics_cfg, "coeff_MLP_sub_diff", 1e3),
+    (kinetics_cfg, "coeff_MLP_sub_norm", 10.0),
+    (kinetics_cfg, "coeff_MLP_node_L1", 10.0),
+    (kinetics_cfg, "coeff_k_center", 20.0),
+    (kinetics_cfg, "batch_size", 8),
+    (kinetics_cfg, "n_epochs", 2),
+    (kinetics_cfg, "data_augmentation_loop", 3),
+    (kinetics_cfg, "seed", 1),
+    (stoich_cfg, "learning_rate_S_start", 1e-2),
+    (stoich_cfg, "learning_rate_k", 1e-2),
+    (stoich_cfg, "coeff_S_L1", 0.5),
+    (stoich_cfg, "coeff_S_L2", 0.5),
+    (stoich_cfg, "coeff_S_integer", 0.5),
+    (stoich_cfg, "coeff_mass_conservation", 0.5),
+]
+
+
+@pytest.mark.parametrize("builder,key,value", KEY_CASES, ids=[f"{b.__name__[:4]}-{k}" for b, k, _ in KEY_CASES])
+def test_training_key_has_an_effect(builder, key, value):
+    base = _phase1(builder())
+    changed = _phase1(builder(**{key: value}))
+    assert _differs(base, changed), f"training.{key}={value} changed nothing"
+
+
+@pytest.mark.parametrize("extra", [{"recurrent_training": True, "time_step": 3},
+                                   {"time_step": 5}, {"noise_recurrent_level": 0.05}],
+                         ids=["recurrent_training", "time_step", "noise_recurrent_level"])
+def test_recurrent_keys_have_an_effect(extra):
+    base = {"recurrent_training": True, "time_step": 3} if "recurrent_training" not in extra else {}
+    a = _phase1(kinetics_cfg(**base))
+    b = _phase1(kinetics_cfg(**{**base, **extra}))
+    assert _differs(a, b)
+
+
+def test_two_phase_L1_schedule():
+    base = dict(coeff_S_L1=0.5, n_epochs=2)
+    a = _phase1(stoich_cfg(**base))
+    b = _phase1(stoich_cfg(**base, n_epochs_init=1))  # epoch 0 uses first_coeff_L1 = 0
+    c = _phase1(stoich_cfg(**base, n_epochs_init=1, first_coeff_L1=2.0))
+    assert _differs(a, b) and _differs(b, c)
+    assert b[1]["regul"][0] == 0.0 and a[1]["regul"][0] > 0 and c[1]["regul"][0] > a[1]["regul"][0]
+
+
+def test_freeze_stoichiometry_and_variant():
+    frozen, _ = _phase1(kinetics_cfg())
+    data, _ = load_or_generate(kinetics_cfg()["simulation"], given_stoichiometry=True)
+    assert torch.equal(frozen.sto_all, data.s_all) and "sto_all" not in dict(frozen.named_parameters())
+    learned, _ = _phase1(kinetics_cfg(freeze_stoichiometry=False, learning_rate_S_start=1e-2))
+    assert "sto_all" in dict(learned.named_parameters())
+    tied, _ = _phase1(stoich_cfg("tied"))
+    untied, _ = _phase1(stoich_cfg("untied"))
+    assert tied.sto_sub is None and isinstance(untied.sto_sub, torch.nn.Parameter)
+
+
+def _phase2(**training):
+    cfg = parse_config(kinetics_cfg(homeostasis_training=True, **training))
+    data, _ = load_or_generate(cfg.simulation, given_stoichiometry=True)
+    torch.manual_seed(0)
+    model = build_model(cfg.graph_model, data, True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hist = train.train_phase2(model, data, cfg, train.Progress(None, 0))
+    return model, hist, before
+
+
+def test_phase2_freezes_reactions_and_its_keys_act():
+    model, hist, before = _phase2()
+    for name in ("log_k", "sto_all"):
+        assert torch.equal(model.state_dict()[name], before[name])
+    for k, v in model.state_dict().items():
+        if k.startswith("mlp_sub"):
+            assert torch.equal(v, before[k])
+    ipe = train.iterations_per_epoch(120, 2, 4)
+    assert hist["steps"] == ipe // 4  # homeostasis_time_step 4
+    base = (model, hist)
+    for extra in ({"homeostasis_time_step": 2}, {"learning_rate_node_homeostasis": 1e-1},
+                  {"learning_rate_embedding_homeostasis": 1e-1}, {"noise_recurrent_level": 0.05}):
+        m, h, _ = _phase2(**extra)
+        assert _differs(base, (m, h)), extra
+
+
+def test_determinism_same_config_same_metrics(tmp_path):
+    cfg = parse_config(kinetics_cfg())
+    m1 = train.run(cfg, tmp_path / "a", plots_on=False)
+    m2 = train.run(cfg, tmp_path / "b", plots_on=False)
+    assert {k: v for k, v in m1.items() if k not in TIMING} == {k: v for k, v in m2.items() if k not in TIMING}
+    assert "rate_constants_R2" in m1 and "avg_slope_ratio" in m1 and "stoichiometry_R2" not in m1
+
+
+def _main(capsys, args) -> tuple[int, str]:
+    rc = train.main(args)
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda c: c["training"].update(learning_rate_kk=1e-3), "config error: training.learning_rate_kk: unknown key"),
+    (lambda c: c["training"].update(batch_size="eight"), "config error: training.batch_size:"),
+    (lambda c: c.pop("graph_model"), "config error: graph_model: missing key"),
+    (lambda c: c["simulation"].update(network="grid"), "config error: simulation.network:"),
+    (lambda c: c["training"].update(coeff_S_L1=0.1), "config error: training.coeff_S_L1: has no effect with freeze_stoichiometry"),
+    (lambda c: c["training"].update(homeostasis_training=True, skip_phase1=True, phase1_checkpoint="/nonexistent/model.pt",
+                                    learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0),
+     "config error: training.phase1_checkpoint: no such file: /nonexistent/model.pt"),
+], ids=["unknown-key", "wrong-type", "missing-section", "bad-choice", "inert-key", "missing-checkpoint"])
+def test_broken_config_exits_2_with_one_line(tmp_path, capsys, mutate, expect):
+    cfg = kinetics_cfg()
+    mutate(cfg)
+    for k in [k for k, v in cfg.get("training", {}).items() if v is None]:
+        cfg["training"].pop(k)
+    rc, err = _main(capsys, ["--config", str(_write(tmp_path, cfg)), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith(expect), err
+
+
+def test_nan_loss_exits_3(tmp_path, capsys, monkeypatch):
+    from regimes.metabolism.model import KineticsModel
+    monkeypatch.setattr(KineticsModel, "forward", lambda self, c: c * float("nan"))
+    rc, err = _main(capsys, ["--config", str(_write(tmp_path, kinetics_cfg())), "--out", str(tmp_path / "o")])
+    assert rc == 3 and err.strip() == "training diverged: loss is nan at step 1"
+
+
+def test_entry_subprocess_writes_everything(tmp_path):
+    cfg = stoich_cfg()
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "regimes.metabolism.train", "--config", str(_write(tmp_path, cfg)),
+                        "--out", str(out), "--device", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stoichiometry_R2"] >= 0 and "rate_constants_R2" not in metrics
+    log = dict(ln.split(": ", 1) for ln in (out / "analysis.log").read_text().splitlines() if not ln.startswith("#"))
+    assert float(log["stoichiometry_R2"]) == pytest.approx(metrics["stoichiometry_R2"], rel=1e-5)
+    prog = [json.loads(ln) for ln in (out / "progress.jsonl").read_text().splitlines()]
+    assert set(prog[-1]) == {"step", "total", "loss", "elapsed_s"} and prog[-1]["step"] == prog[-1]["total"]
+    assert {p.name for p in (out / "plots").glob("*.png")} >= {"stoichiometry.png", "loss.png", "rollout.png"}
+    assert (out / "model.pt").is_file()
