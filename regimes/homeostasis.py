@@ -271,6 +271,10 @@ REGIME = HomeostasisRegime(
           for t in (0, 1)],
         *[B.metric(f"MLP_node_offset_{t}", f"learned offset of MLP_node for type {t} (true lambda_t*b_t)", "", None)
           for t in (0, 1)],
+        *[B.metric(f"MLP_node_gt_slope_{t}", f"true slope -lambda_{t} of type {t} (-0.001, -0.002)", "", None)
+          for t in (0, 1)],
+        *[B.metric(f"MLP_node_gt_offset_{t}", f"true offset lambda_{t}*b_{t} of type {t}", "", None)
+          for t in (0, 1)],
         B.metric("embedding_cluster_acc", "DBSCAN clusters of the embeddings vs true types (Hungarian)", "1.0"),
         B.metric("embedding_n_clusters", "clusters DBSCAN finds in embedding space", "2", None),
         B.metric("embedding_silhouette", "silhouette of the embedding clustering", "> 0.5"),
@@ -291,8 +295,8 @@ REGIME = HomeostasisRegime(
     code_edit_when="block_end",
     code_warmup_iters=0,
     code_strategies=CODE_STRATEGIES,
-    plots=["plots/*MLP_node*.png", "plots/*embedding*.png", "plots/*rate_constants*.png", "plots/*loss*.png",
-           "plots/*.png"],
+    plots=["plots/MLP_node.png", "plots/embedding.png", "plots/rate_constants.png", "plots/loss.png",
+           "plots/rollout.png"],
     instructions=B.instructions("homeostasis"),
     strategies=["exploit", "strategy-switch", "embedding-focus", "slope-focus", "explore"],
     import_allowlist=B.IMPORT_ALLOWLIST,

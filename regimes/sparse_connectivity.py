@@ -50,8 +50,8 @@ SIGNAL_LOG_METRICS = ["test_R2", "test_pearson", "connectivity_R2", "cluster_acc
                       "kinograph_R2", "kinograph_SSIM", "kinograph_Wasserstein"]
 SIGNAL_METRIC_LABELS = {"kinograph_R2": "kino_R2", "kinograph_SSIM": "kino_SSIM", "kinograph_Wasserstein": "kino_WD"}
 SIGNAL_EDITABLE = [EditableFile(path=TRAIN, functions=["train_model"]), EditableFile(path=MODEL)]
-SIGNAL_PLOTS = ["plots/*W_scatter*.png", "plots/*connectivity*.png", "plots/*W_*.png", "plots/*kinograph*.png",
-                "plots/*lin_edge*.png", "plots/*lin_phi*.png", "plots/*loss*.png", "plots/*.png"]
+SIGNAL_PLOTS = ["plots/*connectivity_scatter*.png", "plots/*connectivity_matrices*.png", "plots/*kinograph*.png",
+                "plots/*lin_edge*.png", "plots/*lin_phi*.png", "plots/*loss*.png"]
 SIGNAL_STRATEGIES = ["exploit", "failure-probe", "explore", "degeneracy-break", "forced-branch", "switch-dimension",
                      "recombine", "dimension-sweep", "exploit-tighten", "regime-shift", "seed-robustness",
                      "cross-seed-optimize", "universal-recipe-validate", "variance-reduction", "L1-calibration",
