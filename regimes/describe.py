@@ -30,6 +30,11 @@ def _range(p) -> str:
     return f"[{p.low:g}, {p.high:g}] {scale}"
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
 def _doc(method) -> str:
     doc = inspect.getdoc(method) or ""
     return " ".join(doc.split())
@@ -46,12 +51,14 @@ def describe_regime(regime: Regime | str, regime_path=None) -> str:
     r = _resolve(regime, regime_path)
     cls = type(r)
     lines = [f"# {r.name}: {r.title}", "", r.description, ""]
-    lines += [f"- variants: {', '.join(r.variants)} (default {r.default_variant})",
+    variants = ("none" if r.variants == ["default"]
+                else f"{', '.join(r.variants)} (default {r.default_variant})")
+    lines += [f"- variants: {variants}",
               f"- science package: {r.package} ({r.package_dir})",
               f"- training entry: python -m {r.train_entry} --config X --out DIR --device D",
               f"- instructions: {r.instructions}", ""]
     lines += ["## Mutable keys (the exploration space)", "", "| key | type | range | meaning |", "| --- | --- | --- | --- |"]
-    lines += [f"| {p.key} | {p.type} | {_range(p)} | {p.description} |" for p in r.mutable]
+    lines += [f"| {p.key} | {p.type} | {_range(p)} | {_cell(p.description)} |" for p in r.mutable]
     lines += ["", "## Frozen", ""]
     wild = [f for f in r.frozen if f.endswith(".*")]
     named = [f for f in r.frozen if not f.endswith(".*")]
@@ -66,7 +73,7 @@ def describe_regime(regime: Regime | str, regime_path=None) -> str:
               "ucb_c (0.5-3.0); n_epochs and data_augmentation_loop cap the training keys of the same name"]
     lines += ["", "## Metrics", "", f"Primary: **{r.primary_metric}**", "",
               "| metric | good | meaning |", "| --- | --- | --- |"]
-    lines += [f"| {m.name}{' (primary)' if m.name == r.primary_metric else ''} | {m.good} | {m.description} |"
+    lines += [f"| {m.name}{' (primary)' if m.name == r.primary_metric else ''} | {_cell(m.good)} | {_cell(m.description)} |"
               for m in r.metrics]
     lines += ["", f"- score (UCB reward): {_doc(cls.score)}",
               f"- classification: {_doc(cls.classify)}",

@@ -271,8 +271,8 @@ REGIME = HomeostasisRegime(
           for t in (0, 1)],
         *[B.metric(f"MLP_node_offset_{t}", f"learned offset of MLP_node for type {t} (true lambda_t*b_t)", "", None)
           for t in (0, 1)],
-        *[B.metric(f"MLP_node_gt_slope_{t}", f"true slope -lambda_{t} of type {t} (-0.001, -0.002)", "", None)
-          for t in (0, 1)],
+        *[B.metric(f"MLP_node_gt_slope_{t}", f"true slope -lambda_{t} of type {t} ({v})", "", None)
+          for t, v in ((0, -0.001), (1, -0.002))],
         *[B.metric(f"MLP_node_gt_offset_{t}", f"true offset lambda_{t}*b_{t} of type {t}", "", None)
           for t in (0, 1)],
         B.metric("embedding_cluster_acc", "DBSCAN clusters of the embeddings vs true types (Hungarian)", "1.0"),

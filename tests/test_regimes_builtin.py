@@ -131,3 +131,50 @@ def test_describe_and_config_yaml():
     import yaml
     assert y.startswith("# regime rate_constants, variant default, profile full\n")
     assert yaml.safe_load(y) == get_regime("rate_constants").default_config(None, "full")
+
+
+def _homeo_cfg():
+    h = get_regime("homeostasis")
+    try:
+        return h, h.default_config(None, "full")
+    except FileNotFoundError:
+        pytest.skip("homeostasis_full.yaml not written yet")
+
+
+def test_homeostasis_prepare_trains_phase1_with_rate_constants_config(tmp_path, monkeypatch):
+    import regimes.metabolism.phase1 as phase1
+
+    h, cfg = _homeo_cfg()
+    (tmp_path / "run.yaml").write_text("regime: homeostasis\nprofile: full\n")
+    calls = []
+
+    def fake_ensure(sim_cfg, phase1_cfg, device, cache_root, log):
+        calls.append((sim_cfg, phase1_cfg, device))
+        return tmp_path / "phase1" / "model.pt", {"rate_constants_R2": 0.8712}
+
+    monkeypatch.setattr(phase1, "ensure_phase1_checkpoint", fake_ensure)
+    logged = []
+    override = h.prepare(tmp_path, cfg, "cpu", logged.append)
+    assert override == {"training.phase1_checkpoint": str(tmp_path / "phase1" / "model.pt")}
+    sim_cfg, p1, device = calls[0]
+    rc = get_regime("rate_constants").default_config(None, "full")
+    assert sim_cfg == cfg["simulation"] and device == "cpu"
+    assert p1["training"] == {**rc["training"], "freeze_stoichiometry": True}
+    assert p1["graph_model"] == rc["graph_model"]
+    assert any("rate_constants_R2=0.8712" in line for line in logged)
+
+
+def test_homeostasis_prepare_uses_user_checkpoint(tmp_path, monkeypatch):
+    import regimes.metabolism.phase1 as phase1
+
+    h, cfg = _homeo_cfg()
+    monkeypatch.setattr(phase1, "ensure_phase1_checkpoint", lambda *a, **k: pytest.fail("must not train"))
+    ck = tmp_path / "mine.pt"
+    ck.write_bytes(b"x")
+    cfg["training"]["phase1_checkpoint"] = str(ck)
+    logged = []
+    assert h.prepare(tmp_path, cfg, "cpu", logged.append) == {"training.phase1_checkpoint": str(ck.resolve())}
+    assert "given by the user" in logged[0]
+    cfg["training"]["phase1_checkpoint"] = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="training.phase1_checkpoint: .*missing.pt does not exist"):
+        h.prepare(tmp_path, cfg, "cpu", logged.append)
