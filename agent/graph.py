@@ -29,6 +29,10 @@ from agent.store import NodeRecord, dump_json_atomic, write_text_atomic
 from tools.env import SlotPlan, dump_yaml_atomic, slot_dir
 
 
+#: wall-clock limit of one training: paper-scale (full) trainings run for hours on a GPU
+TIMEOUT_S = {"quick": 3600.0, "full": 12 * 3600.0}
+
+
 def _all_slots(ctx: RunCtx) -> list[int]:
     return list(range(ctx.info.slots))
 
@@ -100,7 +104,8 @@ def build_graph(ctx: RunCtx):
             code_dir = _code_checkout(ctx, launch["commit"])
             specs.append(RunSpec(slot=s, node_id=nid, config_path=d / "config.yaml", out_dir=d, code_dir=code_dir,
                                  train_entry=ctx.regime.train_entry, device=info.device,
-                                 threads=max(1, _cpu_count() // max(1, S))))
+                                 threads=max(1, _cpu_count() // max(1, S)),
+                                 timeout_s=TIMEOUT_S[info.profile]))
             ctx.set_status(slots={s: {"node": nid, "parent": launch["parent"], "strategy": launch["strategy"],
                                       "mutation": launch["mutation"], "status": "running", "out_dir": str(d),
                                       "score": None, "started_at": utc_now()}})

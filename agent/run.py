@@ -123,7 +123,14 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
     iterations = opts.iterations if opts.iterations is not None else n_iter_block
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    run_dir = Path(opts.run_dir) if opts.run_dir else Path(opts.runs_root) / f"{regime.name}-{stamp}"
+    if opts.run_dir:
+        run_dir = Path(opts.run_dir)
+    else:  # two runs started in the same second get -2, -3, ...
+        run_dir = Path(opts.runs_root) / f"{regime.name}-{stamp}"
+        k = 2
+        while run_dir.exists():
+            run_dir = Path(opts.runs_root) / f"{regime.name}-{stamp}-{k}"
+            k += 1
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"run directory {run_dir} exists and is not empty (use `agent resume {run_dir}`)")
     run_dir.mkdir(parents=True, exist_ok=True)
