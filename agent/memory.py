@@ -50,7 +50,7 @@ SECTIONS: tuple[tuple[int, str], ...] = (
 SECTION_NAMES = tuple(n for _, n in SECTIONS)
 #: maintained by code only; update_memory may not touch them
 CODE_SECTIONS = ("Best Configurations", "Regime Comparison")
-#: container headings whose own body holds no text in practice but may
+#: what update_memory may edit (the container sections too: text under the heading, before its subsections)
 EDITABLE_SECTIONS = tuple(n for n in SECTION_NAMES if n not in CODE_SECTIONS)
 OPTIONAL_SECTIONS = ("Regime Comparison",)
 

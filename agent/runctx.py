@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.policies.base import Policy, StepContext
 from agent.store import NodeRecord, Store, dump_json_atomic
-from regimes.base import Regime, get_dotted
+from regimes.base import Regime
 from tools.env import SlotPlan, SlotReview, ToolEnv, load_yaml, slot_dir
 from tools.toolbox import ToolBox
 
@@ -284,4 +284,4 @@ def record_from(r: dict, review: SlotReview | None, next_parent: str, block: int
         code_changes=[{k: str(v) for k, v in c.items()} for c in r["code_changes"]], reason=r["reason"])
 
 
-__all__ = ["RunInfo", "RunCtx", "RunStopped", "get_dotted", "record_from", "plan_for_launch", "utc_now"]
+__all__ = ["RunInfo", "RunCtx", "RunStopped", "record_from", "plan_for_launch", "utc_now"]

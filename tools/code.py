@@ -186,8 +186,7 @@ def revert_code(env, args: RevertCodeInput) -> str:
     _check_rel_path(args.path, "revert_code")
     plan = env.load_plan(args.slot)
     base = plan.commit or env.node_commit(plan.parent)
-    # revert to the root code when the parent itself ran on edited code and the policy asks twice
-    target = env.node_commit(plan.parent)
+    target = env.node_commit(plan.parent)  # the parent's code (root commit for root)
     try:
         cur = env.workspace.read(base, args.path)
     except Exception:

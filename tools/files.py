@@ -91,8 +91,8 @@ def view_plot(env, args: ViewPlotInput) -> str | list:
         if not plots:
             return "no plots"
         return "\n".join(str(p.relative_to(plots_dir)) for p in plots)
-    pattern = args.name if any(ch in args.name for ch in "*?[") else args.name
-    matches = sorted(p for p in plots_dir.glob(pattern) if p.suffix.lower() in MEDIA) if plots_dir.is_dir() else []
+    # an exact name or glob under plots/, else any plot whose file name starts with it
+    matches = sorted(p for p in plots_dir.glob(args.name) if p.suffix.lower() in MEDIA) if plots_dir.is_dir() else []
     if not matches:
         matches = sorted(p for p in plots if p.name.startswith(args.name))
     if not matches:
