@@ -95,16 +95,18 @@ def _check_plugin(r: Regime, source: str, builtin: bool = False) -> None:
     for short, key in r.log_config.items():
         if "." not in key:
             raise bad("log_config", f"{short}: {key!r} must be a dotted key, e.g. 'training.{key}'")
-    if not r.train_entry.startswith(r.package + "."):
-        raise bad("train_entry", f"{r.train_entry!r} must be a module of package {r.package!r}")
+    if r.train_entry != r.package and not r.train_entry.startswith(r.package + "."):
+        raise bad("train_entry", f"{r.train_entry!r} must be package {r.package!r} or one of its modules")
     for s in r.code_strategies:
         if s.file not in {e.path for e in r.editable}:
             raise bad("code_strategies", f"strategy {s.name!r} edits {s.file}, which is not editable")
 
 
 def _import_file(path: Path) -> Any:
-    """Import a plugin file under a private, path-unique module name."""
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    """Import a plugin file under a private module name unique to its path and version
+    (an edited plugin file is imported afresh, an unchanged one only once)."""
+    st = path.stat()
+    digest = hashlib.sha1(f"{path.resolve()}:{st.st_mtime_ns}:{st.st_size}".encode()).hexdigest()[:10]
     mod_name = f"_gnn_agent_plugin_{digest}_{path.stem}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
@@ -172,7 +174,7 @@ def _path_plugins(dirs: Iterable[Path]) -> Iterable[tuple[Regime, str]]:
         d = Path(d)
         if not d.is_dir():
             raise RegimeError(f"--regime-path {d}: not a directory")
-        for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+        for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
             f = sub / "regime.py"
             if f.is_file():
                 r = _load_file_plugin(f, require=True)

@@ -113,3 +113,15 @@ def test_entry_point_instance_and_callable(monkeypatch, tmp_path):
     eps.append(FakeEP("c", "not a regime"))
     with pytest.raises(RegimeError, match="entry point c = somepkg.plugin:REGIME"):
         list_regimes()
+
+
+def test_plugin_consistency_checks_name_the_field(tmp_path):
+    path = _write_plugin(tmp_path, "incons", "incons_regime")
+    text = path.read_text()
+    path.write_text(text.replace('instructions=HERE / "instructions.md",',
+                                 'instructions=HERE / "instructions.md", log_metrics=["nosuch"],'))
+    with pytest.raises(RegimeError, match="'incons_regime' .*incons/regime.py.*field log_metrics: 'nosuch'"):
+        list_regimes([tmp_path])
+    path.write_text(text.replace('train_entry="toypkg_incons.train"', 'train_entry="other.train"') + "\n")
+    with pytest.raises(RegimeError, match="field train_entry"):
+        list_regimes([tmp_path])
