@@ -80,6 +80,37 @@ def _kinetics(device: str):
     return make_step(cfg, device), "step"
 
 
+def _phase2(T: int):
+    """One phase-2 gradient step: a T-step rollout at batch 8 through the frozen reactions."""
+    def setup(device: str):
+        from regimes.metabolism.model import build_model
+        cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, homeostasis_training=True)
+        data = _data(SIM_CYCLES, True, device)
+        torch.manual_seed(0)
+        model = build_model(cfg.graph_model, data, True).to(device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = list(model.mlp_node.parameters()) + [model.a]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=1e-2)
+        gen = torch.Generator().manual_seed(1)
+        conc0, dt = data.conc[0], data.delta_t
+
+        def step() -> float:
+            idx = torch.randint(0, data.n_frames - T, (8,), generator=gen).to(device)
+            x = conc0[idx]
+            for _ in range(T):
+                x = (x + dt * model(x)).clamp_min(0.0)
+            loss = ((x - conc0[idx + T]) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.item()
+        return step, "step"
+    return setup
+
+
 def _stoich(variant: str):
     def setup(device: str):
         return make_step(_cfg(SIM_RANDOM, "stoichiometry", variant), device), "step"
@@ -99,6 +130,7 @@ def benchmarks() -> list[tuple[str, Callable]]:
     return [("metabolism.kinetics_step_b8", _kinetics),
             ("metabolism.stoichiometry_tied_step_b8", _stoich("tied")),
             ("metabolism.stoichiometry_untied_step_b8", _stoich("untied")),
+            ("metabolism.homeostasis_phase2_step_b8_T4", _phase2(4)),
             ("metabolism.simulate_cycles_mass_action", _simulate(SIM_CYCLES)),
             ("metabolism.simulate_random_mlp_rates", _simulate(SIM_RANDOM))]
 

@@ -206,6 +206,10 @@ class Config(_Strict):
             for k, v in _LEARNED_S_ONLY.items():
                 if getattr(t, k) != v:
                     inert.setdefault(k, "has no effect with freeze_stoichiometry: true")
+        if not t.homeostasis_training:
+            for k in ("homeostasis_time_step", "learning_rate_node_homeostasis", "learning_rate_embedding_homeostasis"):
+                if k in t.model_fields_set and getattr(t, k) != TrainingConfig.model_fields[k].default:
+                    inert.setdefault(k, "only acts with homeostasis_training: true")
         if t.homeostasis_training and not t.freeze_stoichiometry:
             inert.setdefault("homeostasis_training", "phase 2 needs freeze_stoichiometry: true")
         if t.skip_phase1:

@@ -248,6 +248,8 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, gm: Graph
     m.update({k: float(v) for k, v in timing.items() if k in ("training_time_min", "steps_per_second")})
     r90, r99 = activity_rank(conc0)
     m["activity_rank_90"], m["activity_rank_99"] = float(r90), float(r99)
+    if truth.get("generator") == "mass_action" and not 40 <= r99 <= 60:
+        notes.append(f"activity rank (99% variance) of run 0 is {r99}; SCIENCE.md expects a rank near 50 for mass action")
     return EvalResult(metrics=m, notes=notes, plot_data=pd)
 
 

@@ -131,8 +131,8 @@ def plot_rollout(path: Path, true: np.ndarray, pred: np.ndarray, dt: float, n_sh
     _save(fig, path)
 
 
-def write_plots(out_dir: Path, result: EvalResult) -> list[Path]:
-    """Write every plot that applies; returns the paths."""
+def write_plots(out_dir: Path, result: EvalResult, tick=None) -> list[Path]:
+    """Write every plot that applies; returns the paths. `tick()` runs after each plot (progress lines)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pd = result.plot_data
     made: list[Path] = []
@@ -141,6 +141,8 @@ def write_plots(out_dir: Path, result: EvalResult) -> list[Path]:
         p = out_dir / name
         fn(p, *args)
         made.append(p)
+        if tick is not None:
+            tick()
 
     if "S" in pd:
         go("stoichiometry.png", plot_stoichiometry, *pd["S"])

@@ -305,7 +305,7 @@ def run(cfg: Config, out: Path, device: str = "cpu", log=print, plots_on: bool =
     result = evaluate.evaluate_model(model, data, truth_path, cfg, hist, timing, tick=tick)
     tick()
     if plots_on:
-        plots.write_plots(out / "plots", result)
+        plots.write_plots(out / "plots", result, tick=tick)
     evaluate.write_outputs(out, result)
     progress.close()
     return result.metrics
