@@ -385,11 +385,19 @@ class HeuristicPolicy(Policy):
                 if pname in by_name:
                     order = [by_name[pname]] + [p for p in order if p.name != pname]
                     direction = d
+        seen = self._seen_configs(env, slot)
         for spec in order:
             cfg = env.slot_config(slot)
             old = get_dotted(cfg, spec.key)
-            new = self._step_value(spec, old, rng, size, direction if spec is order[0] else 0, cap=self._cap(cfg, spec))
-            if new == old:
+            d0 = direction if spec is order[0] else 0
+            d0 = d0 or (1 if rng.random() < 0.5 else -1)
+            new = None
+            for d in (d0, -d0):  # the other direction when the first repeats an experiment
+                cand = self._step_value(spec, old, rng, size, d, cap=self._cap(cfg, spec))
+                if cand != old and self._fingerprint(cfg, spec.key, cand) not in seen:
+                    new = cand
+                    break
+            if new is None:
                 continue
             if tools.call("set_config", {"slot": slot, "changes": {spec.key: new}}).ok:
                 tools.call("finish_mutation", {
@@ -400,6 +408,27 @@ class HeuristicPolicy(Policy):
                 return
         tools.call("finish_mutation", {"slot": slot, "mutation": f"none: no admissible one-parameter step{prefix}",
                                        "strategy": strategy, "parent_rule": plan.parent_rule})
+
+    @staticmethod
+    def _fingerprint(cfg: dict, key: str | None = None, value: Any = None) -> str:
+        import copy
+        import json
+
+        from regimes.base import set_dotted
+        if key is not None:
+            cfg = copy.deepcopy(cfg)
+            set_dotted(cfg, key, value)
+        return json.dumps(cfg, sort_keys=True, default=str)
+
+    def _seen_configs(self, env, slot: int) -> set[str]:
+        """Configs already trained (store) or already planned by the other slots of this step:
+        the heuristic never repeats an experiment with the same code."""
+        plan = env.load_plan(slot)
+        seen = {self._fingerprint(n.config) for n in env.store.nodes() if n.commit == plan.commit}
+        for s in range(env.n_slots):
+            if s != slot and env.load_plan(s).finished:
+                seen.add(self._fingerprint(env.slot_config(s)))
+        return seen
 
     @staticmethod
     def _num(v) -> float:
