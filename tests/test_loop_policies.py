@@ -51,7 +51,8 @@ def test_heuristic_is_deterministic_given_the_seed(tmp_path):
 
     a, b = configs("a", 3), configs("b", 3)
     assert a == b
-    assert len({json.dumps(c, sort_keys=True) for _, _, c in a}) >= 4  # it explores
+    assert len({json.dumps(c, sort_keys=True) for _, _, c in a}) == len(a)  # it never repeats an experiment
+    assert configs("c", 4) != a  # another seed explores differently
 
 
 def test_heuristic_code_strategy_on_plateau(tmp_path):
