@@ -332,11 +332,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     device, profile, profile_why = resolve_device_profile(args.device, args.profile, _cuda_available())
     try:
         block = int(regime.default_config(variant, profile)["claude"]["n_iter_block"])
+    except OSError as e:  # e.g. the regime's profile YAML is missing
+        raise UsageError(f"regime {regime.name}: its {profile} config cannot be read ({e})",
+                         hint=f"try the other profile (--profile {'full' if profile == 'quick' else 'quick'}) "
+                              "or fix the regime plugin") from None
     except (KeyError, TypeError, ValueError, NotImplementedError) as e:
         raise UsageError(f"regime {regime.name}: default config has no claude.n_iter_block ({e})",
                          hint="the regime plugin's default_config must fill the claude: section") from None
     iterations = args.iterations
-    it_text = f"{iterations}" if iterations else f"{block} (one block)"
+    it_text = f"{iterations} iterations" if iterations else f"{block} iterations (one block)"
 
     from pydantic import ValidationError
 
@@ -354,7 +358,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     model = f" ({args.model})" if policy == "claude" else ""
     cost = f", budget ${args.max_cost_usd:g}" if args.max_cost_usd is not None else ""
-    for line in (f"gnn-agent run: regime {regime.name} [{variant}], {args.slots} slots, {it_text} iterations",
+    for line in (f"gnn-agent run: regime {regime.name} [{variant}], {args.slots} slots, {it_text}",
                  f"  policy {policy}{model} ({policy_why}){cost}; code edits {'off' if args.no_code else 'on'}",
                  f"  profile {profile} ({profile_why}); device {device}; executor {args.executor}"
                  + (f" at {args.ray_address}" if args.ray_address else ""),
@@ -461,7 +465,12 @@ def cmd_regimes(args: argparse.Namespace) -> int:
         sys.stdout.write(_describe(regime).rstrip("\n") + "\n")  # Markdown, unwrapped: it may be piped to a file
         return EXIT_OK
     variant = _check_variant(regime, args.variant)
-    sys.stdout.write(_config_yaml(regime, variant, args.profile))
+    try:
+        text = _config_yaml(regime, variant, args.profile)
+    except OSError as e:
+        raise UsageError(f"regime {regime.name}: its {args.profile} config cannot be read ({e})",
+                         hint="fix the regime plugin, or try the other --profile") from None
+    sys.stdout.write(text)
     return EXIT_OK
 
 

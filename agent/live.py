@@ -38,6 +38,8 @@ CLASS_STYLE = {"converged": "bold green", "partial": "yellow", "failed": "red"}
 SPARK = "▁▂▃▄▅▆▇█"
 #: a status.json older than this (seconds) belongs to a run that is not running any more
 STALE_AFTER_S = 120.0
+#: written by `agent run` / `agent resume` while they own the run (drive())
+PID_FILE = "run.pid"
 
 
 # ----------------------------------------------------------------------------- file records
@@ -379,13 +381,34 @@ def profile_note(profile: str | None, device: str | None = None, reason: str | N
 
 # ----------------------------------------------------------------------------- render
 
-def _elapsed(st: RunStatus, now: datetime | None) -> float | None:
+def pid_alive(pid: int) -> bool:
+    """True when process `pid` exists (possibly owned by another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_pid(run_dir: Path) -> int | None:
+    """The pid in RUN_DIR/run.pid when that process is alive, else None."""
+    try:
+        pid = int((Path(run_dir) / PID_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def _elapsed(st: RunStatus, now: datetime | None, owned: bool = False) -> float | None:
     t0 = parse_time(st.started_at)
     if t0 is None:
         return None
     upd = parse_time(st.updated_at)
     t1 = now
-    if upd is not None and (st.finished or now is None or (now - upd).total_seconds() > STALE_AFTER_S):
+    stale = now is None or (upd is not None and (now - upd).total_seconds() > STALE_AFTER_S and not owned)
+    if upd is not None and (st.finished or stale):
         t1 = upd  # a finished or abandoned run: its elapsed time stops at its last update
     if t1 is None:
         return None
@@ -414,7 +437,7 @@ def _header(run_dir: Path, st: RunStatus, run_cfg: dict, now: datetime | None) -
     t.append("\nphase ", style="dim")
     t.append(st.phase, style="bold green" if st.finished else "bold cyan")
     t.append("   elapsed ", style="dim")
-    t.append(fmt_duration(_elapsed(st, now)))
+    t.append(fmt_duration(_elapsed(st, now, owned=owner_pid(run_dir) is not None)))
     t.append("   cost ", style="dim")
     t.append(f"${cost:.2f}" + (f" / ${budget:.2f}" if isinstance(budget, (int, float)) else ""))
     if n_calls:
@@ -662,9 +685,6 @@ class Interrupts:
     def __exit__(self, *exc) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
-
-
-PID_FILE = "run.pid"
 
 
 def drive(target: Callable[..., Any], run_dir: Path, console: Console,

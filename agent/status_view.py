@@ -8,7 +8,6 @@ the last policy messages.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,34 +17,23 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.live import (CLASS_STYLE, PID_FILE, STALE_AFTER_S, RunStatus, best_node, fmt_duration, fmt_score, key_config, llm_cost,
+from agent.live import (CLASS_STYLE, PID_FILE, STALE_AFTER_S, owner_pid, RunStatus, best_node, fmt_duration, fmt_score, key_config, llm_cost,
                         parse_time, read_nodes, read_status, render, tail_lines, varied_keys)
 
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def liveness(run_dir: Path, st: RunStatus | None, now: datetime | None = None) -> tuple[bool, str]:
     """(running?, why) from the pid file when there is one, else from status.json's age and phase."""
     now = now or datetime.now(timezone.utc)
     run_dir = Path(run_dir)
-    for f in (run_dir / PID_FILE,):
-        if f.is_file():
-            try:
-                pid = int(f.read_text().split()[0])
-            except (ValueError, IndexError, OSError):
-                continue
-            if _pid_alive(pid):
-                return True, f"running (process {pid} is alive)"
-            return False, f"not running (process {pid} has ended)"
+    pid_path = run_dir / PID_FILE
+    if pid_path.is_file():
+        pid = owner_pid(run_dir)
+        if pid is not None:
+            return True, f"running (process {pid} is alive)"
+        if st is None or not st.finished:
+            return False, (f"not running: its process has ended (last update "
+                           f"{st.updated_at if st else '?'}); continue with: agent resume {run_dir}")
     if st is None:
         return False, "not started (no status.json)"
     if st.phase == "stopped":

@@ -190,5 +190,7 @@ def test_status_screen(tmp_path):
     assert "not running: last update 1h53m ago" in text and "agent resume" in text
     (run / "run.pid").write_text(str(os.getpid()))
     assert liveness(run, None, later)[0] is True
+    # a long step (e.g. homeostasis phase 1) leaves status.json old, but the owner is alive: the clock runs on
+    assert "elapsed 2h00m" in _text(render(run, 120, now=later))
     done = make_recorded_run(tmp_path / "done", state="done")
     assert "finished (done)" in _text(status_renderable(done, 120, now=later))
