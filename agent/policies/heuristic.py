@@ -119,13 +119,20 @@ class HeuristicPolicy(Policy):
         cur = float(old) if isinstance(old, (int, float)) and not isinstance(old, bool) else lo
         d = direction or (1 if rng.random() < 0.5 else -1)
 
+        # multiplicative steps for log keys, for coefficients in [0, high] (seeds: "0 to 500", typical 3-5)
+        # and for wide int ranges (data_augmentation_loop 10-2000); additive steps otherwise
+        mult = spec.log or (spec.type == "float" and lo == 0 and hi > 0) or (spec.type == "int" and lo > 0 and hi / lo >= 10)
+
         def move(dd: int) -> float:
             if size == "extreme":
                 return hi if dd > 0 else lo
-            if spec.log:
+            if mult:
                 f = 3.0 if size == "large" else 2.0
-                base = cur if cur > 0 else lo
-                return base * f if dd > 0 else base / f
+                if cur <= 0:
+                    return hi / 100 if dd > 0 else lo  # switch a coefficient on, gently
+                if not spec.log and lo == 0 and dd < 0 and cur / f < hi / 1000:
+                    return 0.0  # switch it off
+                return cur * f if dd > 0 else cur / f
             step = (hi - lo) * (0.25 if size == "large" else 0.1)
             return cur + dd * step
 
