@@ -461,7 +461,7 @@ def _progress_cell(bar_w: int, prog: Progress | None, status: str) -> Table:
     return grid
 
 
-def _slot_table(run_dir: Path, st: RunStatus, width: int) -> Table:
+def _slot_table(run_dir: Path, st: RunStatus, width: int, nodes: list[dict] | None = None) -> Table:
     wide = width >= 100
     table = Table(expand=True, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
     table.add_column("slot", justify="right", min_width=4, no_wrap=True)
@@ -476,6 +476,7 @@ def _slot_table(run_dir: Path, st: RunStatus, width: int) -> Table:
         table.add_column("speed · ETA", justify="right", width=12, no_wrap=True)
     table.add_column("score", justify="right", width=6, no_wrap=True)
     table.add_column("status", width=7, no_wrap=True)
+    by_id = {n.get("id"): n for n in nodes or []}
     for s in st.slots:
         out = slot_out_dir(run_dir, s.out_dir)
         prog = read_progress(out) if out is not None and s.status != "pending" else None
@@ -485,7 +486,11 @@ def _slot_table(run_dir: Path, st: RunStatus, width: int) -> Table:
         row = [str(s.slot), str(s.node) if s.node is not None else "—"]
         if wide:
             row.append("root" if s.parent is None else str(s.parent))
-        row += [s.strategy or "—", s.mutation or "—", _progress_cell(bar_w, prog, s.status)]
+        mutation: str | Text = s.mutation or "—"
+        rec = by_id.get(s.node)
+        if s.status in ("failed", "timeout", "killed") and rec and rec.get("reason") not in (None, "", "ok"):
+            mutation = Text(f"{rec['reason']} · {s.mutation or ''}", style="red")  # why, before what
+        row += [s.strategy or "—", mutation, _progress_cell(bar_w, prog, s.status)]
         if wide:
             row.append(speed)
         row += [fmt_score(s.score), Text(s.status, style=STATUS_STYLE.get(s.status, ""))]
@@ -556,7 +561,7 @@ def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
                      title_align="left", border_style="blue")
     run_cfg = read_run_yaml(run_dir)
     nodes = read_nodes(run_dir)
-    parts: list[RenderableType] = [_header(run_dir, st, run_cfg, now), _slot_table(run_dir, st, width),
+    parts: list[RenderableType] = [_header(run_dir, st, run_cfg, now), _slot_table(run_dir, st, width, nodes),
                                    _best_panel(nodes, st)]
     ucb = read_ucb(run_dir, 3)
     ut = Text()

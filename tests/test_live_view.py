@@ -67,6 +67,18 @@ def test_render_finished_run_and_missing_status(tmp_path):
     assert "waiting for" in _text(render(empty, 120))
 
 
+def test_failed_slot_shows_the_runner_reason(tmp_path):
+    run = make_recorded_run(tmp_path / "run", state="done")
+    recs = [json.loads(x) for x in (run / "nodes.jsonl").read_text().splitlines()]
+    recs[6].update(status="timeout", reason="timeout after 3600 s", score=0.0)
+    (run / "nodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    st = json.loads((run / "status.json").read_text())
+    st["slots"][2]["status"] = "timeout"
+    (run / "status.json").write_text(json.dumps(st))
+    row = next(ln for ln in _text(render(run, 160, now=NOW), width=160).splitlines() if ln.strip().startswith("2 "))
+    assert "timeout after 3600 s" in row and row.rstrip().endswith("timeout")
+
+
 def test_render_survives_torn_and_malformed_files(tmp_path):
     run = make_recorded_run(tmp_path / "run")
     with open(run / "nodes.jsonl", "a") as f:
