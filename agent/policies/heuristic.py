@@ -13,6 +13,8 @@ One parameter changes per iteration, inside its declared range.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from collections import defaultdict
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 from agent.memory import fmt_metric, fmt_value
 from agent.policies.base import Policy, StepContext
 from agent.ucb import ucb_scores
-from regimes.base import ParamSpec, get_dotted
+from regimes.base import ParamSpec, get_dotted, set_dotted
 
 ROLES = ("exploit", "exploit", "explore", "principle-test")
 
@@ -418,10 +420,6 @@ class HeuristicPolicy(Policy):
 
     @staticmethod
     def _fingerprint(cfg: dict, key: str | None = None, value: Any = None) -> str:
-        import copy
-        import json
-
-        from regimes.base import set_dotted
         if key is not None:
             cfg = copy.deepcopy(cfg)
             set_dotted(cfg, key, value)
@@ -461,12 +459,20 @@ class HeuristicPolicy(Policy):
     def _recombine(self, tools, slot, plan, hist, cands) -> bool:
         good = sorted((n for n in hist if n.status == "ok" and n.score > 0.9), key=lambda n: (-n.score, n.id))
         base = next((n for n in good if n.id == plan.parent), None)
-        other = next((n for n in good if base is not None and n.id != base.id
-                      and n.id not in self._chain(base, hist)), None)
-        if base is None or other is None:
+        if base is None:
             return False
-        changes = self._diff_keys(tools.env.slot_config(slot), other.config, cands)
-        if not changes or not tools.call("set_config", {"slot": slot, "changes": changes}).ok:
+        seen = self._seen_configs(tools.env, slot)
+        cfg = tools.env.slot_config(slot)
+        for other in (n for n in good if n.id != base.id and n.id not in self._chain(base, hist)):
+            changes = self._diff_keys(cfg, other.config, cands)
+            merged = json.loads(self._fingerprint(cfg))
+            for k, v in changes.items():
+                set_dotted(merged, k, v)
+            if changes and self._fingerprint(merged) not in seen:
+                break  # a merge not tried yet
+        else:
+            return False
+        if not tools.call("set_config", {"slot": slot, "changes": changes}).ok:
             return False
         desc = ", ".join(f"{k.split('.', 1)[1]}={fmt_value(v)}" for k, v in changes.items())
         tools.call("finish_mutation", {"slot": slot, "mutation": f"recombine: node {base.id} + node {other.id} ({desc})",
