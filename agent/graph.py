@@ -66,6 +66,7 @@ def build_graph(ctx: RunCtx):
             ctx.env.save_plan(SlotPlan(slot=s, iteration=1, parent=None, strategy="baseline",
                                        parent_rule="first batch: root", commit=ctx.workspace.root_commit))
         ctx.run_policy_step("prepare", _all_slots(ctx), [], state)
+        _announce(ctx, 1)
         return {"prepared": True, "phase": "run_slots", "iteration": 1, "block": 1, "iter_in_block": 0}
 
     # ----- run_slots -----
@@ -254,7 +255,7 @@ def build_graph(ctx: RunCtx):
                             commit=ctx.env.node_commit(plan.parent))
             ctx.env.save_plan(plan)
         ctx.run_policy_step("mutate", _all_slots(ctx), [], {**state, "iterations_done": len(ctx.store)})
-        ctx.set_status(slots={s: {"status": "pending", "node": ctx.node_id(it + 1, s)} for s in _all_slots(ctx)})
+        _announce(ctx, it + 1)
         return {"iteration": it + 1, "phase": "run_slots", "batch_nodes": []}
 
     for name, fn in (("prepare", prepare), ("run_slots", run_slots), ("read_memory", read_memory),
@@ -283,6 +284,15 @@ def build_graph(ctx: RunCtx):
     g.add_conditional_edges("block_end", after_block_end, {"mutate": "mutate", END: END})
     g.add_edge("mutate", "run_slots")
     return g
+
+
+def _announce(ctx: RunCtx, iteration: int) -> None:
+    """status.json: every slot's next training (node id, parent, strategy, mutation) as soon as it is planned."""
+    plans = {s: ctx.env.load_plan(s) for s in _all_slots(ctx)}
+    ctx.set_status(slots={s: {"status": "pending", "node": ctx.node_id(iteration, s), "parent": p.parent,
+                              "strategy": p.strategy, "mutation": p.mutation, "score": None,
+                              "out_dir": str(slot_dir(ctx.run_dir, iteration, s)), "started_at": None}
+                          for s, p in plans.items()})
 
 
 def compile_graph(ctx: RunCtx):

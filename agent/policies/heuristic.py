@@ -536,6 +536,12 @@ class HeuristicPolicy(Policy):
                    f"failed {cls['failed']}. "
                    + (f"Best node {best.id} score {best.score:.4f} ({best.mutation or 'baseline'})." if best else "No success."))
         tools.call("update_memory", {"section": "Previous Block Summary", "text": summary, "mode": "replace"})
+        # keep working memory bounded: the block's running notes shrink to the latest few
+        from agent.memory import Memory
+        notes = Memory.parse(ctx.memory).bodies["Emerging Observations"].splitlines()
+        if len(notes) > 5:
+            tools.call("update_memory", {"section": "Emerging Observations", "text": "\n".join(notes[-5:]),
+                                         "mode": "replace"})
         helped = sorted(((h / n, n, p, d) for (p, d), (h, n) in ev.items() if h > 0), reverse=True)
         focus = helped[0][2] if helped else (self._candidates(env)[0].name if self._candidates(env) else "training")
         tools.call("update_memory", {"section": "Block Info", "text": f"Focus: {focus}", "mode": "replace"})
