@@ -204,7 +204,8 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
         if resume and inp is not None and inp.get("phase") == "mutate" and len(ctx.store) >= ctx.iterations_total:
             outcome = "finished"
         else:
-            for _update in graph.stream(inp, cfg, stream_mode="updates"):
+            # durability "sync": each step's checkpoint is on disk before the next step starts (SIGKILL-safe)
+            for _update in graph.stream(inp, cfg, stream_mode="updates", durability="sync"):
                 if ctx.kill.is_set() or ctx.stop.is_set():
                     outcome = "stopped"
                     break
