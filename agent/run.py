@@ -215,9 +215,15 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
                     break
     except RunStopped as e:
         outcome = f"stopped: {e}"
-    finally:
+    except BaseException as e:  # a crash (or Ctrl-C): say so in status.json, keep the run resumable
         conn.close()
         ctx.close()
+        ctx.env.reasoning(f"run stopped by an error: {type(e).__name__}: {e}")
+        ctx.set_status(phase="stopped", message=f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                       iterations_done=len(ctx.store))
+        raise
+    conn.close()
+    ctx.close()
     phase = "done" if outcome == "finished" else "stopped"
     ctx.set_status(phase=phase, message=ctx.status.get("message", "") if outcome == "finished" else outcome,
                    iterations_done=len(ctx.store))

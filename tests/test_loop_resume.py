@@ -80,3 +80,22 @@ def test_stop_event_finishes_the_step_and_resume_continues(tmp_path):
     assert json.loads((run_dir / "status.json").read_text())["phase"] == "stopped"
     resume_run(run_dir)
     assert [n.id for n in Store(run_dir / "nodes.jsonl").nodes()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_crash_is_reported_and_the_run_resumes(tmp_path):
+    import pytest
+
+    class Broken:
+        def run_batch(self, specs, on_progress=None, cancel=None):
+            raise RuntimeError("executor lost its workers")
+
+        def shutdown(self):
+            pass
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="lost its workers"):
+        start_run(toy_options(run_dir, iterations=4), executor=Broken())
+    st = json.loads((run_dir / "status.json").read_text())
+    assert st["phase"] == "stopped" and "executor lost its workers" in st["message"]
+    resume_run(run_dir)  # the real executor
+    assert [n.id for n in Store(run_dir / "nodes.jsonl").nodes()] == [1, 2, 3, 4]
