@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 POLICIES = ("auto", "claude", "heuristic", "optuna", "random")
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-4-6"  # 4-5 is deprecated (end of life 2026-11-30, per the SDK)
 
 
 class UsageError(Exception):
@@ -84,7 +84,7 @@ examples:
   agent run --regime homeostasis --slots 4
   agent run --regime rate_constants --iterations 24 --policy heuristic --no-live
   ANTHROPIC_API_KEY=... agent run --regime stoichiometry --variant untied \\
-        --policy claude --model claude-sonnet-4-5 --max-cost-usd 5
+        --policy claude --model claude-sonnet-4-6 --max-cost-usd 5
   agent run --regime sparse_connectivity --executor ray --ray-address auto --device cuda
   agent run --regime sparse_connectivity --variant n200 --continue runs/sparse_connectivity-20261122-014500
   agent run --regime my_regime --regime-path ./my_regimes

@@ -14,6 +14,11 @@ import pytest
 
 from agent.cli import main
 
+try:  # the fake Messages API server (tests/fake_anthropic.py) and its fixture
+    from fake_anthropic import fake_anthropic, usage  # noqa: F401
+except ImportError:  # pragma: no cover - run from the repository root as a package
+    from tests.fake_anthropic import fake_anthropic, usage  # noqa: F401
+
 TOY_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "toy_regime" / "plugins"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -94,6 +99,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, monkeypatch, capsys)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the first run trains and caches the phase-1 model
 def test_make_run_path_on_real_homeostasis(tmp_path, capsys):
     """`agent run --regime homeostasis --slots 2 --iterations 2 --no-live` (quick profile) and its report."""
     run = tmp_path / "run"
@@ -142,3 +148,32 @@ def test_a_crash_inside_the_run_is_one_line_and_says_resume(tmp_path, monkeypatc
     assert main(_toy_run(run)) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "RuntimeError: executor lost" in err[0] and f"agent resume {run}" in err[1]
+
+
+def test_claude_policy_through_the_cli_fallback_and_spend_limit(fake_anthropic, tmp_path, monkeypatch, capsys):
+    """--policy claude against the fake Messages API: a stalled server falls back (shown as a line),
+    a spend limit stops cleanly and says how to resume."""
+    monkeypatch.setenv("GNN_AGENT_LLM_DEADLINE_S", "0.8")
+    monkeypatch.setenv("GNN_AGENT_LLM_MAX_RETRIES", "1")
+    fake_anthropic.error(500).otherwise("stall", seconds=30)
+    run = tmp_path / "stalled"
+    argv = _toy_run(run)
+    argv[argv.index("--policy") + 1] = "claude"
+    argv[argv.index("--iterations") + 1] = "2"
+    assert main(argv + ["--model", "claude-sonnet-4-6"]) == 0
+    out = capsys.readouterr().out
+    assert "policy claude (claude-sonnet-4-6) (--policy claude)" in out
+    assert any(ln.split("] ", 1)[-1].startswith("fallback: the policy failed") for ln in out.splitlines())
+    assert "run done: 2 iterations" in out
+    assert main(["status", str(run)]) == 0
+    assert "FALLBACK→heuristic" in capsys.readouterr().out
+
+    fake_anthropic.otherwise("error", status=400)
+    fake_anthropic.tool_use(("finish_mutation", {"slot": 0, "mutation": "baseline (default config)"}),
+                            usage_=usage(10, 100_000))
+    run = tmp_path / "limited"
+    argv = _toy_run(run)
+    argv[argv.index("--policy") + 1] = "claude"
+    assert main(argv + ["--max-cost-usd", "1"]) == 0  # the default --model
+    out = capsys.readouterr().out
+    assert "budget $1" in out and "stopped: cost limit reached" in out and f"agent resume {run}" in out
