@@ -177,9 +177,43 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+_NODES_CACHE: dict[str, tuple[int, int, list[dict]]] = {}  # path -> (inode, bytes parsed, records)
+_NODES_LOCK = threading.Lock()
+
+
 def read_nodes(run_dir: Path) -> list[dict]:
-    """nodes.jsonl records, in file order."""
-    return read_jsonl(Path(run_dir) / "nodes.jsonl")
+    """nodes.jsonl records, in file order.
+
+    The file is append-only, so only what was appended since the last call is
+    parsed (the live view reads it a few times a second, for runs of thousands
+    of nodes). A replaced or truncated file is read again from the start.
+    """
+    path = Path(run_dir) / "nodes.jsonl"
+    key = str(path.resolve())
+    try:
+        with open(path, "rb") as f:
+            ino = os.fstat(f.fileno()).st_ino
+            with _NODES_LOCK:
+                c_ino, done, recs = _NODES_CACHE.get(key, (ino, 0, []))
+                if c_ino != ino or os.fstat(f.fileno()).st_size < done:
+                    done, recs = 0, []
+                f.seek(done)
+                data = f.read()
+                # only whole lines are consumed; a half-written tail waits for the next call
+                cut = data.rfind(b"\n") + 1
+                new = []
+                for line in data[:cut].decode("utf-8", errors="replace").splitlines():
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(obj, dict):
+                        new.append(obj)
+                recs = recs + new
+                _NODES_CACHE[key] = (ino, done + cut, recs)
+                return list(recs)
+    except OSError:
+        return []
 
 
 def read_run_yaml(run_dir: Path) -> dict:

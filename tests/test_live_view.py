@@ -206,3 +206,18 @@ def test_status_screen(tmp_path):
     assert "elapsed 2h00m" in _text(render(run, 120, now=later))
     done = make_recorded_run(tmp_path / "done", state="done")
     assert "finished (done)" in _text(status_renderable(done, 120, now=later))
+
+
+def test_read_nodes_is_incremental_and_notices_a_rewrite(tmp_path):
+    from agent.live import read_nodes
+
+    run = make_recorded_run(tmp_path / "run")
+    assert [n["id"] for n in read_nodes(run)] == list(range(1, 9))
+    with open(run / "nodes.jsonl", "a") as f:
+        f.write(json.dumps({"id": 9, "score": 0.5}) + "\n" + '{"id": 10, "sco')  # 10 is half-written
+    assert [n["id"] for n in read_nodes(run)][-1] == 9
+    with open(run / "nodes.jsonl", "a") as f:
+        f.write('re": 0.6}\n')
+    assert [n["id"] for n in read_nodes(run)][-2:] == [9, 10]
+    (run / "nodes.jsonl").write_text(json.dumps({"id": 1, "score": 0.1}) + "\n")  # rewritten, shorter
+    assert read_nodes(run) == [{"id": 1, "score": 0.1}]
