@@ -18,12 +18,14 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.graph import compile_graph
 from agent.memory import Memory, comparison_row, initial_memory, upsert_comparison
+from agent.policies.base import DEFAULT_MODEL
 from agent.policies.registry import make_policy, resolve_policy_name
 from agent.runctx import RunCtx, RunInfo, RunStopped, utc_now
 from agent.state import initial_state
 from agent.store import Store, write_text_atomic
 from regimes.base import flatten, get_dotted, set_dotted
 from tools.env import dump_yaml_atomic, load_yaml
+
 
 
 class RunOptions(BaseModel):
@@ -37,7 +39,7 @@ class RunOptions(BaseModel):
     iterations: int | None = None  # None: one block
     profile: Literal["quick", "full"] | None = None  # None: full with CUDA, quick on CPU
     policy: Literal["auto", "claude", "heuristic", "optuna", "random", "scripted"] = "auto"
-    model: str = "claude-sonnet-4-5"
+    model: str = DEFAULT_MODEL
     max_cost_usd: float | None = None
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None

@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
 
 Step = Literal["prepare", "analyse", "log", "select_parent", "block_end", "mutate"]
 STEPS: tuple[str, ...] = ("prepare", "analyse", "log", "select_parent", "block_end", "mutate")
+#: the Claude model used when none is given (claude-sonnet-4-5 reaches end of life 2026-11-30)
+DEFAULT_MODEL = "claude-sonnet-4-6"
 
 
 class StepContext(BaseModel):

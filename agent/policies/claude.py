@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.llm import LLMClient
-from agent.policies.base import STEPS, Policy, PolicyError, StepContext
+from agent.policies.base import DEFAULT_MODEL, STEPS, Policy, PolicyError, StepContext
 from prompts.render import PROMPTS_DIR, render_file
 
 #: per-image size cap: the Messages API refuses images above ~5 MB of base64
@@ -49,7 +49,7 @@ class ClaudePolicy(Policy):
 
     name = "claude"
 
-    def __init__(self, model: str = "claude-sonnet-4-6", client: LLMClient | None = None,
+    def __init__(self, model: str = DEFAULT_MODEL, client: LLMClient | None = None,
                  run_dir: Path | None = None, max_cost_usd: float | None = None, deadline_s: float = 120.0,
                  max_retries: int = 2, max_tokens: int = 4096, max_turns: int | None = None,
                  prompts_dir: Path | None = None, max_images: int = 8, plots_per_slot: int = 2,
@@ -440,7 +440,7 @@ def make_claude_policy(**kw) -> ClaudePolicy:
     (defaults 120 s, 2). Other keyword arguments belong to other policies."""
     deadline = _env_number(ENV_DEADLINE, float, 120.0, 0.1)
     retries = _env_number(ENV_RETRIES, int, 2, 0)
-    return ClaudePolicy(model=kw.get("model") or "claude-sonnet-4-6", run_dir=kw.get("run_dir"),
+    return ClaudePolicy(model=kw.get("model") or DEFAULT_MODEL, run_dir=kw.get("run_dir"),
                         max_cost_usd=kw.get("max_cost_usd"), deadline_s=deadline, max_retries=retries)
 
 
