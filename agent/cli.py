@@ -38,7 +38,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the epilog's examples as written and shows each option's real default."""
+    """Wraps the description, keeps the epilog's examples as written, shows each option's real default."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:  # an epilog: examples keep their lines
+            return super()._fill_text(text, width, indent)
+        import textwrap
+
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
@@ -118,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full `agent` argument parser (all subcommands)."""
     p = _Parser(prog="agent", description="gnn-agent: an LLM research agent that explores how to train graph "
                 "neural networks recovering hidden structure from simulated dynamics.",
-                epilog=MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                epilog=MAIN_EPILOG, formatter_class=_Formatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="start a run", formatter_class=_Formatter, epilog=RUN_EPILOG,
