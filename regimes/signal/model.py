@@ -27,7 +27,7 @@ class MLP(nn.Module):
         for i in range(n_layers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
-                layers.append(nn.ReLU())
+                layers.append(nn.ReLU(inplace=True))
         self.net = nn.Sequential(*layers)
         for m in self.net:
             if isinstance(m, nn.Linear):  # hidden-layer init std 0.1, zero bias (seed document)
@@ -35,7 +35,10 @@ class MLP(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        # 2-D through the layers: on 3-D inputs nn.Linear returns views, and an
+        # in-place ReLU on a view makes autograd copy whole buffers (AsStridedBackward)
+        y = self.net(x.reshape(-1, x.shape[-1]))
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class SignalGNN(nn.Module):
@@ -62,6 +65,12 @@ class SignalGNN(nn.Module):
         if self.lin_edge_mode == "tanh":
             return torch.tanh(u)
         return self.lin_edge(self._with_embedding(u)).squeeze(-1)
+
+    def edge_at(self, u: torch.Tensor, neuron: torch.Tensor) -> torch.Tensor:
+        """lin_edge([u_m, a_neuron[m]]) for flat values u (m,) of neurons `neuron` (m,) -> (m,)."""
+        if self.lin_edge_mode == "tanh":
+            return torch.tanh(u)
+        return self.lin_edge(torch.cat([u.unsqueeze(-1), self.a[neuron]], dim=-1)).squeeze(-1)
 
     def phi(self, u: torch.Tensor) -> torch.Tensor:
         """lin_phi([u_i, a_i]) for activities u (..., n) -> (..., n)."""

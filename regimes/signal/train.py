@@ -71,7 +71,7 @@ def make_optimizer(model: SignalGNN, cfg: TrainingConfig) -> torch.optim.Optimiz
                "lr": cfg.learning_rate_start, "name": "mlp"}]
     if not cfg.training_single_type:
         groups.append({"params": [model.a], "lr": cfg.learning_rate_embedding_start, "name": "embedding"})
-    return torch.optim.Adam(groups)
+    return torch.optim.Adam(groups, fused=True)  # fused: one kernel per parameter (CPU and CUDA)
 
 
 def rollout_loss(model: SignalGNN, u: torch.Tensor, k: torch.Tensor, time_step: int, delta_t: float,
@@ -87,14 +87,58 @@ def rollout_loss(model: SignalGNN, u: torch.Tensor, k: torch.Tensor, time_step: 
     return ((x - u[k + time_step]) ** 2).mean() / ((delta_t * time_step) ** 2 * ynorm2)
 
 
+def edge_decrease_penalty(model: SignalGNN, x: torch.Tensor, edge_x: torch.Tensor, delta: float) -> torch.Tensor:
+    """mean ReLU(lin_edge(u) - lin_edge(u + delta)) over the batch's activities x (B, n).
+
+    Only entries where lin_edge decreases carry a gradient, so lin_edge(u + delta)
+    is evaluated first without autograd and again with autograd only at those
+    entries: same value and gradient, and once lin_edge is monotone (the
+    usual state under coeff_edge_diff = 1e4) the backward pass skips the
+    shifted half of the batch entirely.
+    """
+    x_shift = x + delta
+    with torch.no_grad():
+        decreasing = (edge_x - model.edge(x_shift)) > 0
+    rows, cols = decreasing.nonzero(as_tuple=True)
+    shifted = model.edge_at(x_shift[rows, cols], cols)
+    return F.relu(edge_x[rows, cols] - shifted).sum() / edge_x.numel()
+
+
+def batch_loss(model: SignalGNN, u: torch.Tensor, du: torch.Tensor, k: torch.Tensor, cfg: TrainingConfig,
+               coeff_L1: float, recurrent: bool, delta: float, ynorm2: float, delta_t: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, prediction loss) of the batch of frames k.
+
+    Total = prediction loss (MSE of du/dt / ynorm^2, or the recurrent rollout
+    loss) + coeff_L1 * sum|W| + coeff_edge_diff * mean ReLU(lin_edge(u) -
+    lin_edge(u + delta)) on the batch's activities.
+    """
+    x = u[k]
+    edge_x = model.edge(x)
+    edge_diff = edge_decrease_penalty(model, x, edge_x, delta) if cfg.coeff_edge_diff > 0 else None
+    if recurrent:
+        loss_pred = rollout_loss(model, u, k, cfg.time_step, delta_t, cfg.noise_recurrent_level, ynorm2)
+    else:
+        pred = model.forward_with_edge(x, edge_x)
+        loss_pred = ((pred - du[k]) ** 2).mean() / ynorm2
+    loss = loss_pred
+    if coeff_L1 > 0:
+        loss = loss + coeff_L1 * model.masked_W().abs().sum()
+    if edge_diff is not None:
+        loss = loss + cfg.coeff_edge_diff * edge_diff
+    return loss, loss_pred
+
+
 def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, device: str = "cpu",
                 progress: Callable[[int, int, float, float], None] | None = None) -> TrainResult:
     """Train `model` on run 0 of `data` with the keys of SCIENCE.md B3.
 
-    Loss per step = prediction loss (MSE of du/dt / ynorm^2, or the recurrent
-    rollout loss) + L1 * sum|W| (first_coeff_L1 before epoch n_epochs_init,
-    coeff_W_L1 from then on) + coeff_edge_diff * mean ReLU(lin_edge(u) -
-    lin_edge(u + xnorm/150)) on the batch's activities.
+    Per epoch: int(n_frames * data_augmentation_loop / batch_size * 0.2)
+    steps, each on `batch_size` random frames of run 0 (seeded by `cfg.seed`).
+    L1 weight: first_coeff_L1 before epoch n_epochs_init, coeff_W_L1 from then
+    on. Recurrent rollout loss from epoch recurrent_training_start_epoch on
+    when recurrent_training is set. Embeddings are frozen when
+    training_single_type. See `batch_loss` for the loss.
     """
     u, du = data.u.to(device), data.du.to(device)
     n_frames = u.shape[0]
@@ -104,8 +148,8 @@ def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, devic
     total = n_iter * cfg.n_epochs
     ynorm2 = data.ynorm ** 2
     delta = data.xnorm / 150
-    pred_losses = torch.zeros(total)
-    total_losses = torch.zeros(total)
+    pred_losses: list[torch.Tensor] = []
+    total_losses: list[torch.Tensor] = []
     optimizer = make_optimizer(model, cfg)
     scheduler = None  # no LR schedule by default; a code strategy may create one here (it steps after optimizer.step())
     t0, c0 = time.monotonic(), time.process_time()
@@ -119,46 +163,28 @@ def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, devic
             frames = frames // cfg.time_step * cfg.time_step  # start frames aligned to time_step (seed document)
         frames = frames.to(device)
         for it in range(n_iter):
-            k = frames[it]
-            x = u[k]
-            if cfg.coeff_edge_diff > 0:
-                edges = model.edge(torch.cat([x, x + delta]))  # one lin_edge pass for u and u + delta
-                edge_x, edge_shift = edges[: len(k)], edges[len(k):]
-                edge_diff = F.relu(edge_x - edge_shift).mean()
-            else:
-                edge_x, edge_diff = model.edge(x), None
-            if recurrent:
-                loss_pred = rollout_loss(model, u, k, cfg.time_step, data.delta_t, cfg.noise_recurrent_level, ynorm2)
-            else:
-                pred = model.forward_with_edge(x, edge_x)
-                loss_pred = ((pred - du[k]) ** 2).mean() / ynorm2
-            loss = loss_pred
-            if coeff_L1 > 0:
-                loss = loss + coeff_L1 * model.masked_W().abs().sum()
-            if edge_diff is not None:
-                loss = loss + cfg.coeff_edge_diff * edge_diff
+            loss, loss_pred = batch_loss(model, u, du, frames[it], cfg, coeff_L1, recurrent, delta, ynorm2, data.delta_t)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            pred_losses[step] = loss_pred.detach()
-            total_losses[step] = loss.detach()
+            pred_losses.append(loss_pred.detach())
+            total_losses.append(loss.detach())
             step += 1
             now = time.monotonic()
             if now >= next_report or step == total:
-                _check_finite(total_losses, checked, step)
+                _check_finite(torch.stack(total_losses[checked:step]), checked)
                 checked = step
                 if progress is not None:
-                    progress(step, total, float(pred_losses[step - 1]), now - t0)
+                    progress(step, total, float(pred_losses[-1]), now - t0)
                 next_report = now + PROGRESS_EVERY_S
-    return TrainResult(pred_losses=pred_losses, total_losses=total_losses, n_steps=step,
-                       elapsed_s=time.monotonic() - t0, cpu_s=time.process_time() - c0)
+    return TrainResult(pred_losses=torch.stack(pred_losses).cpu(), total_losses=torch.stack(total_losses).cpu(),
+                       n_steps=step, elapsed_s=time.monotonic() - t0, cpu_s=time.process_time() - c0)
 
 
-def _check_finite(losses: torch.Tensor, start: int, stop: int) -> None:
-    """Raise TrainingDiverged at the first non-finite loss in losses[start:stop]."""
-    chunk = losses[start:stop]
+def _check_finite(chunk: torch.Tensor, start: int) -> None:
+    """Raise TrainingDiverged at the first non-finite loss of `chunk` (steps start+1 ...)."""
     bad = ~torch.isfinite(chunk)
     if bad.any():
         i = int(bad.nonzero()[0])
