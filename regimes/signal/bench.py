@@ -69,6 +69,7 @@ def _setup(n: int, kind: str = "sparse", naive: bool = False):
             loss.backward()
             opt.step()
 
+        step.model = model  # lets a test check that a step trains
         return step, "step"
     return setup
 

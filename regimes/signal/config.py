@@ -128,3 +128,23 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: invalid YAML ({str(err).splitlines()[0]})") from None
     return parse_config(raw if raw is not None else {})
+
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def default_config_path(connectivity_type: str, variant: str, profile: str) -> Path:
+    """Path of a shipped default config, e.g. ("sparse", "n100", "quick") ->
+    configs/sparse_n100_quick.yaml; ValueError names what does not exist."""
+    p = CONFIG_DIR / f"{connectivity_type}_{variant}_{profile}.yaml"
+    if not p.is_file():
+        choices = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml"))
+        raise ValueError(f"no default signal config {p.name}; available: {choices}")
+    return p
+
+
+def default_config(connectivity_type: str, variant: str, profile: str) -> dict:
+    """A shipped default config as a plain dict (all four sections), validated."""
+    raw = yaml.safe_load(default_config_path(connectivity_type, variant, profile).read_text())
+    parse_config(raw)
+    return raw
