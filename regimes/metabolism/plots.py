@@ -110,7 +110,8 @@ def plot_loss(path: Path, hist: dict) -> None:
     ax.set_xlabel("gradient step")
     ax.set_ylabel("loss (MSE / ynorm²)")
     ax.set_title("Training loss")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     _save(fig, path)
 
 
