@@ -96,10 +96,10 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def generate(sim: SimulationConfig, out: Path, log=print) -> dict:
+def generate(sim: SimulationConfig, out: Path, log=print, tick=None) -> dict:
     """Simulate the dataset and write its four files into `out`; returns info."""
     t0 = time.perf_counter()
-    net, gen, conc, deriv = simulate(sim)
+    net, gen, conc, deriv = simulate(sim, tick=tick)
     gen_s = time.perf_counter() - t0
     r90, r99 = activity_rank(conc[0])
     inputs = {"conc": conc, "deriv": deriv, "met_sub": net.met_sub, "rxn_sub": net.rxn_sub,
@@ -130,14 +130,15 @@ def generate(sim: SimulationConfig, out: Path, log=print) -> dict:
 
 
 def load_or_generate(sim_cfg: SimulationConfig | dict, given_stoichiometry: bool = False,
-                     root: Path | str | None = None, log=print) -> tuple[TrainingData, Path]:
+                     root: Path | str | None = None, log=print, tick=None) -> tuple[TrainingData, Path]:
     """The training inputs of a dataset (generated on first use) and the path of its truth file.
 
-    `given_stoichiometry` adds the true S values on the support (regimes that freeze S)."""
+    `given_stoichiometry` adds the true S values on the support (regimes that freeze S);
+    `tick()` is called regularly while generating."""
     sim = sim_cfg if isinstance(sim_cfg, SimulationConfig) else SimulationConfig.model_validate(sim_cfg)
     d = dataset_dir(sim, root)
     if not (d / "inputs.pt").is_file():
-        generate(sim, d, log=log)
+        generate(sim, d, log=log, tick=tick)
     raw = torch.load(d / "inputs.pt", weights_only=True)
     kw = {k: raw[k] for k in INPUT_KEYS}
     if given_stoichiometry:

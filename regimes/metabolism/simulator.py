@@ -194,7 +194,7 @@ class Generator:
         return scale
 
 
-def simulate(sim: SimulationConfig, n_runs: int = 2) -> tuple[Network, Generator, torch.Tensor, torch.Tensor]:
+def simulate(sim: SimulationConfig, n_runs: int = 2, tick=None) -> tuple[Network, Generator, torch.Tensor, torch.Tensor]:
     """Generate a dataset: returns (network, generator, conc, deriv) with conc and
     deriv of shape (n_runs, n_frames, n_met). deriv[r, t] is the generator's exact
     dc/dt at conc[r, t]; conc[r, t+1] = max(0, conc[r, t] + delta_t * deriv[r, t])."""
@@ -209,6 +209,8 @@ def simulate(sim: SimulationConfig, n_runs: int = 2) -> tuple[Network, Generator
             d = gen.dcdt(c)
             conc[:, t] = c
             deriv[:, t] = d
+            if tick is not None and t % 100 == 99:
+                tick()
             c = (c + sim.delta_t * d).clamp_min_(0.0)
     return net, gen, conc, deriv
 

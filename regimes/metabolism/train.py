@@ -274,13 +274,14 @@ def run(cfg: Config, out: Path, device: str = "cpu", log=print, plots_on: bool =
         ck_path = Path(t.phase1_checkpoint).expanduser()
         if not ck_path.is_file():
             raise ConfigError(f"config error: training.phase1_checkpoint: no such file: {ck_path}")
-    data, truth_path = load_or_generate(cfg.simulation, given_stoichiometry=t.freeze_stoichiometry, log=log)
+    p1, p2 = phase_steps(cfg, cfg.simulation.n_frames)
+    progress = Progress(out / "progress.jsonl", p1 + p2)
+    progress(0, float("nan"), force=True)
+    data, truth_path = load_or_generate(cfg.simulation, given_stoichiometry=t.freeze_stoichiometry, log=log,
+                                        tick=lambda: progress(0, float("nan")))
     data = data.to(device)
     torch.manual_seed(t.seed)
     model = build_model(cfg.graph_model, data, t.freeze_stoichiometry).to(device)
-    p1, p2 = phase_steps(cfg, data.n_frames)
-    progress = Progress(out / "progress.jsonl", p1 + p2)
-    progress(0, float("nan"), force=True)
     hist: dict = {}
     t0 = time.perf_counter()
     if ck_path is not None:
