@@ -1,11 +1,12 @@
-"""Regenerate the README pictures: the live view (SVG) and one report plot (PNG).
+"""Regenerate the README pictures: the live view (PNG + SVG) and one report plot (PNG).
 
-    .venv/bin/python docs/images/make_images.py [RUN_DIR]
+    .venv/bin/python docs/images/make_images.py [--live-from RUN_DIR] [--report-from RUN_DIR]
 
-The live view is rendered from the recorded two-batch run of the tests
-(tests/fixtures/make_recorded_run.py), at a fixed time so the picture is
-stable. The report plot is the UCB tree of RUN_DIR when given (a real run),
-else of the recorded run.
+By default the live view is rendered from the recorded two-batch run of the
+tests (tests/fixtures/make_recorded_run.py) at a fixed time, so the picture is
+stable; `--live-from` renders a real run directory as it is now (e.g. while a
+batch trains). The report plot (score per iteration) comes from
+`--report-from` (a real run) or else from the recorded run.
 """
 
 from __future__ import annotations
@@ -60,16 +61,24 @@ def console_png(renderable, path: Path, width: int = 120, font_size: int = 14) -
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--live-from", type=Path, help="render the live view of this run directory (now)")
+    ap.add_argument("--report-from", type=Path, help="take the report plot from this run directory")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rec = make_recorded_run(Path(tmp) / "homeostasis-20261122-010000")
         console = Console(width=120, record=True, force_terminal=True, color_system="truecolor",
                           file=open("/dev/null", "w"))
-        view = render(rec, 120, now=datetime(2026, 11, 22, 1, 6, 40, tzinfo=timezone.utc))
+        if args.live_from:
+            view = render(args.live_from, 120)
+        else:
+            view = render(rec, 120, now=datetime(2026, 11, 22, 1, 6, 40, tzinfo=timezone.utc))
         console.print(view)
-        console.save_svg(str(HERE / "live_view.svg"), title="agent run --regime homeostasis --slots 4")
+        console.save_svg(str(HERE / "live_view.svg"), title="agent run")
         console_png(view, HERE / "live_view.png")
-        run = Path(sys.argv[1]) if len(sys.argv) > 1 else rec
-        report = write_report(run, out_dir=Path(tmp) / "report")
+        report = write_report(args.report_from or rec, out_dir=Path(tmp) / "report")
         for name in ("scores.png",):
             shutil.copy(report.parent / name, HERE / f"report_{name}")
     for p in sorted(HERE.glob("*.svg")) + sorted(HERE.glob("*.png")):
