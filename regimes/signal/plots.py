@@ -40,14 +40,14 @@ def connectivity_scatter(path: Path, w_true: np.ndarray, w_corr: np.ndarray) -> 
 def connectivity_matrices(path: Path, w_true: np.ndarray, w_corr: np.ndarray) -> None:
     """True and learned (gauge-corrected) W side by side, same colour scale."""
     v = float(np.abs(w_true).max()) or 1.0
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for ax, m, title in zip(axes, (w_true, w_corr), ("true W", "learned W (gauge-corrected)")):
         im = ax.imshow(m, cmap="bwr", vmin=-v, vmax=v, interpolation="nearest")
         ax.set_title(title, fontsize=FONT)
         ax.set_xlabel("presynaptic neuron j", fontsize=FONT)
         ax.set_ylabel("postsynaptic neuron i", fontsize=FONT)
     fig.colorbar(im, ax=axes, shrink=0.8, label="W_ij")
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
 
 
