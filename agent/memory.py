@@ -30,7 +30,7 @@ from typing import Any, Iterable
 from pydantic import BaseModel, ConfigDict
 
 from agent.store import NodeRecord, write_text_atomic
-from regimes.base import Regime, get_dotted
+from regimes.base import Regime, format_metric, format_value, get_dotted
 
 TITLE = "# Working Memory"
 #: (heading level, name) in file order
@@ -168,58 +168,24 @@ def block_info(regime: Regime, variant: str, block: int, focus: str = "") -> str
 
 # ----- number formatting (seed style: 5E-3, 0.8123) -----
 
-def fmt_value(v: Any) -> str:
-    """Config values: small/large floats as 5E-3 / 1.5E+04, others plainly."""
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        if not math.isfinite(v):
-            return str(v)
-        a = abs(v)
-        if a < 0.01 or a >= 1e4:
-            mant, exp = f"{v:.2E}".split("E")
-            mant = mant.rstrip("0").rstrip(".")
-            return f"{mant}E{int(exp)}"
-        return f"{v:g}"
-    return str(v)
+#: config values: the regime contract's seed-style formatter (5E-3, 0.05, 2000)
+fmt_value = format_value
 
 
-def fmt_metric(v: Any) -> str:
-    """Metrics: 4 decimals, scientific when tiny or huge."""
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return str(v)
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if not math.isfinite(f):
-        return str(f)
-    if f == 0:
-        return "0"
-    if abs(f) < 0.01 or abs(f) >= 1e4:
-        mant, exp = f"{f:.1E}".split("E")
-        return f"{mant}E{int(exp)}"
-    return f"{f:.4f}"
+#: metrics: 4 decimals, scientific when tiny or huge (regimes.base.format_metric)
+fmt_metric = format_metric
 
 
 def config_line(regime: Regime, config: dict) -> str:
-    items = []
-    for short, key in regime.log_config.items():
-        v = get_dotted(config, key)
-        if v is not None:
-            items.append(f"{short}={fmt_value(v)}")
-    return ", ".join(items)
+    """The `Config:` line body, in the regime's short names (seed log form)."""
+    return regime.format_config_line(config)
 
 
 def metrics_line(regime: Regime, metrics: dict) -> str:
-    names = regime.log_metrics or [regime.primary_metric]
-    return ", ".join(f"{n}={fmt_metric(metrics[n])}" for n in names if n in metrics)
+    """The `Metrics:` line body, with the regime's short metric labels (e.g. kino_R2)."""
+    if not regime.log_metrics:
+        return f"{regime.primary_metric}={fmt_metric(metrics.get(regime.primary_metric))}"
+    return regime.format_metrics_line(metrics)
 
 
 def slot_line(regime: Regime, slot: int, config: dict) -> str | None:

@@ -268,7 +268,7 @@ class Regime(BaseModel):
 
     def format_metrics_line(self, metrics: dict[str, float]) -> str:
         """The analysis.md `Metrics:` line body, e.g. ``rate_constants_R2=0.8123, final_loss=1.2E-3`` (missing metrics skipped)."""
-        return ", ".join(f"{self.metric_labels.get(m, m)}={format_value(metrics[m])}"
+        return ", ".join(f"{self.metric_labels.get(m, m)}={format_metric(metrics[m])}"
                          for m in self.log_metrics if m in metrics)
 
     def code_edits_allowed(self, iter_in_block: int, at_block_end: bool, code_enabled: bool = True) -> str | None:
@@ -339,6 +339,22 @@ class Regime(BaseModel):
 _MISSING = object()
 
 
+def format_metric(v: Any) -> str:
+    """Metric values as the seeds log them: 4 decimals (0.8123), scientific when tiny or huge (1.2E-3)."""
+    if isinstance(v, bool) or v is None or isinstance(v, int):
+        return str(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if not math.isfinite(f) or f == 0:
+        return str(f) if f != 0 else "0"
+    if abs(f) < 0.01 or abs(f) >= 1e4:
+        mant, exp = f"{f:.1E}".split("E")
+        return f"{mant}E{int(exp)}"
+    return f"{f:.4f}"
+
+
 def format_value(v: Any) -> str:
     """Compact seed-style number: ints as is, 0.8123, 5E-3, 1.2E-3; bools True/False."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -353,7 +369,7 @@ def format_value(v: Any) -> str:
         return str(int(v))
     if 1e-2 <= abs(v) < 1e4:
         return f"{v:.4f}".rstrip("0").rstrip(".")
-    mant, exp = f"{v:.1E}".split("E")
+    mant, exp = f"{v:.2E}".split("E")
     mant = mant.rstrip("0").rstrip(".")
     return f"{mant}E{int(exp)}"
 

@@ -106,13 +106,13 @@ def test_seed_log_lines():
                "MLP_node_slope_ratio_1": 1.02, "MLP_node_offset_ratio_1": 0.97, "embedding_cluster_acc": 1.0,
                "embedding_n_clusters": 2, "rate_constants_R2": 0.87}
     assert h.format_metrics_line(metrics) == (
-        "avg_slope_ratio=0.9123, slope_ratio_0=0.8, offset_ratio_0=1.1, slope_ratio_1=1.02, offset_ratio_1=0.97, "
-        "embedding_cluster_acc=1, embedding_n_clusters=2, rate_constants_R2=0.87")
+        "avg_slope_ratio=0.9123, slope_ratio_0=0.8000, offset_ratio_0=1.1000, slope_ratio_1=1.0200, "
+        "offset_ratio_1=0.9700, embedding_cluster_acc=1.0000, embedding_n_clusters=2, rate_constants_R2=0.8700")
     r = get_regime("rate_constants")
     cfg = {"training": {"seed": 42, "learning_rate_k": 5e-3, "learning_rate_node": 1e-3}}
     assert r.format_config_line(cfg) == "seed=42, lr_k=5E-3, lr_node=1E-3"
     s = get_regime("sparse_connectivity")
-    assert s.format_metrics_line({"kinograph_R2": 0.5, "connectivity_R2": 0.49}) == "connectivity_R2=0.49, kino_R2=0.5"
+    assert s.format_metrics_line({"kinograph_R2": 0.5, "connectivity_R2": 0.49}) == "connectivity_R2=0.4900, kino_R2=0.5000"
 
 
 def test_describe_and_config_yaml():
