@@ -131,6 +131,7 @@ def test_entry_writes_outputs_and_is_deterministic(tmp_path):
     (lambda c: c["simulation"].pop("connectivity_type"), "simulation.connectivity_type: missing"),
     (lambda c: c.update(extra_section={}), "extra_section: unknown key"),
     (lambda c: c["claude"].update(temperature=1), "claude.temperature: unknown key"),
+    (lambda c: c["training"].update(time_step=500), "training.time_step: must be smaller"),
 ])
 def test_config_errors_exit_2_with_one_line(tmp_path, capsys, mutate, needle):
     cfg = {"simulation": dict(SIM), "graph_model": {}, "training": dict(BASE), "claude": {"n_epochs": 2}}

@@ -95,6 +95,12 @@ class Config(BaseModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     claude: ClaudeConfig = Field(default_factory=ClaudeConfig)
 
+    @model_validator(mode="after")
+    def _fits_data(self) -> "Config":
+        if self.training.time_step >= self.simulation.n_frames:
+            raise ValueError("training.time_step: must be smaller than simulation.n_frames")
+        return self
+
 
 def _one_line(err: ValidationError) -> str:
     """The first validation error as `dotted.key: reason`."""
@@ -104,7 +110,9 @@ def _one_line(err: ValidationError) -> str:
         return f"{key}: unknown key"
     if e["type"] == "missing":
         return f"{key}: missing required key"
-    msg = e["msg"].replace("\n", " ")
+    msg = e["msg"].replace("\n", " ").removeprefix("Value error, ")
+    if e["type"] == "value_error":
+        return msg if not e["loc"] else f"{key}: {msg}"
     return f"{key}: {msg} (got {e.get('input')!r})"
 
 
