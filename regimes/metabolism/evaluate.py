@@ -27,7 +27,8 @@ from regimes.metabolism.simulator import activity_rank
 #: metric order in analysis.log (others follow alphabetically)
 ORDER = ["final_loss", "stoichiometry_R2", "stoichiometry_sign_acc", "stoichiometry_R2_rounded",
          "rate_constants_R2", "rate_constants_R2_shifted", "rate_constants_R2_fit", "rate_constants_alpha",
-         "rate_constants_n_outliers", "rate_constants_R2_trimmed", "MLP_sub_R2", "MLP_sub_R2_normalized",
+         "rate_constants_n_outliers", "rate_constants_R2_trimmed", "rate_constants_n_shared_substrates",
+         "rate_constants_R2_identifiable", "MLP_sub_R2", "MLP_sub_R2_normalized",
          "avg_slope_ratio", "MLP_node_slope_0", "MLP_node_gt_slope_0", "MLP_node_slope_ratio_0",
          "MLP_node_offset_0", "MLP_node_gt_offset_0", "MLP_node_offset_ratio_0",
          "MLP_node_slope_1", "MLP_node_gt_slope_1", "MLP_node_slope_ratio_1",
@@ -101,6 +102,19 @@ def rate_constant_metrics(log_k: np.ndarray, true_log_k: np.ndarray, n_sub: np.n
          "rate_constants_n_outliers": float((~keep).sum()),
          "rate_constants_R2_trimmed": r2_fit(true_log_k[keep], corr[keep]) if keep.sum() >= 3 else 0.0}
     return m, corr
+
+
+def shared_substrate_reactions(data: TrainingData, truth: dict) -> np.ndarray:
+    """Boolean per reaction: its substrate multiset {(metabolite, |s|)} equals another reaction's."""
+    met, rxn, mag = data.met_sub.cpu().tolist(), data.rxn_sub.cpu().tolist(), truth["s_sub"].tolist()
+    keys: dict[int, list] = {}
+    for mi, ri, si in zip(met, rxn, mag):
+        keys.setdefault(ri, []).append((mi, round(si, 3)))
+    sig = [tuple(sorted(keys.get(j, []))) for j in range(data.n_rxn)]
+    count: dict[tuple, int] = {}
+    for k in sig:
+        count[k] = count.get(k, 0) + 1
+    return np.array([count[k] > 1 for k in sig])
 
 
 def line_fits(c: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,6 +200,14 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, gm: Graph
         rk, corr = rate_constant_metrics(_np(learned.log_k), _np(truth["log_k"]), _np(truth["n_sub"]), alpha)
         m.update(rk)
         notes.append("rate constants: log k_j + n_sub(j) * log10 f(1,1) against the true log10 k; outliers |error| > 0.3")
+        shared = shared_substrate_reactions(data, truth)
+        if shared.any():
+            tk = _np(truth["log_k"])
+            m["rate_constants_n_shared_substrates"] = float(shared.sum())
+            m["rate_constants_R2_identifiable"] = r2_identity(tk[~shared], corr[~shared])
+            notes.append(f"{int(shared.sum())} reactions share their substrate set with another reaction: their rates "
+                         "differ only by k, so only the sum (same S column) or difference (opposite S) of their k is "
+                         "identifiable; rate_constants_R2_identifiable leaves them out")
         pd["log_k"] = (_np(truth["log_k"]), corr)
     elif learned.log_k is not None:
         pd["log_k_raw"] = (_np(truth["log_k"]), _np(learned.log_k))
