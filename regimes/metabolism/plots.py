@@ -94,6 +94,17 @@ def plot_embedding(path: Path, emb: np.ndarray, types: np.ndarray, typed: bool) 
     _save(fig, path)
 
 
+def _running_mean(y: np.ndarray) -> np.ndarray:
+    """Trailing mean over ~1% of the steps (at least 1), same length as y."""
+    y = np.asarray(y, float)
+    w = max(1, len(y) // 100)
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    out = np.empty_like(y)
+    out[w - 1:] = (c[w:] - c[:-w]) / w
+    out[: w - 1] = c[1:w] / np.arange(1, w)
+    return out
+
+
 def plot_loss(path: Path, hist: dict) -> None:
     fig, ax = plt.subplots(figsize=SIZE)
     offset = 0
@@ -102,9 +113,11 @@ def plot_loss(path: Path, hist: dict) -> None:
         if len(loss) == 0:
             continue
         x = offset + np.arange(1, len(loss) + 1)
-        ax.plot(x, loss, lw=1.5, color="tab:blue" if name == "phase1" else "tab:purple", label=f"{name} loss")
+        col = "tab:blue" if name == "phase1" else "tab:purple"
+        ax.plot(x, loss, lw=0.5, color=col, alpha=0.25)  # raw per-step loss (noisy: random frames)
+        ax.plot(x, _running_mean(loss), lw=2.5, color=col, label=f"{name} loss (running mean)")
         if h.get("regul") is not None and np.any(np.asarray(h["regul"]) > 0):
-            ax.plot(x, np.asarray(h["regul"]), lw=1, color="tab:cyan", label=f"{name} regularisation")
+            ax.plot(x, _running_mean(np.asarray(h["regul"])), lw=1.5, color="tab:cyan", label=f"{name} regularisation")
         offset += len(loss)
     ax.set_yscale("log")
     ax.set_xlabel("gradient step")
