@@ -33,8 +33,8 @@ class NaiveSignalGNN(SignalGNN):
         self.register_buffer("src", src[keep])
         self.register_buffer("dst", dst[keep])
 
-    def forward_with_edge(self, u, edge_u=None):
-        return self.forward(u)
+    def forward_and_edge(self, u):
+        return self.forward(u), self.edge(u)
 
     def forward(self, u):
         b = u.shape[0]

@@ -22,6 +22,7 @@ import math  # noqa: F401  (used by code strategies, e.g. a 1/sqrt(n) W init)
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from regimes.signal.config import GraphModelConfig
 
@@ -32,22 +33,23 @@ class MLP(nn.Module):
     def __init__(self, n_in: int, hidden: int, n_out: int, n_layers: int):
         super().__init__()
         dims = [n_in] + [hidden] * (n_layers - 1) + [n_out]
-        layers: list[nn.Module] = []
-        for i in range(n_layers):
-            layers.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < n_layers - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.net = nn.Sequential(*layers)
-        for m in self.net:
-            if isinstance(m, nn.Linear):  # hidden-layer init std 0.1, zero bias (seed document)
-                nn.init.normal_(m.weight, std=0.1)
-                nn.init.zeros_(m.bias)
+        self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(n_layers))
+        for m in self.layers:  # hidden-layer init std 0.1, zero bias (seed document)
+            nn.init.normal_(m.weight, std=0.1)
+            nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # 2-D through the layers: on 3-D inputs nn.Linear returns views, and an
-        # in-place ReLU on a view makes autograd copy whole buffers (AsStridedBackward)
-        y = self.net(x.reshape(-1, x.shape[-1]))
-        return y.view(*x.shape[:-1], y.shape[-1])
+        # in-place ReLU on a view makes autograd copy whole buffers (AsStridedBackward).
+        # F.linear / relu_ directly: the per-module call overhead is a sizeable
+        # share of a ~2 ms training step.
+        h = x.reshape(-1, x.shape[-1])
+        last = len(self.layers) - 1
+        for i, lin in enumerate(self.layers):
+            h = F.linear(h, lin.weight, lin.bias)
+            if i < last:
+                h = torch.relu_(h)
+        return h.view(*x.shape[:-1], h.shape[-1])
 
 
 class SignalGNN(nn.Module):
@@ -90,8 +92,15 @@ class SignalGNN(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """du/dt predicted for activities u (batch, n)."""
-        return self.phi(u) + self.edge(u) @ self.masked_W().T
+        return self.forward_and_edge(u)[0]
 
-    def forward_with_edge(self, u: torch.Tensor, edge_u: torch.Tensor) -> torch.Tensor:
-        """Same as forward when lin_edge(u) is already computed (saves one MLP pass)."""
-        return self.phi(u) + edge_u @ self.masked_W().T
+    def forward_and_edge(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(du/dt prediction, lin_edge(u)) for activities u (batch, n).
+
+        lin_edge is evaluated once per (frame, neuron) and summed over
+        presynaptic neurons by one matmul with the masked W; it is returned
+        too so the edge-diff penalty can reuse it.
+        """
+        inp = self._with_embedding(u)  # built once for lin_edge and lin_phi
+        edge = torch.tanh(u) if self.lin_edge_mode == "tanh" else self.lin_edge(inp).squeeze(-1)
+        return self.lin_phi(inp).squeeze(-1) + edge @ self.masked_W().T, edge

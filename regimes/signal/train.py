@@ -114,13 +114,13 @@ def batch_loss(model: SignalGNN, u: torch.Tensor, du: torch.Tensor, k: torch.Ten
     lin_edge(u + delta)) on the batch's activities.
     """
     x = u[k]
-    edge_x = model.edge(x)
-    edge_diff = edge_decrease_penalty(model, x, edge_x, delta) if cfg.coeff_edge_diff > 0 else None
     if recurrent:
         loss_pred = rollout_loss(model, u, k, cfg.time_step, delta_t, cfg.noise_recurrent_level, ynorm2)
+        edge_x = model.edge(x) if cfg.coeff_edge_diff > 0 else None
     else:
-        pred = model.forward_with_edge(x, edge_x)
+        pred, edge_x = model.forward_and_edge(x)
         loss_pred = ((pred - du[k]) ** 2).mean() / ynorm2
+    edge_diff = edge_decrease_penalty(model, x, edge_x, delta) if cfg.coeff_edge_diff > 0 else None
     loss = loss_pred
     if coeff_L1 > 0:
         loss = loss + coeff_L1 * model.masked_W().abs().sum()
