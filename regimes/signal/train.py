@@ -6,10 +6,12 @@ Writes DIR/progress.jsonl (at least once per second of work), model.pt,
 metrics.json, analysis.log and plots/*.png. Exit 2 on a broken config (one
 line naming the dotted key), 3 when the loss becomes NaN/inf.
 
-`train_model` is the function the agent may edit (with model.py): its
-optimizer, regularisation and update lines are single, clean lines so exact-
-text code strategies (gradient clipping after `loss.backward()`, proximal L1
-after `optimizer.step()`, an LR schedule at `scheduler = None`) apply.
+`train_model` (with `batch_loss`, `edge_decrease_penalty`, `rollout_loss`,
+`make_optimizer` and model.py) is the code the agent may edit. Its backward,
+optimizer-step and scheduler lines are single lines that occur once in this
+file, so exact-text code strategies (gradient clipping after the backward
+pass, proximal L1 after the optimizer step, an LR schedule at the scheduler
+line) have a unique anchor.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, devic
     pred_losses: list[torch.Tensor] = []
     total_losses: list[torch.Tensor] = []
     optimizer = make_optimizer(model, cfg)
-    scheduler = None  # no LR schedule by default; a code strategy may create one here (it steps after optimizer.step())
+    scheduler = None  # no LR schedule by default; a code strategy may create one here (stepped once per step; `total` steps)
     t0, c0 = time.monotonic(), time.process_time()
     next_report, checked, step = t0 + PROGRESS_EVERY_S, 0, 0
     for epoch in range(cfg.n_epochs):
