@@ -424,6 +424,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     md += ["### Plots", ""]
     src = slot_out_dir(run_dir, best.get("out_dir"))
     plots = sorted((src / "plots").glob("*.png")) if src is not None and (src / "plots").is_dir() else []
+    if plots and regime is not None and regime.plots:
+        # the regime's plot list says which matter most: those first, in its order
+        ranked: list[Path] = []
+        for pattern in regime.plots:
+            ranked += [p for p in sorted(src.glob(pattern)) if p in plots and p not in ranked]
+        plots = ranked + [p for p in plots if p not in ranked]
     if plots:
         dest = out / "best_plots"
         if dest.exists():
