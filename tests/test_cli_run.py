@@ -60,7 +60,7 @@ def test_run_then_report_status_replay_resume(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "recorded vs replay" in text and "outputs:" in text
     replayed = json.loads(next((run / "replays").glob("node_*/slot_*/metrics.json")).read_text())
-    assert replayed[best["metrics"] and "fit_R2"] == pytest.approx(best["metrics"]["fit_R2"], abs=1e-9)
+    assert replayed["fit_R2"] == pytest.approx(best["metrics"]["fit_R2"], abs=1e-9)  # same config + code
 
     assert main(["resume", str(run), "--iterations", "6", "--no-live"]) == 0
     assert len(_nodes(run)) == 6
