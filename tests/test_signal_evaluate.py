@@ -24,6 +24,7 @@ def test_oracle_with_true_w_scores_perfectly(sparse_data):
     data, tp = sparse_data
     m = E.evaluate(E.oracle_from_truth(tp), data, tp).metrics
     assert m["connectivity_R2"] > 0.99 and m["support_auroc"] > 0.99
+    assert m["connectivity_R2_unsaturated"] > 0.99 and 0 <= m["n_saturated_neurons"] < 40
     assert m["connectivity_slope"] == pytest.approx(1.0, abs=1e-3)
     assert m["test_R2"] > 0.99 and m["test_pearson"] > 0.99
     assert m["kinograph_SSIM"] > 0.99 and m["kinograph_Wasserstein"] < 1e-3
@@ -92,3 +93,17 @@ def test_statistics_helpers():
     assert r2 == pytest.approx(1.0) and slope == pytest.approx(2.0) and icpt == pytest.approx(1.0)
     assert E.per_frame_r2(a, a) == pytest.approx(1.0)
     assert E.per_neuron_pearson(a, a) == pytest.approx(1.0)
+
+
+def test_saturated_neurons_are_counted_and_excluded():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 6, generator=g)
+    w.fill_diagonal_(0)
+    u = torch.randn(500, 6, generator=g)
+    u[:, 0] = 8.0 + 0.01 * u[:, 0]  # neuron 0 saturated: tanh(u_0) ~ constant
+    learned = w.clone()
+    learned[:, 0] = torch.randn(6, generator=g)  # its column is wrong
+    learned.fill_diagonal_(0)
+    m, _ = E.connectivity_metrics(E.OracleView(learned, 7.0), w, 7.0, (-3.0, 3.0), u)
+    assert m["n_saturated_neurons"] == 1
+    assert m["connectivity_R2_unsaturated"] > 0.99 > m["connectivity_R2"]
