@@ -375,11 +375,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                   run_dir, args.no_live, console)
 
 
-def _drive(target: Callable[..., Any], run_dir: Path, no_live: bool, console) -> int:
+def _drive(target: Callable[..., Any], run_dir: Path, no_live: bool, console, history: bool = True) -> int:
     from agent.live import drive
 
     try:
-        result, intr = drive(target, run_dir, console, live=_use_live(no_live, console))
+        result, intr = drive(target, run_dir, console, live=_use_live(no_live, console), history=history)
     except Exception as e:
         if os.environ.get("GNN_AGENT_DEBUG", "") not in ("", "0") or _known_error(e) is not None:
             raise
@@ -410,7 +410,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     console.print(f"gnn-agent resume: {run_dir}", highlight=False, markup=False, soft_wrap=True)
     return _drive(lambda stop, kill, on_event: resume_run(run_dir, stop=stop, kill=kill, on_event=on_event,
                                                           iterations=args.iterations),
-                  run_dir, args.no_live, console)
+                  run_dir, args.no_live, console, history=False)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

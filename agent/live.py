@@ -626,9 +626,18 @@ class PlainReporter:
     batch start, slot finished (with score), block end, fallback, done.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, history: bool = True):
+        """`history=False` (resume): nodes already in nodes.jsonl are summarised in one line, not replayed."""
         self.run_dir = Path(run_dir)
         self._seen_nodes: set[int] = set()
+        self._pending: list[str] = []
+        if not history:
+            old = read_nodes(self.run_dir)
+            self._seen_nodes = {n.get("id") for n in old}
+            b = best_node(old)
+            if old:
+                self._pending.append(f"resuming after {len(old)} finished nodes"
+                                     + (f"; best node {b['id']} score {fmt_score(b['score'])}" if b else ""))
         self._batch: tuple[int, int] | None = None
         self._block: int | None = None
         self._fallback = False
@@ -650,7 +659,7 @@ class PlainReporter:
         if st is None:
             st = read_status(self.run_dir)
         nodes = read_nodes(self.run_dir)
-        lines: list[str] = []
+        lines, self._pending = self._pending, []
         for n in nodes:
             nid = n.get("id")
             if nid in self._seen_nodes:
@@ -697,7 +706,16 @@ class Interrupts:
     """Ctrl-C handling while a run is in progress.
 
     The first Ctrl-C sets `stop` (the run ends cleanly after the current step,
-    resumable); the second sets `kill` (running trainings are ended too).
+    resumable); the second sets `kill` (running trainings are ended too); a
+    third raises KeyboardInterrupt in the main thread.
+
+    A terminal sends Ctrl-C to its whole foreground process group, which also
+    holds the helper processes the run starts (git for the workspace, the
+    homeostasis phase-1 training): killed mid-step, they would turn a clean
+    stop into an error. So SIGINT is *blocked* while a run is driven (children
+    inherit the blocked mask and never see it) and this process receives it
+    synchronously in a small thread (`sigwait`). Trainings are cancelled
+    through `kill` by the runner (SIGTERM/SIGKILL), never by SIGINT.
     """
 
     def __init__(self, say: Callable[[str], None]):
@@ -705,29 +723,58 @@ class Interrupts:
         self.kill = threading.Event()
         self._say = say
         self._old = None
+        self._old_mask = None
+        self._waiter: threading.Thread | None = None
+        self._closing = False
+        self._raise = False
 
     def handle(self, signum=None, frame=None) -> None:
+        if threading.current_thread() is threading.main_thread() and self._raise:
+            raise KeyboardInterrupt
         if not self.stop.is_set():
             self.stop.set()
             self._say("Ctrl-C: stopping after the current step (Ctrl-C again ends the running trainings)")
         elif not self.kill.is_set():
             self.kill.set()
             self._say("Ctrl-C again: ending the running trainings")
-        else:
+        elif threading.current_thread() is threading.main_thread():
             raise KeyboardInterrupt
+        else:
+            import _thread
+
+            self._raise = True
+            _thread.interrupt_main()  # runs handle() in the main thread, which raises
+
+    def _wait(self) -> None:
+        while True:
+            signal.sigwait({signal.SIGINT})
+            if self._closing:
+                return
+            self.handle()
 
     def __enter__(self) -> "Interrupts":
         if threading.current_thread() is threading.main_thread():
+            # The Python-level handler stays as a fallback for a SIGINT delivered to
+            # a thread that does not block it (one started before the run).
             self._old = signal.signal(signal.SIGINT, self.handle)
+            if hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait"):
+                self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                self._waiter = threading.Thread(target=self._wait, name="ctrl-c", daemon=True)
+                self._waiter.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._waiter is not None:
+            self._closing = True
+            signal.pthread_kill(self._waiter.ident, signal.SIGINT)  # wakes sigwait, which returns
+            self._waiter.join(timeout=2)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
 
 
 def drive(target: Callable[..., Any], run_dir: Path, console: Console,
-          live: bool, refresh_per_second: float = 3.0) -> tuple[Any, Interrupts]:
+          live: bool, refresh_per_second: float = 3.0, history: bool = True) -> tuple[Any, Interrupts]:
     """Run `target(stop, kill, on_event)` in this (main) thread while a view of `run_dir` refreshes.
 
     `on_event` is the callback to hand to start_run/resume_run: in plain mode a
@@ -740,12 +787,13 @@ def drive(target: Callable[..., Any], run_dir: Path, console: Console,
     `agent status` can tell a running run from an abandoned one; it is removed
     when `target` returns. Returns (target's result, the Interrupts with their
     stop/kill flags). Exceptions of `target` propagate after the view is closed.
+    `history=False` (resume): the plain view does not replay the nodes already recorded.
     """
     from rich.live import Live
 
     run_dir = Path(run_dir)
     pid_path = run_dir / PID_FILE
-    reporter = None if live else PlainReporter(run_dir)
+    reporter = None if live else PlainReporter(run_dir, history=history)
     finished = threading.Event()
     lock = threading.Lock()  # the reporter is fed from the loop's thread and from the watcher
 

@@ -6,6 +6,9 @@ import os
 import signal
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
 
 from fixtures.make_recorded_run import make_recorded_run
 from rich.console import Console
@@ -221,3 +224,27 @@ def test_read_nodes_is_incremental_and_notices_a_rewrite(tmp_path):
     assert [n["id"] for n in read_nodes(run)][-2:] == [9, 10]
     (run / "nodes.jsonl").write_text(json.dumps({"id": 1, "score": 0.1}) + "\n")  # rewritten, shorter
     assert read_nodes(run) == [{"id": 1, "score": 0.1}]
+
+
+def test_plain_resume_summarises_history(tmp_path):
+    run = make_recorded_run(tmp_path / "run")
+    lines = PlainReporter(run, history=False).poll()
+    assert lines[0] == "resuming after 8 finished nodes; best node 5 score 0.9050"
+    assert not any(" finished: node " in ln for ln in lines)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the signal mask from /proc")
+def test_children_started_during_a_run_do_not_see_terminal_ctrl_c(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: helpers (git, phase-1 training) must not die of it."""
+    import subprocess
+
+    run = make_recorded_run(tmp_path / "run")
+    console = Console(file=io.StringIO(), force_terminal=False)
+
+    def target(stop, kill, on_event):
+        status = subprocess.run(["grep", "SigBlk", "/proc/self/status"], capture_output=True, text=True).stdout
+        return int(status.split()[1], 16)
+
+    blocked, intr = drive(target, run, console, live=False)
+    assert blocked & (1 << (signal.SIGINT - 1))
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGINT}  # restored afterwards
