@@ -22,6 +22,17 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
 
 
+_TRAINED: dict = {}
+
+
+def _train_cached(**training):
+    """Baseline trainings shared by the key tests (read-only use)."""
+    key = tuple(sorted(training.items()))
+    if key not in _TRAINED:
+        _TRAINED[key] = _train(**training)
+    return _TRAINED[key]
+
+
 def _train(graph_model=None, **training):
     cfg = parse_config({"simulation": SIM, "graph_model": graph_model or {}, "training": {**BASE, **training}})
     data, _ = load_or_generate(cfg.simulation, log=lambda s: None)
@@ -48,7 +59,7 @@ def test_iterations_per_epoch_rule():
     ("n_epochs_init", 0), ("data_augmentation_loop", 2), ("seed", 7), ("recurrent_training", True),
 ])
 def test_each_key_changes_training(key, value):
-    base_model, base_res = _train()
+    base_model, base_res = _train_cached()
     model, res = _train(**{key: value})
     assert not torch.equal(_state(base_model), _state(model)) or not torch.equal(
         base_res.pred_losses[:5], res.pred_losses[:5]), f"{key} had no effect"
@@ -58,7 +69,7 @@ def test_each_key_changes_training(key, value):
                                        ("recurrent_training_start_epoch", 1)])
 def test_recurrent_keys_change_training(key, value):
     rec = {"recurrent_training": True, "time_step": 2}
-    base_model, _ = _train(**rec)
+    base_model, _ = _train_cached(**rec)
     model, _ = _train(**{**rec, key: value})
     assert not torch.equal(_state(base_model), _state(model)), f"{key} had no effect"
 
