@@ -579,6 +579,26 @@ def _ucb_line(line: str) -> Text:
     return t
 
 
+def _prepare_table(run_dir: Path, width: int) -> Table | None:
+    """Trainings of the prepare step (e.g. homeostasis phase 1 in prepare/phase1/), while it runs."""
+    dirs = sorted(p.parent for p in (run_dir / "prepare").glob("*/progress.jsonl"))
+    if not dirs:
+        return None
+    bar_w = max(6, min(20, width // 9))
+    table = Table(expand=True, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False, padding=(0, 1))
+    table.add_column("prepare", ratio=1, no_wrap=True, overflow="ellipsis")
+    table.add_column("progress", width=bar_w + 10, no_wrap=True)
+    table.add_column("speed · ETA", justify="right", width=12, no_wrap=True)
+    for d in dirs:
+        prog = read_progress(d)
+        done = (d / "metrics.json").is_file()
+        speed = f"{fmt_rate(prog.rate)}/s" if prog and prog.rate else "—"
+        if prog and prog.eta_s is not None and not done:
+            speed += f" {fmt_duration(prog.eta_s)}"
+        table.add_row(f"{d.name} training", _progress_cell(bar_w, prog, "done" if done else "running"), speed)
+    return table
+
+
 def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
            reasoning_lines: int = 2) -> RenderableType:
     """The live view of `run_dir`, built only from its files.
@@ -595,8 +615,10 @@ def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
                      title_align="left", border_style="blue")
     run_cfg = read_run_yaml(run_dir)
     nodes = read_nodes(run_dir)
-    parts: list[RenderableType] = [_header(run_dir, st, run_cfg, now), _slot_table(run_dir, st, width, nodes),
-                                   _best_panel(nodes, st)]
+    parts: list[RenderableType] = [_header(run_dir, st, run_cfg, now)]
+    if st.phase == "prepare" and (prep := _prepare_table(run_dir, width)) is not None:
+        parts.append(prep)
+    parts += [_slot_table(run_dir, st, width, nodes), _best_panel(nodes, st)]
     ucb = read_ucb(run_dir, 3)
     ut = Text()
     ut.append("top UCB", style="bold")
@@ -712,10 +734,17 @@ class Interrupts:
     A terminal sends Ctrl-C to its whole foreground process group, which also
     holds the helper processes the run starts (git for the workspace, the
     homeostasis phase-1 training): killed mid-step, they would turn a clean
-    stop into an error. So SIGINT is *blocked* while a run is driven (children
-    inherit the blocked mask and never see it) and this process receives it
-    synchronously in a small thread (`sigwait`). Trainings are cancelled
-    through `kill` by the runner (SIGTERM/SIGKILL), never by SIGINT.
+    stop into an error. So SIGINT is *blocked* in the main thread while a run
+    is driven (children inherit the blocked mask and never see it); trainings
+    are cancelled through `kill` by the runner (SIGTERM/SIGKILL), never by SIGINT.
+
+    The signal still reaches this process in some thread that does not block
+    it: the small "ctrl-c" thread below, or a thread started before the run
+    (torch's pool). Python's C-level handler writes the signal number to the
+    wakeup fd in whichever thread receives it, so the ctrl-c thread, reading
+    that fd, sees every Ctrl-C at once. (A Python-level handler alone runs only
+    when the main thread next executes bytecode, which can be minutes later
+    while it waits for a batch.)
     """
 
     def __init__(self, say: Callable[[str], None]):
@@ -724,13 +753,14 @@ class Interrupts:
         self._say = say
         self._old = None
         self._old_mask = None
+        self._old_wakeup = -1
+        self._pipe: tuple[int, int] | None = None
         self._waiter: threading.Thread | None = None
         self._closing = False
         self._raise = False
 
     def handle(self, signum=None, frame=None) -> None:
-        if threading.current_thread() is threading.main_thread() and self._raise:
-            raise KeyboardInterrupt
+        """Count one Ctrl-C: stop, then kill, then KeyboardInterrupt in the main thread."""
         if not self.stop.is_set():
             self.stop.set()
             self._say("Ctrl-C: stopping after the current step (Ctrl-C again ends the running trainings)")
@@ -743,32 +773,60 @@ class Interrupts:
             import _thread
 
             self._raise = True
-            _thread.interrupt_main()  # runs handle() in the main thread, which raises
+            _thread.interrupt_main()  # runs _on_main() in the main thread, which raises
+
+    def _on_main(self, signum=None, frame=None) -> None:
+        # The Python-level handler: the ctrl-c thread already counted this signal
+        # through the wakeup fd; only the third Ctrl-C's interrupt_main raises here.
+        if self._raise:
+            raise KeyboardInterrupt
 
     def _wait(self) -> None:
-        while True:
-            signal.sigwait({signal.SIGINT})
+        import select
+
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # this thread receives it
+        rfd = self._pipe[0]
+        while not self._closing:
+            try:
+                ready, _, _ = select.select([rfd], [], [])
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            try:
+                data = os.read(rfd, 64)
+            except BlockingIOError:
+                continue
             if self._closing:
                 return
-            self.handle()
+            for _ in range(data.count(bytes([signal.SIGINT]))):
+                self.handle()
 
     def __enter__(self) -> "Interrupts":
         if threading.current_thread() is threading.main_thread():
-            # The Python-level handler stays as a fallback for a SIGINT delivered to
-            # a thread that does not block it (one started before the run).
-            self._old = signal.signal(signal.SIGINT, self.handle)
-            if hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait"):
+            self._old = signal.signal(signal.SIGINT, self._on_main)
+            if hasattr(signal, "pthread_sigmask"):
+                r, w = os.pipe()
+                os.set_blocking(r, False)
+                os.set_blocking(w, False)
+                self._pipe = (r, w)
+                self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
                 self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                 self._waiter = threading.Thread(target=self._wait, name="ctrl-c", daemon=True)
                 self._waiter.start()
+            else:  # no signal masks (not POSIX): the Python-level handler counts
+                signal.signal(signal.SIGINT, self.handle)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._waiter is not None:
             self._closing = True
-            signal.pthread_kill(self._waiter.ident, signal.SIGINT)  # wakes sigwait, which returns
+            os.write(self._pipe[1], b"\0")  # wakes the ctrl-c thread, which returns
             self._waiter.join(timeout=2)
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+            signal.set_wakeup_fd(self._old_wakeup)
+            for fd in self._pipe:
+                os.close(fd)
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
 

@@ -201,7 +201,9 @@ class HomeostasisRegime(Regime):
 
         profile = run_profile(Path(run_dir), config, self)
         phase1 = phase1_config(config, profile)
-        path, metrics = ensure_phase1_checkpoint(phase1["simulation"], phase1, device, None, log)
+        # trained inside the run directory (prepare/phase1/) so its progress is visible, then cached
+        path, metrics = ensure_phase1_checkpoint(phase1["simulation"], phase1, device, None, log,
+                                                 work_dir=Path(run_dir) / "prepare" / "phase1")
         r2 = metrics.get("rate_constants_R2") if isinstance(metrics, dict) else None
         r2_txt = f"{r2:.4f}" if isinstance(r2, (int, float)) else "n/a"
         log(f"homeostasis: phase-1 checkpoint {path} (rate_constants {profile} config, S frozen): "

@@ -248,3 +248,42 @@ def test_children_started_during_a_run_do_not_see_terminal_ctrl_c(tmp_path):
     blocked, intr = drive(target, run, console, live=False)
     assert blocked & (1 << (signal.SIGINT - 1))
     assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGINT}  # restored afterwards
+
+
+def test_prepare_step_shows_its_training_progress(tmp_path):
+    """During prepare (homeostasis phase 1 trains for minutes) the view shows that training's progress."""
+    run = make_recorded_run(tmp_path / "run")
+    st = json.loads((run / "status.json").read_text())
+    st.update(phase="prepare", iterations_done=0)
+    (run / "status.json").write_text(json.dumps(st))
+    prep = run / "prepare" / "phase1"
+    prep.mkdir(parents=True)
+    (prep / "progress.jsonl").write_text("".join(
+        json.dumps({"step": s, "total": 1000, "loss": 1.0, "elapsed_s": s / 50}) + "\n" for s in (100, 200, 300)))
+    text = _text(render(run, 120, now=NOW))
+    row = next(ln for ln in text.splitlines() if "phase1 training" in ln)
+    assert "300/1000" in row and "50.0/s" in row
+    st["phase"] = "run_slots"  # once the batch runs, the prepare row is gone
+    (run / "status.json").write_text(json.dumps(st))
+    assert "phase1 training" not in _text(render(run, 120, now=NOW))
+
+
+def test_ctrl_c_landing_on_a_thread_started_before_the_run_is_seen_at_once(tmp_path):
+    """A SIGINT the kernel hands to an older thread (e.g. torch's pool, which does not block it)
+    must still stop the run promptly while the main thread waits for a batch."""
+    run = make_recorded_run(tmp_path / "run")
+    done = threading.Event()
+    older = threading.Thread(target=done.wait, name="older", daemon=True)
+    older.start()  # started before drive(): SIGINT is not blocked in it
+    seen = {}
+
+    def target(stop, kill, on_event):
+        signal.pthread_kill(older.ident, signal.SIGINT)
+        seen["stopped"] = stop.wait(3)  # the main thread is blocked here, as during a batch
+        return run
+
+    try:
+        drive(target, run, Console(file=io.StringIO(), force_terminal=False), live=False, refresh_per_second=20)
+    finally:
+        done.set()
+    assert seen["stopped"] is True

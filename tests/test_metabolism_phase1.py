@@ -89,3 +89,29 @@ def test_default_configs_are_complete_and_valid(name, profile):
         assert cfg.training.skip_phase1 and cfg.training.homeostasis_training and cfg.training.phase1_checkpoint is None
         p1 = phase1.default_phase1_config(profile)
         phase1.phase1_key(raw["simulation"], p1)  # the phase-1 config validates against the same dataset
+
+
+def test_phase1_trains_in_a_given_work_dir_then_caches(tmp_path, monkeypatch):
+    """With work_dir (the run's prepare/phase1/), the training's outputs appear there while it runs
+    (the live view follows its progress.jsonl) and the result is cached like any other."""
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    p1 = kinetics_cfg()
+    p1_cfg = {"graph_model": p1["graph_model"], "training": p1["training"]}
+    outs = []
+
+    def in_process(cmd, env, **kw):
+        import subprocess
+        outs.append(cmd[cmd.index("--out") + 1])
+        return subprocess.CompletedProcess(cmd, train.main(cmd[3:]), "", "")
+
+    monkeypatch.setattr(phase1.subprocess, "run", in_process)
+    work = tmp_path / "run" / "prepare" / "phase1"
+    work.mkdir(parents=True)
+    (work / "stale.txt").write_text("from a killed attempt")
+    path, metrics = phase1.ensure_phase1_checkpoint(TINY_CYCLES, p1_cfg, cache_root=tmp_path / "cache",
+                                                    log=lambda m: None, work_dir=work)
+    assert outs == [str(work)]
+    assert (work / "progress.jsonl").is_file() and (work / "metrics.json").is_file()
+    assert not (work / "stale.txt").exists()
+    assert path.is_file() and tmp_path / "cache" in path.parents and (path.parent / "progress.jsonl").is_file()
+    assert json.loads((path.parent / "metrics.json").read_text()) == metrics

@@ -148,8 +148,9 @@ def test_homeostasis_prepare_trains_phase1_with_rate_constants_config(tmp_path, 
     (tmp_path / "run.yaml").write_text("regime: homeostasis\nprofile: full\n")
     calls = []
 
-    def fake_ensure(sim_cfg, phase1_cfg, device, cache_root, log):
+    def fake_ensure(sim_cfg, phase1_cfg, device, cache_root, log, work_dir=None):
         calls.append((sim_cfg, phase1_cfg, device))
+        assert work_dir == tmp_path / "prepare" / "phase1"  # inside the run: the live view shows its progress
         return tmp_path / "phase1" / "model.pt", {"rate_constants_R2": 0.8712}
 
     monkeypatch.setattr(phase1, "ensure_phase1_checkpoint", fake_ensure)

@@ -48,9 +48,13 @@ def phase1_key(sim_cfg: dict, phase1_cfg: dict) -> tuple[str, dict]:
 
 
 def ensure_phase1_checkpoint(sim_cfg: dict, phase1_cfg: dict, device: str = "cpu", cache_root: Path | None = None,
-                             log=print) -> tuple[Path, dict]:
+                             log=print, work_dir: Path | None = None) -> tuple[Path, dict]:
     """Path of the cached phase-1 model.pt for this dataset and phase-1 config (training it
-    if absent), and its metrics (rate_constants_R2 among them)."""
+    if absent), and its metrics (rate_constants_R2 among them).
+
+    `work_dir`: where a needed training writes its outputs while it runs (e.g. inside the run
+    directory, so the live view can follow its progress.jsonl); the result is then copied into
+    the cache. Default: a temporary directory in the cache."""
     key, cfg = phase1_key(sim_cfg, phase1_cfg)
     root = _cache_root(cache_root)
     final = root / PACKAGE / "phase1" / key
@@ -60,19 +64,26 @@ def ensure_phase1_checkpoint(sim_cfg: dict, phase1_cfg: dict, device: str = "cpu
         return final / "model.pt", metrics
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    out = tmp
+    if work_dir is not None:
+        out = Path(work_dir)
+        shutil.rmtree(out, ignore_errors=True)  # a stale attempt (killed run) starts over
+        out.mkdir(parents=True)
     try:
-        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         env = dict(os.environ)
         env["GNN_AGENT_CACHE"] = str(root)
         pkg_root = str(Path(__file__).resolve().parents[2])  # the directory holding `regimes/`
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log(f"phase-1 checkpoint: training the rate-constant model (S frozen) into {final} ...")
-        r = subprocess.run([sys.executable, "-m", "regimes.metabolism.train", "--config", str(tmp / "config.yaml"),
-                            "--out", str(tmp), "--device", device], env=env, capture_output=True, text=True)
-        (tmp / "train.log").write_text(r.stdout + r.stderr)
+        r = subprocess.run([sys.executable, "-m", "regimes.metabolism.train", "--config", str(out / "config.yaml"),
+                            "--out", str(out), "--device", device], env=env, capture_output=True, text=True)
+        (out / "train.log").write_text(r.stdout + r.stderr)
         if r.returncode != 0:
             tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
             raise RuntimeError(f"phase-1 training failed (exit {r.returncode}):\n{tail}")
+        if out != tmp:
+            shutil.copytree(out, tmp, dirs_exist_ok=True)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first: keep theirs
