@@ -7,11 +7,12 @@ metrics.json, analysis.log and plots/*.png. Exit 2 on a broken config (one
 line naming the dotted key), 3 when the loss becomes NaN/inf.
 
 `train_model` (with `batch_loss`, `edge_decrease_penalty`, `rollout_loss`,
-`make_optimizer` and model.py) is the code the agent may edit. Its backward,
-optimizer-step and scheduler lines are single lines that occur once in this
-file, so exact-text code strategies (gradient clipping after the backward
-pass, proximal L1 after the optimizer step, an LR schedule at the scheduler
-line) have a unique anchor.
+`make_optimizer` and model.py) is the code the agent may edit. The regimes'
+code strategies (regimes/sparse_connectivity.py) match exact text here: the
+four-line batch_loss/zero_grad/backward/step block and the `scheduler = None`
+line of `train_model`, and the W init line and the lin_edge/lin_phi lines of
+model.py. Change them only together with those strategies
+(tests/test_regimes_strategies.py checks it).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, devic
     pred_losses: list[torch.Tensor] = []
     total_losses: list[torch.Tensor] = []
     optimizer = make_optimizer(model, cfg)
-    scheduler = None  # no LR schedule by default; a code strategy may create one here (stepped once per step; `total` steps)
+    scheduler = None  # no LR schedule by default; a code strategy may create one here (it steps after optimizer.step())
     t0, c0 = time.monotonic(), time.process_time()
     next_report, checked, step = t0 + PROGRESS_EVERY_S, 0, 0
     for epoch in range(cfg.n_epochs):
