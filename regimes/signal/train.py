@@ -9,7 +9,7 @@ line naming the dotted key), 3 when the loss becomes NaN/inf.
 `train_model` (with `batch_loss`, `edge_decrease_penalty`, `rollout_loss`,
 `make_optimizer` and model.py) is the code the agent may edit. The regimes'
 code strategies (regimes/sparse_connectivity.py) match exact text here: the
-four-line batch_loss/zero_grad/backward/step block and the `scheduler = None`
+four-line batch_loss/zero_grad/backward/step block and the LR-scheduler
 line of `train_model`, and the W init line and the lin_edge/lin_phi lines of
 model.py. Change them only together with those strategies
 (tests/test_regimes_strategies.py checks it).
