@@ -80,6 +80,10 @@ SIGNAL_METRICS = [
     metric("connectivity_R2_raw", "fit R2 of learned vs true W without gauge correction", "> 0.9"),
     metric("connectivity_slope", "slope of the learned-vs-true W fit", "~1", None),
     metric("support_auroc", "how well |W| separates true non-zeros from zeros (AUROC)", "> 0.9"),
+    metric("connectivity_R2_unsaturated", "connectivity_R2 over presynaptic neurons that are not saturated "
+           "(a saturated neuron sends a near-constant tanh(u_j): its column of W is not identifiable)", "> 0.9"),
+    metric("n_saturated_neurons", "neurons whose tanh(u) barely varies (data property: caps connectivity_R2)",
+           "", None),
     *LOSS_AND_DYNAMICS,
     metric("kinograph_R2", "mean per-frame R2 between true and rollout kinographs", "> 0.9"),
     metric("kinograph_SSIM", "structural similarity of the kinographs", "> 0.9"),
