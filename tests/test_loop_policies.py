@@ -119,3 +119,17 @@ def test_cost_limit_stops_without_fallback_and_rolls_back(tmp_path):
         ctx.run_policy_step("mutate", [0, 1], [], {"block": 1, "iter_in_block": 2})
     assert ctx.env.slot_config(0) == before  # rolled back, and the heuristic did not step in
     assert "FALLBACK" not in (d / "reasoning.log").read_text()
+
+
+def test_heuristic_says_what_each_step_decided(tmp_path):
+    """The live view's policy line follows the run: every heuristic step leaves a one-line summary."""
+    d = tmp_path / "run"
+    start_run(toy_options(d, iterations=4))
+    log = (d / "reasoning.log").read_text()
+    assert "[analyse] heuristic: analysed node 1 " in log
+    assert "[select_parent] heuristic: slot 0 " in log and " on node " in log
+    assert "[mutate] heuristic: slot 0: " in log
+    nodes = Store(d / "nodes.jsonl").nodes()
+    status = json.loads((d / "status.json").read_text())
+    assert status["message"] and "initial spread" not in status["message"]
+    assert f"node {nodes[-1].id}" in status["message"] or "slot" in status["message"]

@@ -73,6 +73,29 @@ class HeuristicPolicy(Policy):
 
     def act(self, ctx: StepContext, tools) -> None:
         getattr(self, f"_{ctx.step}")(ctx, tools)
+        summary = self._summary(ctx, tools.env)
+        if summary:  # the live view's "policy" line: what this step decided, in one line
+            tools.message(summary)
+
+    @staticmethod
+    def _summary(ctx: StepContext, env) -> str:
+        if ctx.step == "analyse":
+            return "analysed " + "; ".join(
+                f"node {r.get('node')} {fmt_metric(r.get('score'))} {r.get('classification') or r.get('status')}"
+                for r in ctx.results)
+        if ctx.step in ("select_parent", "mutate"):
+            parts = []
+            for s in ctx.slots:
+                plan = env.load_plan(s)
+                on = "root" if plan.parent is None else f"node {plan.parent}"
+                if ctx.step == "select_parent":
+                    parts.append(f"slot {s} {plan.strategy or 'exploit'} on {on}")
+                else:
+                    parts.append(f"slot {s}: {plan.mutation or 'unchanged'}")
+            return "; ".join(parts)
+        if ctx.step == "block_end":
+            return f"block {ctx.block} closed: principles, summary and next focus written to memory.md"
+        return ""
 
     # ----- helpers -----
 
