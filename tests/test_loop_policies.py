@@ -129,7 +129,6 @@ def test_heuristic_says_what_each_step_decided(tmp_path):
     assert "[analyse] heuristic: analysed node 1 " in log
     assert "[select_parent] heuristic: slot 0 " in log and " on node " in log
     assert "[mutate] heuristic: slot 0: " in log
-    nodes = Store(d / "nodes.jsonl").nodes()
     status = json.loads((d / "status.json").read_text())
-    assert status["message"] and "initial spread" not in status["message"]
-    assert f"node {nodes[-1].id}" in status["message"] or "slot" in status["message"]
+    # 4 iterations close the toy's 4-iteration block: the last step was block_end
+    assert status["message"].startswith("block 1 closed")
