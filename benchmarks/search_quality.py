@@ -110,7 +110,11 @@ def plot(rows: list[dict], regime: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     colours = {"heuristic": "tab:blue", "optuna": "tab:orange", "random": "tab:green"}
+    # a small per-policy offset keeps tied curves (e.g. all at 0) visible side by side
+    offset = {"heuristic": 0.004, "optuna": 0.0, "random": -0.004}
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     seen = set()
     for r in rows:
@@ -118,8 +122,9 @@ def plot(rows: list[dict], regime: str, path: Path) -> None:
             continue
         label = r["policy"] if r["policy"] not in seen else None
         seen.add(r["policy"])
-        ax.step(range(1, len(r["curve"]) + 1), r["curve"], where="post", color=colours.get(r["policy"], "gray"),
-                alpha=0.8, label=label)
+        ax.step(range(1, len(r["curve"]) + 1), [v + offset.get(r["policy"], 0.0) for v in r["curve"]],
+                where="post", color=colours.get(r["policy"], "gray"), alpha=0.8, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration (finished trainings)")
     ax.set_ylabel("best score so far")
     ax.set_title(f"{regime}: best-so-far by policy (quick profile)")
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = rows[-1]
                 print(f"  best={r['best']:.4f} iters_to_90={r['iters_to_90']} wall={r['wall_s']:.0f}s", flush=True)
     table = summarise(rows, args.regime, policies)
-    header = (f"Budget: {args.iterations} iterations x {args.slots} slots per run, quick profile, "
+    header = (f"Budget: {args.iterations} finished trainings per run, {args.slots} slots in parallel, quick profile, "
               f"{args.seeds} seeds per policy, executor {args.executor}.\n"
               f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
               f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}.\n"
