@@ -108,12 +108,18 @@ def build_graph(ctx: RunCtx):
                                  threads=max(1, _cpu_count() // max(1, S)),
                                  timeout_s=TIMEOUT_S[info.profile]))
             ctx.set_status(slots={s: {"node": nid, "parent": launch["parent"], "strategy": launch["strategy"],
-                                      "mutation": launch["mutation"], "status": "running", "out_dir": str(d),
-                                      "score": None, "started_at": utc_now()}})
+                                      "mutation": launch["mutation"], "status": "pending", "out_dir": str(d),
+                                      "score": None, "started_at": None}})
         if specs:
             ctx.emit({"type": "batch_start", "iteration": it, "slots": [sp.slot for sp in specs]})
 
+            started: set[int] = set()
+
             def on_progress(slot: int, rec: dict) -> None:
+                # queued slots (more slots than parallel places) stay "pending" until their training reports
+                if slot not in started:
+                    started.add(slot)
+                    ctx.set_status(slots={slot: {"status": "running", "started_at": utc_now()}})
                 ctx.emit({"type": "progress", "slot": slot, **rec})
 
             results = ctx.executor.run_batch(specs, on_progress=on_progress, cancel=ctx.kill)

@@ -137,3 +137,37 @@ def test_resume_with_a_larger_budget_continues(run3, tmp_path):
     assert [n.id for n in nodes] == list(range(1, 9))
     assert (d2 / "iterations" / "iter_004" / "slot_01" / "metrics.json").is_file()
     assert json.loads((d2 / "status.json").read_text())["iterations_done"] == 8
+
+
+def test_queued_slots_are_pending_until_their_training_reports(tmp_path):
+    """With more slots than parallel places, a slot shows 'running' only once its training reports progress."""
+    import json as _json
+
+    from agent.run import start_run
+    from loop_helpers import toy_options
+    from sandbox.runner import RunResult
+
+    run = tmp_path / "run"
+    seen = {}
+
+    class OneAtATime:
+        def run_batch(self, specs, on_progress=None, cancel=None):
+            out = []
+            for i, sp in enumerate(specs):
+                before = {s["slot"]: s["status"] for s in _json.loads((run / "status.json").read_text())["slots"]}
+                on_progress(sp.slot, {"step": 1, "total": 2, "loss": 1.0, "elapsed_s": 0.1})
+                after = {s["slot"]: s["status"] for s in _json.loads((run / "status.json").read_text())["slots"]}
+                seen.setdefault(i, (before, after))
+                m = {"fit_R2": 0.5, "test_pearson": 0.6, "test_R2": 0.4, "final_loss": 0.5}
+                (sp.out_dir / "metrics.json").write_text(_json.dumps(m))
+                out.append(RunResult(slot=sp.slot, node_id=sp.node_id, status="ok", exit_code=0, reason="",
+                                     traceback_tail="", metrics=m, duration_s=0.0, out_dir=sp.out_dir))
+            return out
+
+        def shutdown(self):
+            pass
+
+    start_run(toy_options(run, iterations=2), executor=OneAtATime())
+    (before0, after0), (before1, after1) = seen[0], seen[1]
+    assert before0 == {0: "pending", 1: "pending"} and after0[0] == "running" and after0[1] == "pending"
+    assert before1[1] == "pending" and after1[1] == "running"
