@@ -243,7 +243,7 @@ def tail_lines(path: Path, n: int, max_bytes: int = 16384) -> list[str]:
     return lines[-n:] if n else []
 
 
-def read_progress(out_dir: Path, window: int = 10) -> Progress | None:
+def read_progress(out_dir: Path, window: int = 30) -> Progress | None:
     """Progress of a training from the tail of its progress.jsonl (None when there is none yet)."""
     points = []
     for line in tail_lines(Path(out_dir) / "progress.jsonl", window):

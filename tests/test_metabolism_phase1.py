@@ -94,6 +94,7 @@ def test_default_configs_are_complete_and_valid(name, profile):
 def test_phase1_trains_in_a_given_work_dir_then_caches(tmp_path, monkeypatch):
     """With work_dir (the run's prepare/phase1/), the training's outputs appear there while it runs
     (the live view follows its progress.jsonl) and the result is cached like any other."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
     p1 = kinetics_cfg()
     p1_cfg = {"graph_model": p1["graph_model"], "training": p1["training"]}
@@ -101,6 +102,7 @@ def test_phase1_trains_in_a_given_work_dir_then_caches(tmp_path, monkeypatch):
 
     def in_process(cmd, env, **kw):
         import subprocess
+        assert env["OMP_NUM_THREADS"] == "1"  # one thread unless the user set a count
         outs.append(cmd[cmd.index("--out") + 1])
         return subprocess.CompletedProcess(cmd, train.main(cmd[3:]), "", "")
 

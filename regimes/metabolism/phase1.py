@@ -73,6 +73,10 @@ def ensure_phase1_checkpoint(sim_cfg: dict, phase1_cfg: dict, device: str = "cpu
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         env = dict(os.environ)
         env["GNN_AGENT_CACHE"] = str(root)
+        # A tiny model is overhead-bound: one thread is about as fast (benchmarks/throughput.py),
+        # and OpenMP threads competing for cores with other trainings only lose time.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(var, "1")
         pkg_root = str(Path(__file__).resolve().parents[2])  # the directory holding `regimes/`
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log(f"phase-1 checkpoint: training the rate-constant model (S frozen) into {final} ...")
