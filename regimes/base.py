@@ -167,8 +167,15 @@ class Regime(BaseModel):
     package: str
     #: filesystem directory of that package (the workspace copies it)
     package_dir: Path
-    #: module run as `python -m <train_entry> --config X --out DIR --device D`
+    #: module run (confined, from the workspace checkout) as
+    #: `python -m <train_entry> --config C --inputs IN --out DIR --device D` (docs/contracts.md §2b)
     train_entry: str
+    #: module run (trusted installed code, never the workspace) as
+    #: `python -m <eval_entry> --config C --inputs IN --out DIR`; default "<package>.evaluate"
+    eval_entry: str = ""
+    #: "module:function" called by the runner before training as fn(config_path, dest_dir):
+    #: stages the training inputs (run 0 only, no truth); default "<package>.data:stage"
+    stage_entry: str = ""
     mutable: list[ParamSpec]
     #: dotted keys never to change; a section name followed by ".*" freezes the
     #: whole section except keys listed in `mutable`
@@ -201,6 +208,15 @@ class Regime(BaseModel):
     #: identifiers and string fragments that name ground truth; the guard
     #: rejects an edit whose new code mentions one (e.g. "truth", "metabolite_type")
     truth_identifiers: list[str] = Field(default_factory=lambda: ["truth"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_entries(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("package"):
+            data = dict(data)
+            data["eval_entry"] = data.get("eval_entry") or f"{data['package']}.evaluate"
+            data["stage_entry"] = data.get("stage_entry") or f"{data['package']}.data:stage"
+        return data
 
     @model_validator(mode="after")
     def _check_contract(self) -> "Regime":
