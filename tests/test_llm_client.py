@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from agent.llm import (FALLBACK_PRICE, CostLimitReached, LLMClient, LLMUnavailable, cost_usd, price_for)
+from agent.llm import (FALLBACK_PRICE, CostLimitReached, LLMClient, LLMRefused, LLMUnavailable, cost_usd,
+                       estimate_input_tokens, price_for, worst_case_usd)
 from agent.policies.base import PolicyError
 
 try:
@@ -44,10 +45,10 @@ def test_call_sends_cached_prefix_and_records_usage_cost_latency(fake_anthropic,
     assert body["model"] == "claude-sonnet-4-6"
     assert [t["name"] for t in body["tools"]] == ["choose_parent", "read_file"]
     assert body["tools"][0]["input_schema"]["required"] == ["slot"]
-    assert "cache_control" not in body["tools"][0]
-    assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    # tools come first in the prefix: the system breakpoints cache them too
+    assert not any("cache_control" in t for t in body["tools"])
     assert [b["text"] for b in body["system"]] == ["SYSTEM PROMPT", "REGIME INSTRUCTIONS"]
-    assert "cache_control" not in body["system"][0]
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
     assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
     assert body["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
 
@@ -62,6 +63,13 @@ def test_call_sends_cached_prefix_and_records_usage_cost_latency(fake_anthropic,
     assert rec["latency_s"] > 0 and rec["attempts"] == 1
     assert rec["stop_reason"] == "end_turn" and rec["error"] is None and rec["price_note"] is None
     assert client.total_cost_usd == pytest.approx(expected)
+
+
+def test_message_breakpoint_only_when_asked_and_one_hour_prefix():
+    msgs = [{"role": "user", "content": "a"}]
+    req = LLMClient.build_request(["sys", "instr"], [{"name": "t"}], msgs, prefix_ttl="1h", cache_messages=False)
+    assert [b.get("cache_control") for b in req["system"]] == [{"type": "ephemeral", "ttl": "1h"}] * 2
+    assert "cache_control" not in req["tools"][0] and req["messages"] == msgs
 
 
 def test_only_last_message_block_carries_cache_control():
@@ -110,7 +118,7 @@ def test_persistent_500_after_retries_names_the_status(fake_anthropic, tmp_path)
 
 
 def test_max_cost_stops_before_the_next_call_and_survives_resume(fake_anthropic, tmp_path):
-    # 100k output tokens on sonnet = $1.50 > the $1 limit
+    # 100k output tokens on sonnet = $1.50 > the $1 limit (the server may answer more than max_tokens here)
     fake_anthropic.text("expensive", usage_=usage(input_tokens=10, output_tokens=100_000))
     log = tmp_path / "llm_calls.jsonl"
     client = LLMClient("claude-sonnet-4-6", max_retries=0, deadline_s=10, max_cost_usd=1.0, log_path=log)
@@ -126,6 +134,66 @@ def test_max_cost_stops_before_the_next_call_and_survives_resume(fake_anthropic,
         resumed.create("analyse", "sys", [], [{"role": "user", "content": "go"}])
 
 
+def test_limit_holds_from_the_worst_case_of_the_next_call(fake_anthropic, tmp_path):
+    """A call is sent only if its worst case (input bound, all written to the cache, + max_tokens) fits."""
+    fake_anthropic.text("ok")  # usage computed by the fake from the request
+    msgs = [{"role": "user", "content": "x" * 3000}]  # <= 1000 + a few input tokens
+    req = LLMClient.build_request("sys", [], msgs)
+    est = estimate_input_tokens(req)
+    assert 1000 <= est <= 1100
+    worst = worst_case_usd("claude-sonnet-4-6", est, 500)  # 1h writes are the dearest input: 2x $3/MTok
+    assert worst == pytest.approx((est * 3 * 2 + 500 * 15) / 1e6)
+    client = LLMClient("claude-sonnet-4-6", max_retries=0, deadline_s=10, max_cost_usd=worst * 1.01,
+                       log_path=tmp_path / "l.jsonl")
+    client.create("log", "sys", [], msgs, max_tokens=500)  # fits: sent (the fake's computed usage is far less)
+    spent = client.total_cost_usd
+    assert 0 < spent < worst
+    with pytest.raises(CostLimitReached, match=r"up to \$0\.0\d+ for the next call"):
+        client.create("log", "sys", [], msgs, max_tokens=500)  # spent + worst > limit: not sent
+    assert len(fake_anthropic.requests) == 1 and client.total_cost_usd <= client.max_cost_usd
+
+
+def test_one_hour_cache_writes_cost_twice_the_input_price():
+    u = {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 3000,
+         "cache_creation_1h_input_tokens": 1000, "cache_read_input_tokens": 0}
+    assert cost_usd("claude-sonnet-4-6", u) == pytest.approx((2000 * 3 * 1.25 + 1000 * 3 * 2.0) / 1e6)
+
+
+@pytest.mark.parametrize("status, fault, refused", [(400, "refused", True), (401, "refused", True),
+                                                   (403, "refused", True), (404, "refused", True),
+                                                   (429, "rate_limit", False), (529, "overloaded", False),
+                                                   (503, "server_error", False)])
+def test_error_classes_refused_vs_retryable(fake_anthropic, tmp_path, status, fault, refused):
+    fake_anthropic.otherwise("error", status=status)
+    client = LLMClient("claude-sonnet-4-6", max_retries=1, deadline_s=10, log_path=tmp_path / "l.jsonl")
+    exc = LLMRefused if refused else LLMUnavailable
+    with pytest.raises(exc) as ei:
+        client.create("mutate", "sys", [], [{"role": "user", "content": "go"}])
+    assert f"HTTP {status}" in str(ei.value) and client.last_record.fault == fault
+    assert len(fake_anthropic.requests) == (1 if refused else 2)  # the SDK retries only what is retryable
+    assert isinstance(ei.value, PolicyError) is (not refused)  # refused: not a fallback, the run stops
+
+
+def test_preflight_names_a_bad_key_model_or_url(fake_anthropic, tmp_path, monkeypatch):
+    ok = LLMClient("claude-sonnet-4-6", max_retries=0, deadline_s=10)
+    rec = ok.preflight()
+    assert rec.ok and rec.step == "preflight" and len(fake_anthropic.pings) == 1
+    assert fake_anthropic.pings[0]["max_tokens"] == 1 and not fake_anthropic.requests
+    with pytest.raises(LLMRefused, match="model 'claude-nope' does not exist .*HTTP 404.*check --model"):
+        LLMClient("claude-nope", max_retries=0, deadline_s=10).preflight()
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "wrong")
+    t0 = time.monotonic()
+    with pytest.raises(LLMRefused, match="API key was rejected .*HTTP 401.*check ANTHROPIC_API_KEY"):
+        LLMClient("claude-sonnet-4-6", max_retries=2, deadline_s=10).preflight()
+    assert time.monotonic() - t0 < 2.0  # not retried
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(LLMRefused, match=f"unreachable at http://127.0.0.1:{port}.*ANTHROPIC_BASE_URL"):
+        LLMClient("claude-sonnet-4-6", base_url=f"http://127.0.0.1:{port}", max_retries=0, deadline_s=5).preflight()
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="deadline_s"):
         LLMClient("claude-sonnet-4-6", deadline_s=0)
@@ -137,7 +205,7 @@ def test_missing_credentials_is_unavailable(monkeypatch, tmp_path):
     for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path))  # no profile on disk
-    with pytest.raises(LLMUnavailable, match="no Anthropic credentials"):
+    with pytest.raises(LLMRefused, match="no Anthropic credentials"):
         LLMClient("claude-sonnet-4-6")
 
 
