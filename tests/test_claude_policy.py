@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.llm import CostLimitReached, LLMClient, LLMUnavailable
 from agent.policies.base import STEPS, PolicyError, StepContext
-from agent.policies.claude import ClaudePolicy, format_results
+from agent.policies.claude import ClaudePolicy, StepFailed, format_results
 from prompts.render import PROMPTS_DIR, PromptError, placeholders, render
 
 try:
@@ -179,8 +180,12 @@ def test_analyse_step_tools_images_tool_use_ids_and_call_log(fake_anthropic, ana
     first = reqs[0]
     assert [t["name"] for t in first["tools"]] == ["view_plot", "submit_analysis"]
     assert first["tools"][1]["input_schema"] == tools.schemas()[1]["input_schema"]
-    assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert not any("cache_control" in t for t in first["tools"])  # the system breakpoints cover them
     assert first["system"][0]["text"].startswith("# Role")
+    assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
+    # analyse usually ends in one answer: no breakpoint on its first message; a later turn gets one
+    assert not any("cache_control" in b for b in first["messages"][0]["content"])
+    assert reqs[1]["messages"][-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
     assert "TOY REGIME INSTRUCTIONS" in first["system"][-1]["text"]
     assert first["system"][-1]["cache_control"] == {"type": "ephemeral"}
     prompt = first["messages"][0]["content"][0]["text"]
@@ -235,12 +240,35 @@ def test_second_stop_without_required_call_raises_policy_error(fake_anthropic, t
 
 
 def test_turn_limit_raises_policy_error(fake_anthropic, tmp_path):
-    for _ in range(2):
-        fake_anthropic.tool_use(("choose_parent", {"slot": 0}))  # always rejected: missing fields
+    for strategy in ("a", "b"):  # rejected each time (no parent), never the same call twice
+        fake_anthropic.tool_use(("choose_parent", {"slot": 0, "strategy": strategy}))
     tools = StubToolBox("select_parent", [0], ("choose_parent",))
-    with pytest.raises(PolicyError, match="2 turns"):
+    with pytest.raises(StepFailed, match="2 turns") as ei:
         ClaudePolicy(model=MODEL, deadline_s=10, max_retries=0, max_turns=2).act(
             ctx_for("select_parent", tmp_path, slots=[0]), tools)
+    assert ei.value.fault == "turn_limit"
+
+
+def test_a_repeated_rejected_call_ends_the_step_early(fake_anthropic, tmp_path):
+    for _ in range(5):
+        fake_anthropic.tool_use(("choose_parent", {"slot": 0}))  # the same rejected call, again and again
+    tools = StubToolBox("select_parent", [0], ("choose_parent",))
+    with pytest.raises(StepFailed, match="repeated a rejected call .*choose_parent: parent: Field required") as ei:
+        ClaudePolicy(model=MODEL, deadline_s=10, max_retries=0).act(ctx_for("select_parent", tmp_path, slots=[0]),
+                                                                      tools)
+    assert ei.value.fault == "repeated_rejection"
+    assert len(fake_anthropic.requests) == 2 and len(tools.calls) == 1  # the repeat is not even run
+
+
+def test_step_wall_time_limit_cuts_the_call_deadline(fake_anthropic, tmp_path):
+    fake_anthropic.tool_use(("choose_parent", {"slot": 0, "strategy": "x"}))  # rejected: the step goes on
+    fake_anthropic.otherwise("stall", seconds=30)
+    tools = StubToolBox("select_parent", [0], ("choose_parent",))
+    t0 = time.monotonic()
+    with pytest.raises(LLMUnavailable, match="deadline"):
+        ClaudePolicy(model=MODEL, deadline_s=20, max_retries=0, max_step_s=2.0).act(
+            ctx_for("select_parent", tmp_path, slots=[0]), tools)
+    assert time.monotonic() - t0 < 4.0  # the 20 s call deadline was cut to the step's 2 s
 
 
 def test_step_without_required_call_runs_until_end_turn(fake_anthropic, tmp_path):

@@ -84,7 +84,7 @@ def _changed_where(regime, path: str, old: str, new: str) -> str:
 class ShowCodeInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slot: int = Field(description="Slot whose pending code (its parent's commit plus this step's edits) to show.")
-    path: str = Field(description="File path relative to the workspace, e.g. regimes/metabolism/train.py.")
+    path: str = Field(description="File path relative to the workspace, e.g. $code_path.")
 
 
 @register("show_code",

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from regimes.base import get_dotted, set_dotted
+from regimes.base import format_value, get_dotted, set_dotted
 from tools.toolbox import ToolRejected, register
 
 
@@ -16,10 +16,11 @@ class SetConfigInput(BaseModel):
 
     slot: int = Field(description="The slot whose next config changes (0-based).")
     changes: dict[str, Any] = Field(
-        description="Dotted config keys and their new values, e.g. {\"training.learning_rate_k\": 0.005}. "
+        description="Dotted config keys and their new values, e.g. $change_json. "
                     "Change ONE training parameter per iteration unless recombining. Keys must be mutable "
                     "(not frozen, not slot-fixed) and values inside the regime's declared range; "
-                    "the claude: section accepts only n_epochs, data_augmentation_loop, n_iter_block, ucb_c.",
+                    "in the claude: section only claude.ucb_c may change (the other claude: keys are the "
+                    "run's block length and budget caps).",
         min_length=1)
 
 
@@ -46,4 +47,7 @@ def set_config(env, args: SetConfigInput) -> str:
         raise ToolRejected(f"set_config: {v.key}: {v.reason}{more}")
     env.save_slot_config(args.slot, new)
     desc = ", ".join(f"{k}: {get_dotted(old, k)!r} -> {v!r}" for k, v in args.changes.items())
-    return f"slot {args.slot}: {desc}"
+    # the mutation line in the one format the loop parses, ready for finish_mutation
+    line = "; ".join(f"{k.split('.', 1)[1]}: {format_value(get_dotted(old, k))} -> {format_value(v)}"
+                     for k, v in args.changes.items())
+    return f"slot {args.slot}: {desc} (finish_mutation mutation: '{line}')"

@@ -32,8 +32,7 @@ def confine(run_dir: Path, path: str, tool: str) -> Path:
 
 class ReadFileInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="Path relative to the run directory, e.g. 'iterations/iter_003/slot_01/analysis.log' "
-                                  "or 'workspace/regimes/metabolism/train.py'.")
+    path: str = Field(description="Path relative to the run directory, e.g. '$log_path' or 'workspace/$code_path'.")
 
 
 @register("read_file",
@@ -55,7 +54,7 @@ class ViewPlotInput(BaseModel):
     slot: int | None = Field(default=None, description="Slot of the batch under analysis (or give node).")
     node: int | None = Field(default=None, description="Node id of any finished training (or give slot).")
     name: str = Field(default="", description="Plot file name or glob under the training's plots/ directory, "
-                                              "e.g. 'loss.png' or 'MLP_sub*'. Empty: list the plots.")
+                                              "e.g. 'loss.png' or a glob like 'loss*'. Empty: list the plots.")
 
     @model_validator(mode="after")
     def _one(self):

@@ -13,8 +13,9 @@ from tools.toolbox import ToolRejected, register
 class UpdateMemoryInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     section: str = Field(description="Section of memory.md: Established Principles, Open Questions, "
-                                     "Previous Block Summary, Block Info, Hypothesis, Iterations This Block, "
-                                     "Emerging Observations (Best Configurations is maintained by the loop).")
+                                     "Previous Block Summary, Block Info, Hypothesis, Emerging Observations. "
+                                     "Best Configurations and Regime Comparison are tables the loop maintains "
+                                     "(edits are rejected); Iterations This Block gets one line per node from the loop.")
     text: str = Field(description="Markdown body, without headings.")
     mode: Literal["replace", "append"] = Field(default="append", description="Replace the section body or append to it.")
 

@@ -17,8 +17,8 @@ def _line(s: str) -> str:
 class SubmitAnalysisInput(BaseModel):
     model_config = ConfigDict(extra="forbid")  # no classification override: the regime classifies
     slot: int = Field(description="Slot whose finished training you analysed.")
-    visual: str = Field(min_length=1, description="What the last plots show, in the regime's Visual: form, "
-                                                  "e.g. 'MLP_sub=good: c^1 and c^2 overlap GT, MLP_node=partial: slopes too flat'.")
+    visual: str = Field(min_length=1, description="What the last plots show, in the form the regime instructions "
+                                                  "give for the Visual line (plot name=good/partial/bad: what it shows).")
     observation: str = Field(min_length=1, description="One line: what this result says (compare with the parent).")
 
 
@@ -70,11 +70,23 @@ def choose_parent(env, args: ChooseParentInput) -> str:
     return f"slot {args.slot}: next parent={args.parent}, strategy={plan.strategy}"
 
 
+def _canonical_mutation(regime, text: str) -> str:
+    """'training.lr: a -> b' -> 'lr: a -> b': one format in the records whatever the caller wrote."""
+    head, sep, rest = text.partition(":")
+    if sep and "." in head and " " not in head.strip():
+        keys = {p.key: p.name for p in getattr(regime, "mutable", []) or []}
+        if head.strip() in keys:
+            return f"{keys[head.strip()]}:{rest}"
+    return text
+
+
 class FinishMutationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slot: int = Field(description="Slot whose next training is now fully specified.")
-    mutation: str = Field(min_length=1, description="The exact change, parsed by the UCB tree: "
-                                                    "'learning_rate_k: 1E-3 -> 5E-3', or '[code] fn: short description'.")
+    mutation: str = Field(min_length=1, description="The exact change as 'name: old -> new' (name = the config key "
+                                                    "without its section, values as set_config reported them), "
+                                                    "e.g. '$mutation_example'; for a code edit "
+                                                    "'$code_mutation_example'; 'baseline' when nothing changed.")
     strategy: str = Field(default="", description="Strategy used (defaults to the one given to choose_parent).")
     parent_rule: str = Field(default="", description="One line: how the parent was chosen.")
     hypothesis: str = Field(default="", description="One line: what this training tests.")
@@ -82,7 +94,7 @@ class FinishMutationInput(BaseModel):
 
 @register("finish_mutation",
           "Declare a slot's next training ready: the exact mutation line, strategy, parent rule and hypothesis. "
-          "Required once per slot at the mutate step.",
+          "Required once per slot at the prepare and mutate steps.",
           FinishMutationInput)
 def finish_mutation(env, args: FinishMutationInput) -> str:
     if (err := env.check_slot(args.slot)):
@@ -90,7 +102,7 @@ def finish_mutation(env, args: FinishMutationInput) -> str:
     if not args.mutation.strip():
         raise ToolRejected("finish_mutation: mutation is empty")
     plan = env.load_plan(args.slot)
-    plan.mutation = _line(args.mutation)
+    plan.mutation = _canonical_mutation(env.regime, _line(args.mutation))
     plan.strategy = _line(args.strategy) or plan.strategy or "exploit"
     plan.parent_rule = _line(args.parent_rule) or plan.parent_rule
     plan.hypothesis = _line(args.hypothesis)

@@ -5,6 +5,17 @@ Claude sees), validates and dispatches calls, logs every call and its result
 to reasoning.log, counts rejected calls (run_dir/rejected.jsonl) and says
 when the step's required calls were made (`done()`).
 
+`all_schemas()` gives EVERY tool (one fixed array for the whole run, so an
+LLM's cached prompt prefix is the same at every step); a call of a tool that
+does not act at the step is rejected with one line naming the step's tools.
+Tool descriptions may hold `$placeholders` filled with examples drawn from
+the running regime (`regime_examples`): a real key, its value, the mutation
+line in the one format the loop parses, an editable file.
+
+`defer_log=True` (the loop): the step's reasoning.log lines are kept until
+`finish(applied)`, so calls of a step that is rolled back are logged as
+"-> rolled back", never as "-> ok".
+
 A tool is a pydantic input model plus a function `fn(env, args) -> content`
 that raises `ToolRejected("one line")` on bad input *before* writing
 anything. Tool modules register themselves in `REGISTRY` (tools/__init__ of
@@ -14,6 +25,7 @@ each family imports `register`).
 from __future__ import annotations
 
 import json
+import string
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -48,10 +60,22 @@ class ToolDef:
     input_model: type[BaseModel]
     fn: Callable[["ToolEnv", Any], "str | list"]
 
-    def schema(self) -> dict:
+    def schema(self, examples: dict[str, str] | None = None) -> dict:
         s = self.input_model.model_json_schema()
         s.pop("title", None)
-        return {"name": self.name, "description": self.description, "input_schema": s}
+        ex = {**DEFAULT_EXAMPLES, **(examples or {})}
+        desc = string.Template(self.description).safe_substitute(ex)
+        return {"name": self.name, "description": desc, "input_schema": _fill(s, ex)}
+
+
+def _fill(obj: Any, ex: dict[str, str]) -> Any:
+    """$placeholders in the field descriptions of a JSON schema."""
+    if isinstance(obj, dict):
+        return {k: (string.Template(v).safe_substitute(ex) if k == "description" and isinstance(v, str)
+                    else _fill(v, ex)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill(v, ex) for v in obj]
+    return obj
 
 
 REGISTRY: dict[str, ToolDef] = {}
@@ -78,6 +102,70 @@ STEP_TOOLS: dict[str, tuple[str, ...]] = {
                "finish_mutation"),
 }
 
+#: every tool, in the one order an LLM sees them at every step
+ALL_TOOLS: tuple[str, ...] = ("submit_analysis", "choose_parent", "set_config", "edit_code", "revert_code",
+                              "show_code", "read_file", "view_plot", "finish_mutation", "update_memory",
+                              "edit_instructions")
+
+#: placeholders of the tool descriptions when no regime is known (e.g. a bare ToolDef.schema())
+DEFAULT_EXAMPLES: dict[str, str] = {
+    "change_key": "training.learning_rate", "change_value": "0.002", "change_json": '{"training.learning_rate": 0.002}',
+    "mutation_example": "learning_rate: 1E-3 -> 2E-3", "code_path": "the editable file (see the instructions)",
+    "code_mutation_example": "[code] update: a larger step", "log_path": "iterations/iter_001/slot_00/analysis.log",
+}
+
+
+def regime_examples(regime: Any, config: dict | None = None) -> dict[str, str]:
+    """Examples for the prompts and tool descriptions, drawn from `regime`:
+    its first numeric mutable key, a value inside its range, the mutation line
+    as the loop writes it (`name: old -> new`, name = the key without its
+    section), and its first editable file."""
+    from regimes.base import format_value, get_dotted
+
+    ex = dict(DEFAULT_EXAMPLES)
+    mutable = list(getattr(regime, "mutable", []) or [])
+    spec = next((p for p in mutable if p.type == "float"), None) or next(
+        (p for p in mutable if p.type in ("int", "choice")), None)
+    if spec is not None:
+        if config is None:
+            try:
+                config = regime.default_config(regime.default_variant, "quick")
+            except Exception:  # a regime whose configs cannot be read: generic examples
+                config = {}
+        old = get_dotted(config or {}, spec.key)
+        new = _example_value(spec, old)
+        if new is not None:
+            ex["change_key"] = spec.key
+            ex["change_value"] = json.dumps(new)
+            ex["change_json"] = json.dumps({spec.key: new})
+            ex["mutation_example"] = f"{spec.name}: {format_value(old) if old is not None else '?'} -> {format_value(new)}"
+    editable = list(getattr(regime, "editable", []) or [])
+    if editable:
+        ef = editable[0]
+        ex["code_path"] = ef.path
+        where = (list(ef.functions) + list(ef.regions) or [ef.path.rsplit("/", 1)[-1]])[0]
+        ex["code_mutation_example"] = f"[code] {where}: one short description of the edit"
+    return ex
+
+
+def _example_value(spec: Any, old: Any) -> Any:
+    """A value of `spec` different from `old`, inside its range."""
+    if spec.type == "choice":
+        other = [c for c in spec.choices or [] if c != old]
+        return other[0] if other else None
+    if not isinstance(old, (int, float)) or isinstance(old, bool):
+        old = spec.low
+    if spec.type == "int":
+        new = int(old) + 1 if int(old) + 1 <= spec.high else int(old) - 1
+        return new if spec.low <= new <= spec.high else None
+    new = float(old) * 2 if old else (spec.low + spec.high) / 2
+    if new > spec.high:
+        new = float(old) / 2
+    if not (spec.low <= new <= spec.high):
+        new = (spec.low + spec.high) / 2
+    return float(f"{new:.3g}")
+
+
 #: the call each slot of the step must receive before the step is done
 STEP_REQUIRED: dict[str, str | None] = {
     "prepare": "finish_mutation",
@@ -100,7 +188,8 @@ class ToolBox:
     `slots` are the slots this step concerns (`done()` needs the step's
     required call for each of them)."""
 
-    def __init__(self, env: "ToolEnv", step: str, slots: list[int], names: tuple[str, ...] | None = None):
+    def __init__(self, env: "ToolEnv", step: str, slots: list[int], names: tuple[str, ...] | None = None,
+                 defer_log: bool = False):
         _load_tools()
         if step not in STEP_TOOLS:
             raise ValueError(f"unknown graph step {step!r}; expected one of {sorted(STEP_TOOLS)}")
@@ -112,6 +201,8 @@ class ToolBox:
         self.satisfied: set[int] = set()
         self.n_calls = 0
         self.n_rejected = 0
+        self.defer_log = defer_log
+        self._log: list[tuple[str, str, str | None]] = []  # (stamp, line, line if rolled back)
         env.step = step
         env.step_slots = list(slots)
 
@@ -119,7 +210,30 @@ class ToolBox:
 
     def schemas(self) -> list[dict]:
         """name, description, input_schema of every tool allowed at this step."""
-        return [REGISTRY[n].schema() for n in self.names]
+        ex = self.examples()
+        return [REGISTRY[n].schema(ex) for n in self.names]
+
+    def all_schemas(self) -> list[dict]:
+        """Every tool (ALL_TOOLS order), whichever acts at this step: one array for the whole run."""
+        ex = self.examples()
+        return [REGISTRY[n].schema(ex) for n in ALL_TOOLS if n in REGISTRY]
+
+    def examples(self) -> dict[str, str]:
+        """Prompt and description examples from the running regime (cached per run env)."""
+        cached = getattr(self.env, "_tool_examples", None)
+        if cached is None:
+            regime = getattr(self.env, "regime", None)
+            base = getattr(self.env, "run_dir", None)
+            cfg = None
+            if base is not None and (base / "base_config.yaml").is_file():
+                from tools.env import load_yaml
+                cfg = load_yaml(base / "base_config.yaml")
+            cached = regime_examples(regime, cfg) if regime is not None else dict(DEFAULT_EXAMPLES)
+            try:
+                self.env._tool_examples = cached
+            except AttributeError:
+                pass
+        return cached
 
     def done(self) -> bool:
         """True when the step's required call was made for every slot of the step."""
@@ -133,8 +247,24 @@ class ToolBox:
 
     def message(self, text: str) -> None:
         """Record a policy message (reasoning text) in reasoning.log and status."""
-        self.env.reasoning(f"[{self.step}] {self.env.policy_name}: {text}")
+        self._write(f"[{self.step}] {self.env.policy_name}: {text}")
         self.env.last_message = text
+
+    def _write(self, line: str, rolled_back: str | None = None) -> None:
+        if self.defer_log:
+            self._log.append((time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), line, rolled_back))
+        else:
+            self.env.reasoning(line)
+
+    def finish(self, applied: bool) -> None:
+        """Write the step's deferred reasoning.log lines: accepted calls as
+        "-> ok" when the step's writes were kept, "-> rolled back" when not."""
+        if not self._log:
+            return
+        lines = [f"{stamp} {line if applied or alt is None else alt}" for stamp, line, alt in self._log]
+        self._log = []
+        with open(self.env.run_dir / "reasoning.log", "a") as f:
+            f.write("\n".join(lines) + "\n")
 
     # ----- calling -----
 
@@ -163,11 +293,13 @@ class ToolBox:
             msg = str(e).splitlines()[0] if str(e) else f"{name}: rejected"
             self.n_rejected += 1
             self.env.record_rejection(self.step, name, args, msg)
-            self.env.reasoning(f"[{self.step}] CALL {name} {_short_json(args)} -> REJECTED: {msg}")
+            self._write(f"[{self.step}] CALL {name} {_short_json(args)} -> REJECTED: {msg}")
             return ToolResult(ok=False, content="", error=msg)
         if self.required == name and isinstance(getattr(parsed, "slot", None), int):
             self.satisfied.add(parsed.slot)
-        self.env.reasoning(f"[{self.step}] CALL {name} {_short_json(args)} -> ok: {_short_content(content)}")
+        head = f"[{self.step}] CALL {name} {_short_json(args)}"
+        self._write(f"{head} -> ok: {_short_content(content)}",
+                    f"{head} -> rolled back (the step was undone): {_short_content(content)}")
         return ToolResult(ok=True, content=content, error=None)
 
 

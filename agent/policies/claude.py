@@ -2,16 +2,28 @@
 Anthropic tool calling (DESIGN.md §9).
 
 For one step: render prompts/steps/<step>.md with the StepContext, send it
-with the cached prefix (the step's tool schemas, prompts/system.md and the
-regime instructions) and, at the analyse step, the slots' plots as image
+after the cached prefix and, at the analyse step, the slots' plots as image
 blocks; then loop: run every `tool_use` block through `tools.call`, answer
 with `tool_result` blocks carrying the same `tool_use_id` (is_error for a
 rejected call, with the tool's one-line reason; images from `view_plot` as
-image blocks), until `tools.done()`. A model that stops without having made
-the step's required calls is nudged once; a second stop, a refusal or the turn
-limit raise `PolicyError` (the loop falls back to the heuristic for the step).
-`LLMUnavailable` (deadline passed) propagates as is (also a PolicyError);
-`CostLimitReached` propagates so the loop stops the run cleanly.
+image blocks), until `tools.done()`.
+
+The cached prefix is the same for every step of the run: ONE tools array
+(every tool; which tools act at a step is checked when a tool is called, and
+the step prompt names them), prompts/system.md (rendered once with examples
+from the running regime) and the regime instructions. It is sent with the
+1-hour cache TTL once the time between batches has been seen to exceed the
+5-minute lifetime (``cache_ttl="auto"``). The last message block carries a
+breakpoint only when a later request of the step will read it.
+
+Limits per step: `max_turns` model turns and `max_step_s` seconds of wall
+time (each call's deadline is cut to what is left); the same rejected call
+made twice ends the step. A model that stops without having made the step's
+required calls is nudged once. Each of these, and a refusal, raises
+`StepFailed` (a PolicyError with a `fault`): the loop falls back to the
+heuristic for the step and counts the fault. `LLMUnavailable` (retryable
+errors past the deadline) is a PolicyError too; `LLMRefused` and
+`CostLimitReached` propagate so the loop stops the run cleanly.
 
 Every assistant text goes to reasoning.log through `tools.message`, which
 also makes it the live view's latest message.
@@ -22,12 +34,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 from agent.llm import LLMClient
 from agent.policies.base import DEFAULT_MODEL, STEPS, Policy, PolicyError, StepContext
-from prompts.render import PROMPTS_DIR, render_file
+from prompts.render import PROMPTS_DIR, render, render_file
+from tools.toolbox import DEFAULT_EXAMPLES  # placeholders when the tool box gives no regime examples (tests)
 
 #: per-image size cap: the Messages API refuses images above ~5 MB of base64
 MAX_IMAGE_BYTES = 3_500_000
@@ -37,6 +51,25 @@ _RESULT_ORDER = ("slot", "node", "node_id", "parent", "status", "classification"
                  "traceback", "reason", "duration_s", "commit")
 #: bookkeeping the model does not need (paths, timestamps)
 _RESULT_HIDDEN = ("out_dir", "finished_at", "started_at")
+#: time between two calls above which the 5-minute cache lifetime is lost (a margin below 300 s)
+CACHE_5M_S = 270.0
+#: steps whose first answer is usually final: the required call for every slot at once (prepare and
+#: mutate are not: finish_mutation takes the line set_config reports, so they take two turns)
+_ONE_SHOT_STEPS = ("analyse", "select_parent")
+
+
+def _now() -> float:
+    """The policy's clock (time between calls, step wall time); benchmarks move it with their fake API's."""
+    return time.monotonic()
+
+
+class StepFailed(PolicyError):
+    """The model did not finish a step; `fault` names why (turn_limit,
+    step_time, repeated_rejection, no_required_call, refusal)."""
+
+    def __init__(self, message: str, fault: str):
+        super().__init__(message)
+        self.fault = fault
 
 
 class ClaudePolicy(Policy):
@@ -53,9 +86,14 @@ class ClaudePolicy(Policy):
                  run_dir: Path | None = None, max_cost_usd: float | None = None, deadline_s: float = 120.0,
                  max_retries: int = 2, max_tokens: int = 4096, max_turns: int | None = None,
                  prompts_dir: Path | None = None, max_images: int = 8, plots_per_slot: int = 2,
-                 api_key: str | None = None, base_url: str | None = None):
+                 api_key: str | None = None, base_url: str | None = None, max_step_s: float = 300.0,
+                 cache_ttl: str = "auto"):
         if max_turns is not None and max_turns < 1:
             raise ValueError(f"ClaudePolicy: max_turns must be >= 1, got {max_turns}")
+        if max_step_s <= 0:
+            raise ValueError(f"ClaudePolicy: max_step_s must be > 0, got {max_step_s}")
+        if cache_ttl not in ("auto", "5m", "1h"):
+            raise ValueError(f"ClaudePolicy: cache_ttl must be auto, 5m or 1h, got {cache_ttl!r}")
         if max_images < 0 or plots_per_slot < 0:
             raise ValueError("ClaudePolicy: max_images and plots_per_slot must be >= 0")
         self.model = client.model if client is not None else model
@@ -68,7 +106,11 @@ class ClaudePolicy(Policy):
         self.prompts_dir = Path(prompts_dir) if prompts_dir is not None else PROMPTS_DIR
         self.max_images = max_images
         self.plots_per_slot = plots_per_slot
-        self.system_prompt = (self.prompts_dir / "system.md").read_text()
+        self.system_template = (self.prompts_dir / "system.md").read_text()
+        self.max_step_s = float(max_step_s)
+        self.cache_ttl = cache_ttl
+        self._long_gaps = cache_ttl == "1h"  # auto: set once a gap between calls passed the 5-minute lifetime
+        self._last_call_t: float | None = None
 
     # ----- public helpers the loop may use -----
 
@@ -88,9 +130,14 @@ class ClaudePolicy(Policy):
             self.client = LLMClient(self.model, log_path=rd / "llm_calls.jsonl", **self._client_kwargs)
         return self.client
 
-    def system_blocks(self, ctx: StepContext) -> list[str]:
-        """The cached prefix text: the system prompt, then the regime instructions."""
-        blocks = [self.system_prompt]
+    def preflight(self, run_dir: Path):
+        """One-token call before the run (LLMClient.preflight), logged to the run's
+        call log: raises LLMRefused with one line on a bad key / model / base URL."""
+        return self.ensure_client(run_dir).preflight()
+
+    def system_blocks(self, ctx: StepContext, examples: dict | None = None) -> list[str]:
+        """The cached prefix text: the system prompt (with the regime's examples), then the regime instructions."""
+        blocks = [render(self.system_template, {**DEFAULT_EXAMPLES, **(examples or {})}, "system.md")]
         if ctx.instructions.strip():
             blocks.append(f"# Regime instructions: {ctx.regime_name}\n\n{ctx.instructions.strip()}\n")
         return blocks
@@ -103,11 +150,13 @@ class ClaudePolicy(Policy):
                      if ctx.code_allowed else
                      f"not allowed now: {ctx.code_block_reason or 'the regime does not allow them at this step'}.")
         values = {
+            **DEFAULT_EXAMPLES, **(tools.examples() if hasattr(tools, "examples") else {}),
             "step": ctx.step, "regime": ctx.regime_name, "block": ctx.block,
             "iter_in_block": ctx.iter_in_block, "n_iter_block": ctx.n_iter_block,
             "slots": ", ".join(str(s) for s in ctx.slots) or "(none)",
             "memory": ctx.memory.strip() or "(memory.md is empty)",
-            "results": format_results(ctx.results or slot_briefs(ctx)),
+            "results": (format_block_nodes(ctx.results) if ctx.step == "block_end"
+                        else format_results(ctx.results or slot_briefs(ctx))),
             "ucb": ctx.ucb.strip() or "(empty: start of a block — the parent is root)",
             "code_rule": code_rule, "finish": finish,
             "tools": ", ".join(t["name"] for t in tools.schemas()),
@@ -143,28 +192,51 @@ class ClaudePolicy(Policy):
 
     # ----- the step -----
 
+    def prefix_ttl(self, ctx: StepContext) -> str | None:
+        """"1h" when the stable prefix must outlive the time between batches, else None (5 minutes)."""
+        if self.cache_ttl == "5m":
+            return None
+        if not self._long_gaps and self.cache_ttl == "auto":
+            if self._last_call_t is not None and _now() - self._last_call_t > CACHE_5M_S:
+                self._long_gaps = True
+            elif any(float(r.get("duration_s") or 0) > CACHE_5M_S for r in ctx.results or []):
+                self._long_gaps = True  # e.g. a resumed run: its trainings' durations tell
+        return "1h" if self._long_gaps else None
+
     def act(self, ctx: StepContext, tools: Any) -> None:
         """Answer one step (see the module docstring)."""
         if ctx.step not in STEPS:
             raise PolicyError(f"claude: unknown step {ctx.step!r}")
         client = self.ensure_client(ctx.run_dir)
-        system = self.system_blocks(ctx)
-        schemas = tools.schemas()
+        system = self.system_blocks(ctx, tools.examples() if hasattr(tools, "examples") else None)
+        # one tools array for every step: the cached prefix is shared by the whole run
+        schemas = tools.all_schemas() if hasattr(tools, "all_schemas") else tools.schemas()
         required = bool(tools.missing())
         user: list[dict] = [{"type": "text", "text": self.step_prompt(ctx, tools)}]
         user += self.step_images(ctx)
         messages: list[dict] = [{"role": "user", "content": user}]
-        max_turns = self.max_turns or (6 + 3 * max(1, len(ctx.slots)))
+        max_turns = self.max_turns or (4 + 2 * max(1, len(ctx.slots)))
+        t_end = _now() + self.max_step_s
         nudged = False
-        for _turn in range(max_turns):
-            msg = client.create(ctx.step, system, schemas, messages, max_tokens=self.max_tokens)
+        rejected: dict[str, str] = {}  # canonical call -> its rejection (a repeat ends the step)
+        for turn in range(max_turns):
+            left = t_end - _now()
+            if left <= 1.0:
+                raise StepFailed(f"claude used the {self.max_step_s:g}s limit of step {ctx.step} "
+                                 f"({turn} turns) without finishing it", "step_time")
+            # a breakpoint on the last message pays off only if a later request of this step reads it
+            cache_messages = not (required and turn == 0 and ctx.step in _ONE_SHOT_STEPS)
+            ttl = self.prefix_ttl(ctx)
+            msg = client.create(ctx.step, system, schemas, messages, max_tokens=self.max_tokens, prefix_ttl=ttl,
+                                cache_messages=cache_messages, deadline_s=min(client.deadline_s, left))
+            self._last_call_t = _now()
             blocks = [_block_dict(b) for b in msg.content]
             for b in blocks:
                 if b.get("type") == "text" and b.get("text", "").strip():
                     tools.message(b["text"].strip())
             uses = [b for b in blocks if b.get("type") == "tool_use"]
             if msg.stop_reason == "refusal":
-                raise PolicyError(f"claude refused at step {ctx.step}")
+                raise StepFailed(f"claude refused at step {ctx.step}", "refusal")
             # the API refuses empty text blocks in a request: do not echo them back
             echo = [b for b in blocks if not (b.get("type") == "text" and not b.get("text", "").strip())]
             messages.append({"role": "assistant", "content": echo or [{"type": "text", "text": "(no content)"}]})
@@ -172,12 +244,21 @@ class ClaudePolicy(Policy):
                 if not (required and tools.missing()):
                     return  # the model ended a step that needs no more calls
                 if nudged:
-                    raise PolicyError(f"claude stopped at step {ctx.step} without calling "
-                                      f"{', '.join(tools.missing())} (after one reminder)")
+                    raise StepFailed(f"claude stopped at step {ctx.step} without calling "
+                                     f"{', '.join(tools.missing())} (after one reminder)", "no_required_call")
                 nudged = True
                 messages.append({"role": "user", "content": [{"type": "text", "text": _nudge(tools)}]})
                 continue
-            results = [self._run_tool(tools, u) for u in uses]
+            results = []
+            for u in uses:
+                key = json.dumps([u.get("name"), u.get("input")], sort_keys=True, default=str)
+                if key in rejected:
+                    raise StepFailed(f"claude repeated a rejected call at step {ctx.step}: {u.get('name')} "
+                                     f"({rejected[key]})", "repeated_rejection")
+                res = self._run_tool(tools, u)
+                if res.get("is_error"):
+                    rejected[key] = str(res.get("content"))
+                results.append(res)
             if required and tools.done():
                 return  # all required calls made; the remaining results need no answer
             content: list[dict] = list(results)
@@ -185,8 +266,8 @@ class ClaudePolicy(Policy):
                 content.append({"type": "text", "text": "Your answer was cut at max_tokens; continue, briefly."})
             messages.append({"role": "user", "content": content})
         if required and tools.missing():
-            raise PolicyError(f"claude used all {max_turns} turns of step {ctx.step} without calling "
-                              f"{', '.join(tools.missing())}")
+            raise StepFailed(f"claude used all {max_turns} turns of step {ctx.step} without calling "
+                             f"{', '.join(tools.missing())}", "turn_limit")
         tools.message(f"(step {ctx.step} ended at the {max_turns}-turn limit)")
 
     def _run_tool(self, tools: Any, use: dict) -> dict:
@@ -332,8 +413,26 @@ def _num(x: Any) -> str:
 
 
 def _nudge(tools: Any) -> str:
-    return (f"You have not finished this step: you still must call {', '.join(tools.missing())}. "
-            "Call it now (with a reason in its fields if you disagree).")
+    missing = tools.missing()
+    them = "Call it now" if len(missing) == 1 else f"Make these {len(missing)} calls now"
+    return (f"You have not finished this step: you still must call {', '.join(missing)}. "
+            f"{them} (with a reason in their fields if you disagree).")
+
+
+def format_block_nodes(nodes: list[dict]) -> str:
+    """The block's nodes at block_end, one line each, the node id first."""
+    if not nodes:
+        return "(no nodes in this block)"
+    lines = []
+    for n in nodes:
+        nid = n.get("id", n.get("node", "?"))
+        parent = n.get("parent")
+        score = n.get("score")
+        lines.append(f"- node {nid} (slot {n.get('slot', '?')}, parent {'root' if parent is None else parent}): "
+                     f"{n.get('strategy') or '-'}, {n.get('mutation') or '-'} -> "
+                     f"{n.get('classification') or n.get('status') or '?'}, score {_num(score) if score is not None else 'n/a'}"
+                     + (f"; {n['observation']}" if n.get("observation") else ""))
+    return "\n".join(lines)
 
 
 def _block_dict(b: Any) -> dict:
@@ -412,11 +511,36 @@ def _resolve(p: Any, run_dir: Path, out_dir: Any) -> Path | None:
     return None
 
 
+#: (model, base URL, key) -> the answered preflight of this process: `agent run` checks before its slow
+#: imports, start_run then reuses the answer (one call, logged once in the run's llm_calls.jsonl)
+_PREFLIGHT_OK: dict[tuple, Any] = {}
+
+
+def preflight(model: str, **client_kw):
+    """A one-token call with a client of its own, before a run directory exists
+    (`agent run`): raises LLMRefused with one line naming a bad key, model or
+    base URL; returns the LLMCallRecord (its cost belongs in the run's call log)."""
+    deadline = _env_number(ENV_DEADLINE, float, 120.0, 0.1)
+    retries = _env_number(ENV_RETRIES, int, 2, 0)
+    client = LLMClient(model, max_retries=min(retries, 1), deadline_s=deadline, **client_kw)
+    key = (model, client.base_url, client._sdk.api_key or client._sdk.auth_token)
+    try:
+        if key in _PREFLIGHT_OK:
+            return _PREFLIGHT_OK.pop(key)
+        rec = client.preflight()
+        if rec is not None and rec.ok:
+            _PREFLIGHT_OK[key] = rec
+        return rec
+    finally:
+        client.close()
+
+
 # ----- registration (agent.policies.registry imports this module lazily) -----
 
 #: environment overrides of the per-call deadline and SDK retries (the CLI has no flags for them)
 ENV_DEADLINE = "GNN_AGENT_LLM_DEADLINE_S"
 ENV_RETRIES = "GNN_AGENT_LLM_MAX_RETRIES"
+ENV_STEP_S = "GNN_AGENT_LLM_STEP_S"
 
 
 def _env_number(name: str, cast, default, minimum):
@@ -435,13 +559,16 @@ def _env_number(name: str, cast, default, minimum):
 
 
 def make_claude_policy(**kw) -> ClaudePolicy:
-    """Registry factory: uses run_dir, model, max_cost_usd; the deadline and
-    retries come from GNN_AGENT_LLM_DEADLINE_S / GNN_AGENT_LLM_MAX_RETRIES
-    (defaults 120 s, 2). Other keyword arguments belong to other policies."""
+    """Registry factory: uses run_dir, model, max_cost_usd; the per-call
+    deadline, SDK retries and per-step wall time come from
+    GNN_AGENT_LLM_DEADLINE_S / GNN_AGENT_LLM_MAX_RETRIES / GNN_AGENT_LLM_STEP_S
+    (defaults 120 s, 2, 300 s). Other keyword arguments belong to other policies."""
     deadline = _env_number(ENV_DEADLINE, float, 120.0, 0.1)
     retries = _env_number(ENV_RETRIES, int, 2, 0)
+    step_s = _env_number(ENV_STEP_S, float, 300.0, 0.1)
     return ClaudePolicy(model=kw.get("model") or DEFAULT_MODEL, run_dir=kw.get("run_dir"),
-                        max_cost_usd=kw.get("max_cost_usd"), deadline_s=deadline, max_retries=retries)
+                        max_cost_usd=kw.get("max_cost_usd"), deadline_s=deadline, max_retries=retries,
+                        max_step_s=step_s)
 
 
 def _register() -> None:
