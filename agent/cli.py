@@ -162,9 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="continue a stopped run", formatter_class=_Formatter,
                         description="Continue a stopped or crashed run from its checkpoint (state.sqlite).",
                         epilog="examples:\n  agent resume runs/homeostasis-20261122-014500\n"
-                               "  agent resume runs/homeostasis-20261122-014500 --iterations 8 --no-live\n")
+                               "  agent resume runs/homeostasis-20261122-014500 --iterations 8 --no-live\n"
+                               "  agent resume runs/homeostasis-20261122-014500 --max-cost-usd 10\n")
     rs.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
-    rs.add_argument("--iterations", type=_positive_int, metavar="N", help="run N more iterations (default: the run's own target)")
+    rs.add_argument("--iterations", type=_positive_int, metavar="N",
+                    help="new total of finished trainings (default: the run's own target; recorded in run.yaml)")
+    rs.add_argument("--max-cost-usd", type=_nonneg_float, metavar="X",
+                    help="new LLM spend limit in dollars for the whole run, spend so far included "
+                         "(default: the run's own; recorded in run.yaml)")
     rs.add_argument("--no-live", action="store_true", help="plain log lines instead of the live view")
     rs.set_defaults(handler=cmd_resume)
 
@@ -289,6 +294,17 @@ def resolve_policy(policy: str) -> tuple[str, str]:
     return policy, f"--policy {policy}"
 
 
+def _claude_preflight(model: str, max_cost_usd: float | None) -> None:
+    """One-token call (agent.policies.claude.preflight): a bad key, model or base URL -> UsageError."""
+    from agent.llm import LLMRefused
+    from agent.policies.claude import preflight
+
+    try:
+        preflight(model, max_cost_usd=max_cost_usd)
+    except LLMRefused as e:
+        raise UsageError(str(e), hint="nothing was started; fix the setting named above and run again") from None
+
+
 def _default_run_dir(regime: str) -> Path:
     return Path("runs") / f"{regime}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -306,7 +322,15 @@ def _finish(run_dir: Path, intr, console) -> int:
         return EXIT_INTERRUPTED
     st = read_status(run_dir)
     if st is not None and st.phase == "stopped":  # e.g. --max-cost-usd reached: a requested, clean stop
-        console.print(f"stopped: {st.message or 'budget reached'}. resume with: agent resume {run_dir}",
+        why = (st.message or "").removeprefix("stopped: ")
+        if st.stopped_by == "llm_refused":  # bad key / model / permission: a config error
+            console.print(f"stopped: {why}. fix it, then resume with: agent resume {run_dir}",
+                          highlight=False, markup=False, soft_wrap=True)
+            return EXIT_USAGE
+        hint = f"agent resume {run_dir}"
+        if st.stopped_by == "cost_limit":
+            hint += " --max-cost-usd X (a higher limit)"
+        console.print(f"stopped: {why or 'budget reached'}. resume with: {hint}",
                       highlight=False, markup=False, soft_wrap=True)
         return EXIT_OK
     if st is not None and st.phase == "failed":
@@ -336,6 +360,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (run_dir / "status.json").exists() or (run_dir / "nodes.jsonl").exists():
         raise UsageError(f"run directory {str(run_dir)!r} already holds a run", hint=f"continue it with `agent resume {run_dir}`")
     policy, policy_why = resolve_policy(args.policy)
+    if policy == "claude":  # first, before the slow imports (torch, langgraph): a bad key is one line at once
+        _claude_preflight(args.model, args.max_cost_usd)
     device, profile, profile_why = resolve_device_profile(args.device, args.profile, _cuda_available())
     try:
         block = int(regime.default_config(variant, profile)["claude"]["n_iter_block"])
@@ -409,7 +435,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     console = _console()
     console.print(f"gnn-agent resume: {run_dir}", highlight=False, markup=False, soft_wrap=True)
     return _drive(lambda stop, kill, on_event: resume_run(run_dir, stop=stop, kill=kill, on_event=on_event,
-                                                          iterations=args.iterations),
+                                                          iterations=args.iterations,
+                                                          max_cost_usd=args.max_cost_usd),
                   run_dir, args.no_live, console, history=False)
 
 
@@ -668,7 +695,7 @@ def _known_error(e: Exception) -> tuple[str, str] | None:
     except ImportError:
         RunError = ()  # type: ignore[assignment]
     if RunError and isinstance(e, RunError):
-        return str(e).splitlines()[0], "see `agent run --help`"
+        return str(e).splitlines()[0], getattr(e, "hint", None) or "see `agent run --help`"
     from pydantic import ValidationError
 
     if isinstance(e, ValidationError):

@@ -66,6 +66,29 @@ class BestRef(BaseModel):
     slot: int | None = None
 
 
+class PolicySteps(BaseModel):
+    """status.json `policy_steps`: steps the run's policy was asked to answer, and its fallbacks."""
+
+    model_config = ConfigDict(extra="ignore")
+    total: int = 0
+    answered: int = 0
+    fallbacks: int = 0
+    faults: dict[str, int] = {}
+    last_fallback: dict | None = None
+
+
+def policy_steps_line(st: "RunStatus") -> str | None:
+    """'N of M steps answered by claude; K fell back to heuristic (2 deadline, 1 repeated_rejection)'."""
+    ps = st.policy_steps
+    if ps is None or ps.total == 0:
+        return None
+    line = f"{ps.answered} of {ps.total} steps answered by {st.policy or 'the policy'}"
+    if ps.fallbacks:
+        faults = ", ".join(f"{v} {k}" for k, v in sorted(ps.faults.items(), key=lambda kv: -kv[1]))
+        line += f"; {ps.fallbacks} fell back to heuristic ({faults})"
+    return line
+
+
 class RunStatus(BaseModel):
     """status.json, read leniently: a field the loop has not written yet takes its default."""
 
@@ -88,7 +111,9 @@ class RunStatus(BaseModel):
     best: BestRef | None = None
     slots: list[SlotState] = []
     message: str | None = ""
-    fallback: bool = False
+    fallback: bool = False  # the latest policy step fell back (cleared when the policy answers again)
+    policy_steps: PolicySteps | None = None
+    stopped_by: str | None = None  # cost_limit | llm_refused
 
     @property
     def finished(self) -> bool:
@@ -629,8 +654,13 @@ def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
     mt = Text()
     mt.append("policy ", style="bold")
     mt.append((st.message or "").strip() or "—", style="italic")
+    last = (st.policy_steps.last_fallback or {}) if st.policy_steps else {}
     if st.fallback:
-        mt.append("\n  the policy failed past its deadline; this step fell back to heuristic", style="red")
+        why = f"{last.get('fault', '?')}: {last.get('reason', '')}" if last else "see reasoning.log"
+        mt.append(f"\n  the latest step fell back to heuristic ({why})", style="red")
+    steps = policy_steps_line(st)
+    if steps:
+        mt.append(f"\n  {steps}", style="dim")
     parts.append(mt)
     parts.extend(Text("  " + line, style="dim", no_wrap=True, overflow="ellipsis")
                  for line in tail_lines(run_dir / "reasoning.log", reasoning_lines))
@@ -662,9 +692,15 @@ class PlainReporter:
                                      + (f"; best node {b['id']} score {fmt_score(b['score'])}" if b else ""))
         self._batch: tuple[int, int] | None = None
         self._block: int | None = None
+        self._fallbacks = 0
         self._fallback = False
         self._done = False
         self._phase: str | None = None
+        if not history:  # resume: the previous process's counts and its stop are not news
+            st0 = read_status(self.run_dir)
+            if st0 is not None:
+                self._fallbacks = st0.policy_steps.fallbacks if st0.policy_steps else 0
+                self._done = st0.finished
 
     def poll(self, status: dict | None = None) -> list[str]:
         """Lines for the events since the last poll (possibly none).
@@ -709,16 +745,30 @@ class PlainReporter:
             desc = ", ".join(f"slot {s.slot} node {s.node} {s.strategy or '-'}" for s in running)
             lines.append(f"batch start (block {st.block}, {st.iterations_done}/{st.iterations_total or '?'} "
                          f"iterations done): {desc}")
-        if st.fallback and not self._fallback:
+        n_fb = st.policy_steps.fallbacks if st.policy_steps else (1 if st.fallback else 0)
+        if n_fb > self._fallbacks:  # one line per fallback, with its reason
+            last = (st.policy_steps.last_fallback or {}) if st.policy_steps else {}
+            if last:
+                lines.append(f"fallback {n_fb}: heuristic answered step {last.get('step')} "
+                             f"({last.get('fault')}: {last.get('reason')})")
+            else:
+                lines.append(f"fallback {n_fb}: heuristic answered this step ({st.message or 'see reasoning.log'})")
+        elif st.fallback and not self._fallback and st.policy_steps is None:
             lines.append(f"fallback: the policy failed, heuristic answers this step ({st.message or ''})".rstrip())
+        if self._fallback and not st.fallback and st.policy_steps is not None and st.policy_steps.total:
+            lines.append(f"{st.policy} answers again ({policy_steps_line(st)})")
+        self._fallbacks = max(self._fallbacks, n_fb)
         self._fallback = st.fallback
+        if not st.finished:
+            self._done = False  # a resumed run: its own end is news
         if st.finished and not self._done:
             self._done = True
             cost, _ = llm_cost(self.run_dir)
             b = best_node(nodes)
             best = f"best node {b['id']} score {fmt_score(b['score'])}" if b else "no scored node"
+            steps = policy_steps_line(st)
             lines.append(f"run {st.phase}: {st.iterations_done} iterations, {best}, "
-                         f"cost ${max(cost, st.cost_usd):.2f}")
+                         f"cost ${max(cost, st.cost_usd):.2f}" + (f"; {steps}" if steps else ""))
         return lines
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from agent.live import (best_node, best_so_far, fmt_score, fmt_value, llm_cost, read_nodes, read_run_yaml,
+from agent.live import (policy_steps_line, best_node, best_so_far, fmt_score, fmt_value, llm_cost, read_nodes, read_run_yaml,
                         read_status, slot_out_dir, varied_keys)
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
@@ -372,7 +372,15 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
            f"- Best: node {best['id']} (block {best.get('block')}, slot {best.get('slot')}, "
            f"{best.get('strategy') or '—'}) score **{fmt_score(best['score'])}**, {best.get('classification') or '—'}.",
            "- Classification: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items())) + ".",
-           f"- Failed trainings: {sum(1 for x in nodes if x.get('status') not in (None, 'ok'))}.", ""]
+           f"- Failed trainings: {sum(1 for x in nodes if x.get('status') not in (None, 'ok'))}."]
+    steps = policy_steps_line(st) if st else None
+    if steps:
+        last = (st.policy_steps.last_fallback or {}) if st.policy_steps else {}
+        md.append(f"- Policy: {steps}." + (f" Last fallback: step {last.get('step')}, {last.get('reason')}."
+                                           if last else ""))
+    elif (run_cfg.get("policy") or "") == "claude":
+        md.append("- Policy: no step was answered by claude yet.")
+    md.append("")
 
     md += ["## Score per iteration", "", "Colour = slot, marker = strategy; dashed lines start a new block.", "",
            "![score per iteration](scores.png)", "", "## Best so far", "", "![best so far](best_so_far.png)", "",

@@ -55,7 +55,11 @@ class RunOptions(BaseModel):
 
 
 class RunError(ValueError):
-    """A run cannot start or resume (one-line message)."""
+    """A run cannot start or resume (one-line message; `hint`: what to do, for the CLI)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 def _cuda() -> bool:
@@ -124,6 +128,7 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
     ucb_c = float(get_dotted(config, "claude.ucb_c") or 1.414)
     iterations = opts.iterations if opts.iterations is not None else n_iter_block
 
+    preflight_rec = _preflight(policy_name, opts.model, opts.max_cost_usd)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     if opts.run_dir:
         run_dir = Path(opts.run_dir)
@@ -155,6 +160,13 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
     mem.save(run_dir / "memory.md", block=1)
     for name in ("analysis.md", "ucb_scores.txt", "nodes.jsonl", "llm_calls.jsonl"):
         (run_dir / name).touch()
+    if preflight_rec is not None:  # its (tiny) cost belongs to the run
+        with open(run_dir / "llm_calls.jsonl", "a") as f:
+            f.write(preflight_rec.model_dump_json() + "\n")
+        if not preflight_rec.ok:
+            with open(run_dir / "reasoning.log", "a") as f:
+                f.write(f"{utc_now()} preflight: Claude API not answering now ({preflight_rec.error}); "
+                        "steps fall back to the heuristic while that lasts\n")
     dump_yaml_atomic(run_dir / "base_config.yaml", config)
     for s in range(opts.slots):
         dump_yaml_atomic(run_dir / "configs" / f"slot_{s:02d}.yaml", regime.slot_config(config, s))
@@ -168,8 +180,9 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
 
 def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threading.Event | None = None,
                on_event: Callable[[dict], None] | None = None, iterations: int | None = None,
-               executor=None) -> Path:
-    """Continue a run where it stopped. `iterations`: a new total budget (finished trainings)."""
+               executor=None, max_cost_usd: float | None = None) -> Path:
+    """Continue a run where it stopped. `iterations`: a new total budget (finished trainings);
+    `max_cost_usd`: a new LLM spend limit (both recorded in run.yaml's budget)."""
     from regimes.registry import get_regime
     from sandbox.workspace import Workspace
 
@@ -177,16 +190,39 @@ def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threadi
     if not (run_dir / "run.yaml").is_file():
         raise RunError(f"{run_dir} is not a run directory (no run.yaml)")
     info = RunInfo.model_validate(load_yaml(run_dir / "run.yaml"))
+    changed = []
     if iterations is not None:
         if iterations < 1:
             raise RunError(f"--iterations must be at least 1, got {iterations}")
+        if iterations != info.budget.get("iterations"):
+            changed.append(f"iterations {info.budget.get('iterations')} -> {iterations}")
         info.budget["iterations"] = iterations
+    if max_cost_usd is not None:
+        if max_cost_usd < 0:
+            raise RunError(f"--max-cost-usd must be >= 0, got {max_cost_usd}")
+        if max_cost_usd != info.budget.get("max_cost_usd"):
+            changed.append(f"max_cost_usd {info.budget.get('max_cost_usd')} -> {max_cost_usd:g}")
+        info.budget["max_cost_usd"] = max_cost_usd
+    if changed:
         (run_dir / "run.yaml").write_text(yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
     regime = get_regime(info.regime, [Path(p) for p in info.regime_path] or None)
     workspace = Workspace.open(run_dir / "workspace")
     ctx = _make_ctx(run_dir, info, regime, workspace, stop, kill, on_event, executor)
-    ctx.env.reasoning(f"resume: budget {ctx.iterations_total} iterations, {len(ctx.store)} done")
-    ctx.set_status(iterations_total=ctx.iterations_total, fallback=False)
+    if ctx.policy.name == "claude" and hasattr(ctx.policy, "preflight"):
+        try:
+            ctx.policy.preflight(run_dir)  # a bad key or model: one line, before anything runs
+        except Exception as e:
+            if type(e).__name__ == "LLMRefused":
+                ctx.close()
+                raise RunError(str(e), hint=f"fix the setting named above, then: agent resume {run_dir}") from None
+            raise
+    max_cost = info.budget.get("max_cost_usd")
+    ctx.env.reasoning(f"resume: budget {ctx.iterations_total} iterations"
+                      + (f", max cost ${max_cost:g}" if max_cost is not None else "")
+                      + f", {len(ctx.store)} done" + (f" (changed: {'; '.join(changed)})" if changed else ""))
+    # a fresh phase: the view must not take the previous stop for this process's end
+    ctx.set_status(iterations_total=ctx.iterations_total, fallback=False, phase="resuming", stopped_by=None,
+                   message="resuming")
     return _drive(ctx, resume=True)
 
 
@@ -232,6 +268,20 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
     ctx.env.reasoning(f"run {outcome}: {len(ctx.store)} iterations")
     ctx.emit({"type": "run_end", "outcome": outcome})
     return ctx.run_dir
+
+
+def _preflight(policy_name: str, model: str, max_cost_usd: float | None):
+    """Policy claude: a one-token call before the run directory exists; a bad key,
+    model or base URL is a RunError (one line, exit 2). Returns the call record."""
+    if policy_name != "claude":
+        return None
+    from agent.llm import LLMRefused
+    from agent.policies.claude import preflight
+
+    try:
+        return preflight(model, max_cost_usd=max_cost_usd)
+    except LLMRefused as e:
+        raise RunError(str(e), hint="nothing was started; fix the setting named above and run again") from None
 
 
 def _carry_knowledge(old_run: Path, regime, variant: str, mem: Memory) -> Memory:

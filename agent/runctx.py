@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.policies.base import Policy, StepContext
+from agent.policies.base import Policy, PolicyError, StepContext
 from agent.store import NodeRecord, Store, dump_json_atomic
 from regimes.base import Regime
 from tools.env import SlotPlan, SlotReview, ToolEnv, load_yaml, slot_dir
@@ -170,36 +170,74 @@ class RunCtx:
             iterations_done=state.get("iterations_done", 0), ucb_c=self.info.ucb_c)
 
     def run_policy_step(self, step: str, slots: list[int], results: list[dict], state: dict) -> None:
-        """Let the policy answer `step`; on any failure roll back and re-run it with the fallback policy."""
+        """Let the policy answer `step`; on any failure roll back and re-run it with the fallback policy.
+
+        Every step the main policy is asked to answer is counted (status.json
+        `policy_steps`; one line per step in policy_steps.jsonl), and every
+        fallback with its fault class and one-line reason. An API refusal
+        (LLMRefused: bad key, model, permission) or the spend limit stops the
+        run instead: no heuristic run in Claude's name."""
         ctx = self.step_context(step, slots, results, state)
         snap = self.env.snapshot()
         self.env.policy_name = self.policy.name
-        tools = ToolBox(self.env, step, slots)
+        tools = ToolBox(self.env, step, slots, defer_log=True)
+        counted = self.policy is not self.fallback
         try:
             self.policy.act(ctx, tools)
             if not tools.done():
                 raise RuntimeError(f"step {step} incomplete: missing {', '.join(tools.missing())}")
-            self.set_status(message=self.env.last_message or self.status.get("message", ""))
+            tools.finish(applied=True)
+            upd: dict[str, Any] = {"message": self.env.last_message or self.status.get("message", "")}
+            if counted:
+                upd.update(self._count_step(step, state, None, ""), fallback=False)
+            self.set_status(**upd)
             return
         except Exception as e:  # any policy failure (deadline, API, bug) -> heuristic fallback
-            if type(e).__name__ == "CostLimitReached":
-                # spend reached --max-cost-usd: no fallback; stop cleanly, the step re-runs on resume
+            tools.finish(applied=False)
+            name = type(e).__name__
+            if name in ("CostLimitReached", "LLMRefused"):
+                # spend limit / a refusal no retry fixes: no fallback; stop cleanly, the step re-runs on resume
                 self.env.restore(snap)
-                self.env.reasoning(f"[{step}] cost limit reached: {e}; stopping (resumable)")
-                raise RunStopped(f"cost limit reached: {e}") from None
+                line = str(e).splitlines()[0] if str(e) else name
+                what = "cost limit reached" if name == "CostLimitReached" else "LLM refused"
+                self.env.reasoning(f"[{step}] {what}: {line}; stopping (resumable)")
+                self.status["stopped_by"] = "cost_limit" if name == "CostLimitReached" else "llm_refused"
+                raise RunStopped(f"cost limit reached: {line}" if name == "CostLimitReached" else line) from None
             if self.policy is self.fallback:
                 raise
-            msg = f"policy {self.policy.name} failed at {step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            self.env.reasoning(f"[{step}] FALLBACK to {self.fallback.name}: {msg}")
-            self.env.reasoning("".join(traceback.format_exception_only(type(e), e)).strip())
+            fault = getattr(e, "fault", None) or ("error" if not isinstance(e, PolicyError) else "policy_error")
+            first = str(e).splitlines()[0] if str(e) else ""
+            msg = f"policy {self.policy.name} failed at {step}: {name}: {first}"
+            self.env.reasoning(f"[{step}] FALLBACK to {self.fallback.name}: {msg} (fault: {fault})")
             self.env.restore(snap)
         self.env.policy_name = self.fallback.name
-        tools = ToolBox(self.env, step, slots)
-        self.fallback.act(ctx, tools)
+        tools = ToolBox(self.env, step, slots, defer_log=True)
+        try:
+            self.fallback.act(ctx, tools)
+        finally:
+            tools.finish(applied=tools.done())
         if not tools.done():
             raise RuntimeError(f"fallback policy left step {step} incomplete: missing {', '.join(tools.missing())}")
-        self.set_status(fallback=True, message=f"fallback to {self.fallback.name}: {msg}")
-        self.emit({"type": "fallback", "step": step, "message": msg})
+        counts = self._count_step(step, state, fault, msg)
+        self.set_status(fallback=True, message=f"fallback to {self.fallback.name}: {msg}", **counts)
+        self.emit({"type": "fallback", "step": step, "message": msg, "fault": fault})
+
+    def _count_step(self, step: str, state: dict, fault: str | None, reason: str) -> dict:
+        """Append this step's outcome to policy_steps.jsonl; the status.json fields that summarise it."""
+        rec = {"ts": utc_now(), "step": step, "iteration": state.get("iteration"), "policy": self.policy.name,
+               "answered_by": self.fallback.name if fault else self.policy.name, "fault": fault, "reason": reason}
+        with open(self.run_dir / "policy_steps.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        ps = dict(self.status.get("policy_steps") or {"total": 0, "answered": 0, "fallbacks": 0, "faults": {}})
+        ps["faults"] = dict(ps.get("faults") or {})
+        ps["total"] = int(ps.get("total", 0)) + 1
+        if fault:
+            ps["fallbacks"] = int(ps.get("fallbacks", 0)) + 1
+            ps["faults"][fault] = int(ps["faults"].get(fault, 0)) + 1
+            ps["last_fallback"] = {"step": step, "fault": fault, "reason": reason, "ts": rec["ts"]}
+        else:
+            ps["answered"] = int(ps.get("answered", 0)) + 1
+        return {"policy_steps": ps}
 
     # ----- status.json and events -----
 
@@ -219,7 +257,8 @@ class RunCtx:
                 "slots": [{"slot": s, "node": None, "parent": None, "strategy": "", "mutation": "",
                            "status": "pending", "out_dir": None, "score": None, "started_at": None}
                           for s in range(i.slots)],
-                "message": "", "fallback": False}
+                "message": "", "fallback": False,
+                "policy_steps": {"total": 0, "answered": 0, "fallbacks": 0, "faults": {}}}
 
     def set_status(self, slots: dict[int, dict] | None = None, **fields) -> None:
         """Update status.json atomically and emit a `status` event."""

@@ -17,7 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.live import (CLASS_STYLE, PID_FILE, STALE_AFTER_S, owner_pid, RunStatus, best_node, fmt_duration, fmt_score, key_config, llm_cost,
+from agent.live import (policy_steps_line, CLASS_STYLE, PID_FILE, STALE_AFTER_S, owner_pid, RunStatus, best_node, fmt_duration, fmt_score, key_config, llm_cost,
                         parse_time, read_nodes, read_status, render, tail_lines, varied_keys)
 
 
@@ -109,6 +109,13 @@ def status_renderable(run_dir: Path, width: int | None = 120, now: datetime | No
     ct = Text()
     ct.append("LLM ", style="bold")
     ct.append(f"{calls} calls, ${max(cost, st.cost_usd if st else 0.0):.4f}" if calls else "no LLM calls")
+    steps = policy_steps_line(st) if st else None
+    if steps:
+        ct.append("\npolicy ", style="bold")
+        ct.append(steps, style="red" if st.policy_steps and st.policy_steps.fallbacks else "")
+        last = st.policy_steps.last_fallback if st.policy_steps else None
+        if last:
+            ct.append(f"\n  last fallback: step {last.get('step')}: {last.get('reason')}", style="dim")
     parts.append(ct)
     msgs = tail_lines(run_dir / "reasoning.log", 5)
     if msgs:

@@ -94,8 +94,10 @@ def test_claude_run_every_step_through_the_sdk(fake_anthropic, tmp_path):
     for body in reqs:
         assert body["model"] == MODEL
         assert body["tools"] and all(t["name"] and t["input_schema"]["type"] == "object" for t in body["tools"])
-        assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
-        assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
+        # ONE tools array and one system prompt for every step: the cached prefix is shared by the run
+        assert body["tools"] == reqs[0]["tools"] and body["system"] == reqs[0]["system"]
+        assert body["system"][0]["cache_control"]["type"] == "ephemeral"
+        assert body["system"][-1]["cache_control"]["type"] == "ephemeral"
         assert "Toy" in body["system"][-1]["text"] or "toy" in body["system"][-1]["text"]
         if len(body["messages"]) > 1:  # every tool_use answered with its own id
             asked = [b["id"] for b in body["messages"][-2]["content"] if b["type"] == "tool_use"]
@@ -111,11 +113,15 @@ def test_claude_run_every_step_through_the_sdk(fake_anthropic, tmp_path):
     assert base64.b64decode(img["source"]["data"]) == png and not plot_result.get("is_error")
 
     calls = [json.loads(x) for x in (d / "llm_calls.jsonl").read_text().splitlines()]
+    assert calls[0]["step"] == "preflight" and calls[0]["ok"] and len(fake_anthropic.pings) == 1
+    preflight_cost, calls = calls[0]["cost_usd"], calls[1:]
     assert len(calls) == len(reqs) and all(c["ok"] for c in calls)
     assert all(c["cache_creation_input_tokens"] in (0, 1500) and c["input_tokens"] > 0 for c in calls)
     status = json.loads((d / "status.json").read_text())
     assert status["fallback"] is False and status["phase"] == "done"
-    assert status["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in calls))
+    assert status["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in calls) + preflight_cost)
+    ps = status["policy_steps"]
+    assert ps["total"] == ps["answered"] > 0 and ps["fallbacks"] == 0
     log = (d / "reasoning.log").read_text()
     assert "FALLBACK" not in log
     assert "[analyse] claude: Claude at analyse." in log and "[log] claude: log: done." in log
@@ -135,12 +141,24 @@ def test_stalled_server_falls_back_to_heuristic_and_the_run_goes_on(fake_anthrop
     assert all(n.visual.startswith("metrics-derived") for n in nodes)  # the heuristic answered
     log = (d / "reasoning.log").read_text()
     for step in ("prepare", "analyse", "select_parent", "log"):
-        assert re.search(rf"\[{step}\] FALLBACK to heuristic: policy claude failed at {step}: LLMUnavailable", log)
+        assert re.search(rf"\[{step}\] FALLBACK to heuristic: policy claude failed at {step}: LLMUnavailable: "
+                         rf".* \(fault: (deadline|server_error)\)", log)
     status = json.loads((d / "status.json").read_text())
     assert status["fallback"] is True and "fallback to heuristic" in status["message"]
+    ps = status["policy_steps"]  # every fallback counted, by fault class
+    assert ps["answered"] == 0 and ps["fallbacks"] == ps["total"] == 4 and sum(ps["faults"].values()) == 4
+    assert ps["last_fallback"]["step"] == "log" and "deadline" in ps["last_fallback"]["reason"]
+    steps = [json.loads(x) for x in (d / "policy_steps.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in steps] == ["prepare", "analyse", "select_parent", "log"]
+    assert all(x["answered_by"] == "heuristic" and x["fault"] in ("deadline", "server_error") for x in steps)
     calls = [json.loads(x) for x in (d / "llm_calls.jsonl").read_text().splitlines()]
+    assert calls[0]["step"] == "preflight" and not calls[0]["ok"]  # the API was not answering: the run went on
+    calls = calls[1:]
     assert len(calls) == 4 and not any(c["ok"] for c in calls)
     assert all("deadline" in c["error"] or "HTTP 500" in c["error"] for c in calls)
+    from agent.report import write_report  # the report says how many steps Claude answered, and why not
+    report = write_report(d).read_text()
+    assert re.search(r"- Policy: 0 of 4 steps answered by claude; 4 fell back to heuristic \(\d+ (deadline|server_error)", report)
 
 
 def test_spend_limit_stops_the_run_cleanly(fake_anthropic, tmp_path):
@@ -153,8 +171,12 @@ def test_spend_limit_stops_the_run_cleanly(fake_anthropic, tmp_path):
     assert len(fake_anthropic.requests) == 1  # nothing was sent past the limit
     status = json.loads((d / "status.json").read_text())
     assert status["phase"] == "stopped" and "cost limit reached" in status["message"]
-    assert status["cost_usd"] == pytest.approx(1.5 + 10 * 3e-6)
+    calls = [json.loads(x) for x in (d / "llm_calls.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in calls] == ["preflight", "prepare"]
+    assert status["cost_usd"] == pytest.approx(1.5 + 10 * 3e-6 + calls[0]["cost_usd"])
+    assert status["stopped_by"] == "cost_limit"
     assert Store(d / "nodes.jsonl").nodes() == []  # stopped before training anything
     log = (d / "reasoning.log").read_text()
-    assert "[prepare] cost limit reached: LLM spend $1.5000 reached --max-cost-usd $1.0000" in log
+    assert re.search(r"\[prepare\] cost limit reached: LLM spend \$1\.5002 \+ up to \$0\.\d+ for the next call "
+                     r"\(<= \d+ input tokens, 4096 output\) would pass --max-cost-usd \$1\.0000", log)
     assert "FALLBACK" not in log  # a spend limit stops the run; it does not hand the step to the heuristic

@@ -163,10 +163,15 @@ def test_claude_policy_through_the_cli_fallback_and_spend_limit(fake_anthropic, 
     assert main(argv + ["--model", "claude-sonnet-4-6"]) == 0
     out = capsys.readouterr().out
     assert "policy claude (claude-sonnet-4-6) (--policy claude)" in out
-    assert any(ln.split("] ", 1)[-1].startswith("fallback: the policy failed") for ln in out.splitlines())
-    assert "run done: 2 iterations" in out
+    fb = [ln.split("] ", 1)[-1] for ln in out.splitlines() if ln.split("] ", 1)[-1].startswith("fallback ")]
+    # one line per fallback, each with its step and fault class
+    assert [ln.split(" (")[0] for ln in fb] == [f"fallback {i}: heuristic answered step {s}" for i, s in
+                                              enumerate(("prepare", "analyse", "select_parent", "log"), 1)]
+    assert all("(deadline:" in ln or "(server_error:" in ln for ln in fb)
+    assert "run done: 2 iterations" in out and "0 of 4 steps answered by claude; 4 fell back to heuristic" in out
     assert main(["status", str(run)]) == 0
-    assert "FALLBACK→heuristic" in capsys.readouterr().out
+    st_out = capsys.readouterr().out
+    assert "FALLBACK→heuristic" in st_out and "0 of 4 steps answered by claude" in st_out
 
     fake_anthropic.otherwise("error", status=400)
     fake_anthropic.tool_use(("finish_mutation", {"slot": 0, "mutation": "baseline (default config)"}),

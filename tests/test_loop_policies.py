@@ -37,6 +37,10 @@ def test_scripted_steps_rejections_and_fallback_with_rollback(tmp_path):
     assert st["fallback"] is True and "fallback to heuristic" in st["message"]
     log = (d / "reasoning.log").read_text()
     assert "[prepare] FALLBACK to heuristic: policy scripted failed at prepare" in log
+    # the scripted prepare's accepted calls were undone: logged as rolled back, never as "-> ok"
+    prep = [ln for ln in log.splitlines() if "[prepare] CALL" in ln and '"coeff_reg: 0 -> 7"' in ln]
+    assert prep and all("-> rolled back (the step was undone)" in ln for ln in prep)
+    assert not any("[prepare] CALL set_config" in ln and "-> ok" in ln and "7" in ln for ln in log.splitlines())
     assert "missing finish_mutation(slot=1)" in log
     assert "[analyse] scripted: reading the first batch" in log
     rej = [json.loads(l) for l in (d / "rejected.jsonl").read_text().splitlines()]
