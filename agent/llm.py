@@ -46,9 +46,10 @@ from agent.policies.base import PolicyError
 EPHEMERAL = {"type": "ephemeral"}
 #: HTTP statuses that no retry or fallback can fix: the key, the model, the
 #: permission or the request itself is wrong
-REFUSED_STATUSES = (400, 401, 402, 403, 404, 413, 422)
-#: fault classes of a call that got no answer (status.json / the report count fallbacks by them)
-Fault = Literal["deadline", "rate_limit", "overloaded", "server_error", "connection", "refused"]
+REFUSED_STATUSES = (400, 401, 402, 403, 404, 422)
+#: fault classes of a call that got no answer (status.json / the report count fallbacks by them);
+#: too_large (HTTP 413): this step's request is too big (e.g. images) — the step falls back, the run goes on
+Fault = Literal["deadline", "rate_limit", "overloaded", "server_error", "connection", "too_large", "refused"]
 
 
 class LLMUnavailable(PolicyError):
@@ -345,15 +346,18 @@ class LLMClient:
             kwargs["tools"] = req["tools"]
         return self._send(step, kwargs, deadline_s or self.deadline_s, prefix_ttl)
 
-    def preflight(self, deadline_s: float = 30.0) -> LLMCallRecord:
+    def preflight(self, deadline_s: float = 30.0) -> LLMCallRecord | None:
         """A one-token call (about $0.00005) before the run starts.
 
         Raises `LLMRefused` with one line naming the key, the model, the
         permission or the base URL when the API refuses it or cannot be
         reached at all; returns the call record otherwise (ok False when the
         API was only temporarily unavailable: the run starts, its steps fall
-        back while that lasts)."""
+        back while that lasts; None, without a call, when the spend limit
+        leaves no room for it)."""
         kwargs = dict(model=self.model, max_tokens=1, messages=[{"role": "user", "content": "ping"}])
+        if self.max_cost_usd is not None and self.total_cost_usd + worst_case_usd(self.model, 16, 1) > self.max_cost_usd:
+            return None  # the limit is reached already: no call at all (the first step stops the run)
         try:
             self._send("preflight", kwargs, min(deadline_s, self.deadline_s), None, preflight=True)
         except LLMUnavailable:
@@ -413,6 +417,8 @@ class LLMClient:
             err = f"HTTP {code}{' ' + kind if kind else ''}: {text}"
             if code in REFUSED_STATUSES:
                 return "refused", err
+            if code == 413:
+                return "too_large", err
             if code == 429:
                 return "rate_limit", err
             if code == 529 or kind == "overloaded_error":

@@ -249,6 +249,7 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
                     break
                 if max_cost is not None and ctx._cost() >= max_cost:
                     ctx.env.reasoning(f"max cost reached: ${ctx._cost():.2f} >= ${max_cost:.2f}; stopping")
+                    ctx.status["stopped_by"] = "cost_limit"
                     outcome = "stopped (max cost)"
                     break
     except RunStopped as e:

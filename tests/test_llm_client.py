@@ -161,6 +161,7 @@ def test_one_hour_cache_writes_cost_twice_the_input_price():
 
 @pytest.mark.parametrize("status, fault, refused", [(400, "refused", True), (401, "refused", True),
                                                    (403, "refused", True), (404, "refused", True),
+                                                   (413, "too_large", False),
                                                    (429, "rate_limit", False), (529, "overloaded", False),
                                                    (503, "server_error", False)])
 def test_error_classes_refused_vs_retryable(fake_anthropic, tmp_path, status, fault, refused):
@@ -170,7 +171,8 @@ def test_error_classes_refused_vs_retryable(fake_anthropic, tmp_path, status, fa
     with pytest.raises(exc) as ei:
         client.create("mutate", "sys", [], [{"role": "user", "content": "go"}])
     assert f"HTTP {status}" in str(ei.value) and client.last_record.fault == fault
-    assert len(fake_anthropic.requests) == (1 if refused else 2)  # the SDK retries only what is retryable
+    retried = status not in (400, 401, 403, 404, 413)
+    assert len(fake_anthropic.requests) == (2 if retried else 1)  # the SDK retries only what is retryable
     assert isinstance(ei.value, PolicyError) is (not refused)  # refused: not a fallback, the run stops
 
 
