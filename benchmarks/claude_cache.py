@@ -4,14 +4,17 @@ reads and writes from the request's cache_control breakpoints, 5-minute and
 1-hour lifetimes) answered by a model that follows the prompts literally
 (tests/literal_claude.py). No network, no key.
 
-    python -m benchmarks.claude_cache [--slots 2] [--iterations 6] [--batch-minutes 8]
+    python -m benchmarks.claude_cache [--slots 2] [--iterations 6] [--batch-minutes 8] [--faults]
 
 `--batch-minutes`: how long each batch of trainings "takes" for the cache
 clock (the fake's clock is moved on by that much per batch; the trainings
 themselves are the toy regime's, seconds). Prints one JSON line: requests,
 tool calls, rejected calls, input tokens (uncached / written / read), the
 cache-read share of input tokens, cost in total and per iteration, steps
-answered by Claude.
+answered by Claude. `--faults`: the API misbehaves at four steps of the run
+(analyse: 529 overloaded; select_parent: 429 rate limit; log: no answer
+within the deadline; mutate: the model repeats a rejected call), to count
+fallbacks by fault class.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(slots: int, iterations: int, batch_minutes: float, run_dir: Path, model: str = "claude-sonnet-4-6") -> dict:
+def measure(slots: int, iterations: int, batch_minutes: float, run_dir: Path, model: str = "claude-sonnet-4-6",
+            faults: bool = False) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from fake_anthropic import FakeAnthropic  # noqa: E402
     from literal_claude import LiteralClaude  # noqa: E402
@@ -39,12 +43,24 @@ def measure(slots: int, iterations: int, batch_minutes: float, run_dir: Path, mo
     import agent.policies.claude as claude_mod
 
     fake = FakeAnthropic().start()
-    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
+    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "GNN_AGENT_LLM_DEADLINE_S",
+                                            "GNN_AGENT_LLM_MAX_RETRIES")}
     saved_now = getattr(claude_mod, "_now", None)
     claude_mod._now = fake.now  # the policy sees the batches last as long as the cache clock says
     os.environ["ANTHROPIC_BASE_URL"] = fake.url
     os.environ["ANTHROPIC_API_KEY"] = "test-key"
-    brain = LiteralClaude(fake).arm(400)
+    brain = LiteralClaude(fake)
+    if faults:  # the literal model's request order: prepare (2), analyse (1), select_parent (1), log (2), mutate (2)
+        os.environ["GNN_AGENT_LLM_DEADLINE_S"], os.environ["GNN_AGENT_LLM_MAX_RETRIES"] = "3", "1"
+        fake.respond_with(brain.respond).respond_with(brain.respond)  # prepare
+        fake.error(529, times=2)  # analyse: overloaded, also on the SDK's retry
+        fake.error(429, times=2)  # select_parent: rate limited
+        fake.stall(30)  # log: no answer within the deadline
+        bad = {"content": [{"type": "tool_use", "id": "x", "name": "set_config",
+                            "input": {"slot": 0, "changes": {"simulation.target_lr": 0.5}}}], "stop_reason": "tool_use"}
+        for _ in range(2):  # mutate: the same rejected call (a frozen key) twice
+            fake.respond_with(lambda body: {**bad, "content": [dict(bad["content"][0], id=fake.new_tool_id())]})
+    brain.arm(400)
 
     class Clocked:
         """The local executor, with the cache clock moved on by one batch's duration."""
@@ -100,6 +116,7 @@ def measure(slots: int, iterations: int, batch_minutes: float, run_dir: Path, mo
                                                               "output_tokens": c["output_tokens"]})
                                               for c in calls), 5),
             "steps_answered_by_claude": answered, "steps_total": ps.get("total"), "phase": status.get("phase"),
+            "fallbacks_by_fault": ps.get("faults"),
             "distinct_tool_arrays": len({json.dumps(b.get("tools"), sort_keys=True) for b in fake.requests})}
 
 
@@ -109,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--batch-minutes", type=float, default=8.0)
     ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--faults", action="store_true", help="inject one fault of each retryable class and a repeat")
     a = ap.parse_args(argv)
     run_dir = a.run_dir or Path(tempfile.mkdtemp(prefix="claude-cache-")) / "run"
-    print(json.dumps(measure(a.slots, a.iterations, a.batch_minutes, run_dir)))
+    print(json.dumps(measure(a.slots, a.iterations, a.batch_minutes, run_dir, faults=a.faults)))
     return 0
 
 
