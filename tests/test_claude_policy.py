@@ -378,3 +378,22 @@ def test_empty_text_blocks_are_not_echoed_back(fake_anthropic, tmp_path):
     assert echoed["role"] == "assistant"
     assert [b["type"] for b in echoed["content"]] == ["tool_use"]
     assert tools.messages == ["done"]  # blank text is not a message either
+
+
+def test_reminder_counts_the_missing_calls_and_block_nodes_lead_with_the_id():
+    from agent.policies.claude import _nudge, format_block_nodes
+
+    class T:
+        def __init__(self, missing):
+            self._m = missing
+
+        def missing(self):
+            return self._m
+
+    assert "Call it now" in _nudge(T(["choose_parent(slot=0)"]))
+    two = _nudge(T(["finish_mutation(slot=0)", "finish_mutation(slot=1)"]))
+    assert "Make these 2 calls now" in two and "Call it now" not in two
+    text = format_block_nodes([{"id": 7, "slot": 1, "parent": 3, "strategy": "exploit", "mutation": "lr: 1E-3 -> 2E-3",
+                                "classification": "partial", "score": 0.5123, "observation": "helped a bit",
+                                "config": {"training": {"lr": 0.002}}, "metrics": {"fit_R2": 0.5}}])
+    assert text == ("- node 7 (slot 1, parent 3): exploit, lr: 1E-3 -> 2E-3 -> partial, score 0.5123; helped a bit")

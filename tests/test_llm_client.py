@@ -222,3 +222,35 @@ def test_connection_refused_is_unavailable(monkeypatch, tmp_path):
     with pytest.raises(LLMUnavailable, match="APIConnectionError"):
         client.create("log", "sys", [], [{"role": "user", "content": "go"}])
     assert client.last_record.ok is False
+
+
+def test_fake_api_models_cache_reads_writes_and_lifetimes(fake_anthropic, tmp_path):
+    """The loopback server's cache model (what the cache-share figures rest on): prefix up to a
+    breakpoint, a read refreshes it, 5-minute vs 1-hour lifetime, the look-back to earlier breakpoints."""
+    client = LLMClient("claude-sonnet-4-6", max_retries=0, deadline_s=10, log_path=tmp_path / "l.jsonl")
+    system = ["S" * 6000, "I" * 2000]  # ~1500 + ~500 tokens: above the 1024-token minimum
+    msgs = [{"role": "user", "content": "step prompt " * 50}]
+
+    def call(ttl=None, messages=msgs, cache_messages=False):
+        fake_anthropic.text("ok")
+        client.create("log", system, TOOLS, messages, prefix_ttl=ttl, cache_messages=cache_messages)
+        r = client.last_record
+        return r.input_tokens, r.cache_creation_input_tokens, r.cache_read_input_tokens
+
+    fresh, written, read = call()
+    assert read == 0 and written > 1900 and fresh > 100  # tools + both system blocks written, the prompt not
+    assert call() == (fresh, 0, written)  # read back
+    fake_anthropic.advance(299)
+    assert call()[2] == written  # within 5 minutes (and the read refreshed the lifetime)
+    fake_anthropic.advance(301)
+    assert call() == (fresh, written, 0)  # expired: written again
+    fake_anthropic.advance(301)
+    assert call(ttl="1h")[2] == 0 and client.last_record.cache_creation_1h_input_tokens == written
+    fake_anthropic.advance(1800)
+    assert call(ttl="1h")[2] == written  # half an hour later, still there
+    # a conversation: turn 2 reads turn 1's message breakpoint (look-back), writes only its own delta
+    _, w1, _ = call(ttl="1h", cache_messages=True)
+    turn2 = msgs + [{"role": "assistant", "content": [{"type": "text", "text": "a"}]},
+                    {"role": "user", "content": [{"type": "text", "text": "b"}]}]
+    _, w2, r2 = call(ttl="1h", messages=turn2, cache_messages=True)
+    assert w1 > 100 and r2 == written + w1 and 0 < w2 < 40
