@@ -525,11 +525,12 @@ def preflight(model: str, **client_kw):
     client = LLMClient(model, max_retries=min(retries, 1), deadline_s=deadline, **client_kw)
     key = (model, client.base_url, client._sdk.api_key or client._sdk.auth_token)
     try:
-        if key in _PREFLIGHT_OK:
-            return _PREFLIGHT_OK.pop(key)
+        cached = _PREFLIGHT_OK.pop(key, None)
+        if cached is not None and time.monotonic() - cached[0] < 60.0:  # the same command's own check
+            return cached[1]
         rec = client.preflight()
         if rec is not None and rec.ok:
-            _PREFLIGHT_OK[key] = rec
+            _PREFLIGHT_OK[key] = (time.monotonic(), rec)
         return rec
     finally:
         client.close()
