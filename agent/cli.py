@@ -77,6 +77,13 @@ def _nonneg_float(text: str) -> float:
     return v
 
 
+def _positive_float(text: str) -> float:
+    v = _nonneg_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return v
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -97,7 +104,7 @@ examples:
   agent run --regime my_regime --regime-path ./my_regimes
 
 Ctrl-C once stops cleanly after the current step (resume with `agent resume RUN_DIR`);
-Ctrl-C twice also ends the running trainings.
+Ctrl-C twice also ends the running trainings; so does SIGTERM (`kill PID`).
 """
 
 MAIN_EPILOG = """\
@@ -157,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--phase1-checkpoint", type=Path, metavar="PATH",
                    help="homeostasis: use this phase-1 checkpoint instead of training one")
     r.add_argument("--seed", type=_int, default=0, metavar="N", help="run seed (heuristic/optuna/random choices)")
+    r.add_argument("--timeout-min", type=_positive_float, metavar="M",
+                   help="wall-clock limit of one training in minutes (default: the regime's for the profile)")
+    r.add_argument("--memory-limit-mb", type=_positive_int, metavar="N",
+                   help="address-space limit of one CPU training in MB (default: the regime's for the profile)")
     r.set_defaults(handler=cmd_run)
 
     rs = sub.add_parser("resume", help="continue a stopped run", formatter_class=_Formatter,
@@ -384,10 +395,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                           profile=args.profile, policy=policy, model=args.model, max_cost_usd=args.max_cost_usd,
                           executor=args.executor, ray_address=args.ray_address, device=args.device, run_dir=run_dir,
                           code=not args.no_code, continue_from=args.continue_from, regime_path=args.regime_path,
-                          phase1_checkpoint=args.phase1_checkpoint, seed=args.seed)
+                          phase1_checkpoint=args.phase1_checkpoint, seed=args.seed,
+                          timeout_min=args.timeout_min, memory_limit_mb=args.memory_limit_mb)
     except ValidationError as e:
         err = e.errors()[0]
         raise UsageError(f"bad option {'.'.join(map(str, err['loc']))}: {err['msg']}", hint="see `agent run --help`") from None
+    from agent.run import RunError, limits_text, resolve_limits
+
+    try:
+        limits = resolve_limits(regime, profile, device, args.timeout_min, args.memory_limit_mb)
+    except RunError as e:
+        raise UsageError(str(e), hint="leave --memory-limit-mb out on a GPU run" if device != "cpu"
+                         else "see `agent run --help`") from None
     console = _console()
     model = f" ({args.model})" if policy == "claude" else ""
     cost = f", budget ${args.max_cost_usd:g}" if args.max_cost_usd is not None else ""
@@ -395,6 +414,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                  f"  policy {policy}{model} ({policy_why}){cost}; code edits {'off' if args.no_code else 'on'}",
                  f"  profile {profile} ({profile_why}); device {device}; executor {args.executor}"
                  + (f" at {args.ray_address}" if args.ray_address else ""),
+                 f"  {limits_text(limits)}",
                  f"  run dir {run_dir}"):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     return _drive(lambda stop, kill, on_event: start_run(opts, stop=stop, kill=kill, on_event=on_event),
@@ -424,6 +444,12 @@ def _drive(target: Callable[..., Any], run_dir: Path, no_live: bool, console, hi
 def cmd_resume(args: argparse.Namespace) -> int:
     """`agent resume RUN_DIR`: continue from the checkpoint with the same view."""
     run_dir = _run_dir_arg(args.run_dir, "resume")
+    from agent.driver import lock_held
+
+    holder = lock_held(run_dir)
+    if holder is not None:
+        raise UsageError(f"run {run_dir} is already driven by {f'pid {holder}' if holder else 'another process'}",
+                         hint=_LOCK_HINT)
     from agent.live import PID_FILE, read_status
     from agent.status_view import liveness
 
@@ -682,8 +708,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+_LOCK_HINT = "one process drives a run at a time: stop that one first (Ctrl-C in its terminal), then resume"
+
+
 def _known_error(e: Exception) -> tuple[str, str] | None:
     """Config/usage errors raised from inside the parts: one line, exit 2."""
+    from agent.driver import RunLocked
+
+    if isinstance(e, RunLocked):
+        return str(e), _LOCK_HINT
     try:
         from regimes.registry import RegimeError
     except ImportError:

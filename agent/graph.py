@@ -21,16 +21,13 @@ from pathlib import Path
 from langgraph.graph import END, START, StateGraph
 
 from agent import ucb as ucb_mod
+from agent.driver import run_env
 from agent.memory import (Memory, best_configs_table, block_info, comparison_row, memory_line, render_entry,
                           upsert_comparison)
 from agent.runctx import RunCtx, RunStopped, plan_for_launch, record_from, utc_now
 from agent.state import LoopState
 from agent.store import NodeRecord, dump_json_atomic, write_text_atomic
 from tools.env import SlotPlan, dump_yaml_atomic, slot_dir
-
-
-#: wall-clock limit of one training: paper-scale (full) trainings run for hours on a GPU
-TIMEOUT_S = {"quick": 3600.0, "full": 12 * 3600.0}
 
 
 def _all_slots(ctx: RunCtx) -> list[int]:
@@ -103,10 +100,12 @@ def build_graph(ctx: RunCtx):
                 if (d / stale).exists():
                     (d / stale).unlink()
             code_dir = _code_checkout(ctx, launch["commit"])
+            timeout_s, memory_mb = ctx.training_limits()
             specs.append(RunSpec(slot=s, node_id=nid, config_path=d / "config.yaml", out_dir=d, code_dir=code_dir,
                                  train_entry=ctx.regime.train_entry, device=info.device,
                                  threads=max(1, _cpu_count() // max(1, S)),
-                                 timeout_s=TIMEOUT_S[info.profile]))
+                                 timeout_s=timeout_s, memory_limit_mb=memory_mb,
+                                 extra_env=run_env(ctx.run_dir)))  # the tag `agent resume` finds leftovers by
             ctx.set_status(slots={s: {"node": nid, "parent": launch["parent"], "strategy": launch["strategy"],
                                       "mutation": launch["mutation"], "status": "pending", "out_dir": str(d),
                                       "score": None, "started_at": None}})
@@ -184,22 +183,23 @@ def build_graph(ctx: RunCtx):
         batch = ctx.env.batch = ctx.load_batch(it)
         ctx.store.refresh()
         analysis_p = ctx.run_dir / "analysis.md"
-        logged = analysis_p.read_text() if analysis_p.exists() else ""
         mem = Memory.load(ctx.run_dir / "memory.md")
         new_records: list[NodeRecord] = []
+        # Each of the three writes per node (analysis entry, store line, memory line) is checked on its
+        # own, never skipped because another one is there: a kill between any two of them is completed
+        # by the re-run of this step (the memory is saved once, after the store lines).
         for k, s in enumerate(sorted(batch)):
             r = batch[s]
-            if r["node"] in ctx.store:
-                continue  # logged before a crash
-            plan = ctx.env.load_plan(s)
-            nxt = "root" if plan.parent is None else str(plan.parent)
-            rec = record_from(r, ctx.review(it, s), nxt, state["block"], state["iter_in_block"] + k + 1, it,
-                              ctx.run_dir)
-            if f"## Iter {rec.id}:" not in logged:
-                with open(analysis_p, "a") as f:
-                    f.write(render_entry(ctx.regime, rec))
-            ctx.store.append(rec)
-            new_records.append(rec)
+            rec = ctx.store.get(r["node"])  # logged before a crash: the stored record is the truth
+            if rec is None:
+                plan = ctx.env.load_plan(s)
+                nxt = "root" if plan.parent is None else str(plan.parent)
+                rec = record_from(r, ctx.review(it, s), nxt, state["block"], state["iter_in_block"] + k + 1, it,
+                                  ctx.run_dir)
+            _append_entry(analysis_p, rec.id, render_entry(ctx.regime, rec))
+            if rec.id not in ctx.store:
+                ctx.store.append(rec)
+                new_records.append(rec)
             if f"- Iter {rec.id} (" not in mem.bodies["Iterations This Block"]:
                 mem.update("Iterations This Block", memory_line(ctx.regime, rec), "append")
         mem.update("Best Configurations", best_configs_table(ctx.regime, ctx.store.nodes()), "replace", code=True)
@@ -336,6 +336,23 @@ def _code_checkout(ctx: RunCtx, commit: str) -> Path:
         ctx.workspace.checkout(commit, dest)
         (dest / ".ready").write_text(commit + "\n")
     return dest
+
+
+def _append_entry(path: Path, node_id: int, text: str) -> None:
+    """Append node `node_id`'s analysis.md entry unless it is there; a torn last entry is rewritten."""
+    import os
+
+    logged = path.read_text() if path.exists() else ""
+    if logged and not logged.endswith("\n\n"):
+        # every entry ends with a blank line: a crash cut the last one short; drop it (it is rewritten whole)
+        logged = logged[: logged.rfind("\n\n") + 2] if "\n\n" in logged else ""
+        write_text_atomic(path, logged)
+    if f"## Iter {node_id}:" in logged:
+        return
+    with open(path, "a") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _valid_metrics(p: Path) -> bool:

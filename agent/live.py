@@ -802,6 +802,7 @@ class Interrupts:
         self.kill = threading.Event()
         self._say = say
         self._old = None
+        self._old_term = None
         self._old_mask = None
         self._old_wakeup = -1
         self._pipe: tuple[int, int] | None = None
@@ -824,6 +825,16 @@ class Interrupts:
 
             self._raise = True
             _thread.interrupt_main()  # runs _on_main() in the main thread, which raises
+
+    def terminate(self, signum=None, frame=None) -> None:
+        """SIGTERM (kill, systemd, a batch scheduler): end the running trainings and stop, resumable —
+        the same as Ctrl-C twice; a second SIGTERM counts like a third Ctrl-C."""
+        if not self.kill.is_set():
+            self.stop.set()
+            self.kill.set()
+            self._say("SIGTERM: ending the running trainings and stopping (resume with `agent resume`)")
+        else:
+            self.handle()
 
     def _on_main(self, signum=None, frame=None) -> None:
         # The Python-level handler: the ctrl-c thread already counted this signal
@@ -849,12 +860,18 @@ class Interrupts:
                 continue
             if self._closing:
                 return
-            for _ in range(data.count(bytes([signal.SIGINT]))):
-                self.handle()
+            for b in data:
+                if b == signal.SIGINT:
+                    self.handle()
+                elif b == signal.SIGTERM:
+                    self.terminate()
 
     def __enter__(self) -> "Interrupts":
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._on_main)
+            # not blocked (trainings inherit the mask, and the runner stops them with SIGTERM): the C-level
+            # handler writes it to the wakeup fd, which the ctrl-c thread reads
+            self._old_term = signal.signal(signal.SIGTERM, self._on_main)
             if hasattr(signal, "pthread_sigmask"):
                 r, w = os.pipe()
                 os.set_blocking(r, False)
@@ -866,6 +883,7 @@ class Interrupts:
                 self._waiter.start()
             else:  # no signal masks (not POSIX): the Python-level handler counts
                 signal.signal(signal.SIGINT, self.handle)
+                signal.signal(signal.SIGTERM, self.terminate)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -879,6 +897,8 @@ class Interrupts:
                 os.close(fd)
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
 
 
 def drive(target: Callable[..., Any], run_dir: Path, console: Console,

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.store import NodeRecord, write_text_atomic
 from regimes.base import Regime, format_metric, format_value, get_dotted
+from tools.limits import MEMORY_SECTION_CHARS, MEMORY_SECTION_CHARS_BY_NAME
 
 TITLE = "# Working Memory"
 #: (heading level, name) in file order
@@ -129,17 +130,41 @@ class Memory:
             raise MemoryError_(f"section {name!r} is maintained by the loop from the node store")
         if mode not in ("replace", "append"):
             raise MemoryError_(f"mode must be 'replace' or 'append', not {mode!r}")
-        for line in text.splitlines():
-            if _HEADING.match(line):
-                raise MemoryError_(f"text may not contain Markdown headings (line {line.strip()[:60]!r}); "
-                                   "it would break the memory structure")
+        bad = heading_line(text)
+        if bad is not None:
+            raise MemoryError_(f"text may not contain Markdown headings (line {bad.strip()[:60]!r}); "
+                               "it would break the memory structure")
         text = text.strip("\n")
+        if mode == "replace" or not self.bodies[name].strip():
+            body = text
+        else:
+            body = self.bodies[name].rstrip("\n") + "\n" + text
+        limit = MEMORY_SECTION_CHARS_BY_NAME.get(name, MEMORY_SECTION_CHARS)
+        if not code and len(body) > limit:
+            # memory.md goes into every prompt: a section stays bounded (replace it with a summary)
+            raise MemoryError_(f"section {name!r} would be {len(body)} characters; at most {limit} "
+                               "(replace it with a shorter summary)")
         if name == "Regime Comparison":
             self.comparison = True
-        if mode == "replace" or not self.bodies[name].strip():
-            self.bodies[name] = text
-        else:
-            self.bodies[name] = self.bodies[name].rstrip("\n") + "\n" + text
+        self.bodies[name] = body
+
+
+#: an ATX heading as CommonMark reads it (up to 3 spaces of indent; `#` alone is one too)
+_ATX = re.compile(r"^ {0,3}#{1,6}(\s|$)")
+#: a setext underline: `===` or `---` right under a line of text makes that line a heading
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)\s*$")
+
+
+def heading_line(text: str) -> str | None:
+    """The first line of `text` a Markdown reader would take as a heading, or None."""
+    prev = ""
+    for line in text.splitlines():
+        if _ATX.match(line):
+            return line
+        if _SETEXT.match(line) and prev.strip() and not _SETEXT.match(prev) and not prev.lstrip().startswith("|"):
+            return prev + "\n" + line
+        prev = line
+    return None
 
 
 def _strip_suffix(name: str) -> str:

@@ -8,6 +8,9 @@ workspace/, status.json) and drives the graph until the iteration budget;
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from agent.driver import DriverLock, RunLocked, end_trainings
 from agent.graph import compile_graph
 from agent.memory import Memory, comparison_row, initial_memory, upsert_comparison
 from agent.policies.base import DEFAULT_MODEL
@@ -52,6 +56,8 @@ class RunOptions(BaseModel):
     seed: int = 0
     runs_root: Path = Path("runs")
     script: Path | None = None  # scripted policy: a JSON/YAML list of tool calls
+    timeout_min: float | None = None  # wall clock per training; None: the regime's for the profile
+    memory_limit_mb: int | None = None  # address space per CPU training; None: the regime's for the profile
 
 
 class RunError(ValueError):
@@ -129,6 +135,8 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
     iterations = opts.iterations if opts.iterations is not None else n_iter_block
 
     preflight_rec = _preflight(policy_name, opts.model, opts.max_cost_usd)
+    limits = resolve_limits(regime, profile, device, opts.timeout_min, opts.memory_limit_mb)
+
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     if opts.run_dir:
         run_dir = Path(opts.run_dir)
@@ -138,44 +146,121 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
         while run_dir.exists():
             run_dir = Path(opts.runs_root) / f"{regime.name}-{stamp}-{k}"
             k += 1
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise RunError(f"run directory {run_dir} exists and is not empty (use `agent resume {run_dir}`)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = run_dir.resolve()
-    info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=profile,
-                   profile_reason=profile_reason, slots=opts.slots, policy=policy_name, model=opts.model,
-                   executor=opts.executor, ray_address=opts.ray_address, device=device,
-                   budget={"iterations": iterations, "max_cost_usd": opts.max_cost_usd}, seed=opts.seed,
-                   code=opts.code, n_iter_block=n_iter_block, ucb_c=ucb_c,
-                   regime_path=[str(Path(p).resolve()) for p in opts.regime_path],
-                   continue_from=str(Path(opts.continue_from).resolve()) if opts.continue_from else None,
-                   phase1_checkpoint=str(opts.phase1_checkpoint) if opts.phase1_checkpoint else None,
-                   script=str(Path(opts.script).resolve()) if opts.script else None, created_at=utc_now())
-    (run_dir / "run.yaml").write_text(yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
-    (run_dir / "reasoning.log").write_text(f"{utc_now()} {profile_reason}; device {device}; policy {policy_name}\n")
-    write_text_atomic(run_dir / "instructions.md", regime.instructions_text())
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = run_dir.parent.resolve() / run_dir.name
+    _sweep_stale_creations(run_dir.parent)
+    # Atomic creation: everything is built in a hidden sibling, locked, then renamed into place, so a
+    # kill at any moment leaves either no run directory (start again) or a complete one (resume).
+    tmp = run_dir.parent / f"{CREATING_PREFIX}{run_dir.name}.{os.getpid()}"
+    tmp.mkdir()
+    lock = DriverLock(tmp).acquire()
+    try:
+        info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=profile,
+                       profile_reason=profile_reason, slots=opts.slots, policy=policy_name, model=opts.model,
+                       executor=opts.executor, ray_address=opts.ray_address, device=device,
+                       budget={"iterations": iterations, "max_cost_usd": opts.max_cost_usd}, seed=opts.seed,
+                       code=opts.code, n_iter_block=n_iter_block, ucb_c=ucb_c,
+                       regime_path=[str(Path(p).resolve()) for p in opts.regime_path],
+                       continue_from=str(Path(opts.continue_from).resolve()) if opts.continue_from else None,
+                       phase1_checkpoint=str(opts.phase1_checkpoint) if opts.phase1_checkpoint else None,
+                       script=str(Path(opts.script).resolve()) if opts.script else None, created_at=utc_now(),
+                       **limits)
+        _populate(tmp, info, regime, variant, config, opts, preflight_rec)
+        try:
+            os.rename(tmp, run_dir)  # onto a missing or empty directory only
+        except OSError as e:
+            raise RunError(f"run directory {run_dir} was created by another process meanwhile ({e.strerror})") from None
+        lock.path = run_dir / lock.path.name
+        workspace = Workspace.open(run_dir / "workspace")
+        ctx = _make_ctx(run_dir, info, regime, workspace, stop, kill, on_event, executor)
+        return _drive(ctx, resume=False)
+    except BaseException:
+        if tmp.exists():  # not renamed: nothing was created
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+CREATING_PREFIX = ".creating-"
+
+
+def _populate(d: Path, info: RunInfo, regime, variant: str, config: dict, opts: RunOptions,
+              preflight_rec=None) -> None:
+    """Write every file of a new run directory `d` (not yet at its final path)."""
+    from sandbox.workspace import Workspace
+
+    (d / "run.yaml").write_text(yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
+    (d / "reasoning.log").write_text(f"{utc_now()} {info.profile_reason}; device {info.device}; "
+                                     f"policy {info.policy}; {limits_text(info)}\n")
+    write_text_atomic(d / "instructions.md", regime.instructions_text())
     mem = initial_memory(regime, variant)
     if opts.continue_from is not None:
         mem = _carry_knowledge(Path(opts.continue_from), regime, variant, mem)
-    mem.save(run_dir / "memory.md", block=1)
+    mem.save(d / "memory.md", block=1)
     for name in ("analysis.md", "ucb_scores.txt", "nodes.jsonl", "llm_calls.jsonl"):
-        (run_dir / name).touch()
+        (d / name).touch()
     if preflight_rec is not None:  # its (tiny) cost belongs to the run
-        with open(run_dir / "llm_calls.jsonl", "a") as f:
+        with open(d / "llm_calls.jsonl", "a") as f:
             f.write(preflight_rec.model_dump_json() + "\n")
         if not preflight_rec.ok:
-            with open(run_dir / "reasoning.log", "a") as f:
+            with open(d / "reasoning.log", "a") as f:
                 f.write(f"{utc_now()} preflight: Claude API not answering now ({preflight_rec.error}); "
                         "steps fall back to the heuristic while that lasts\n")
-    dump_yaml_atomic(run_dir / "base_config.yaml", config)
+    dump_yaml_atomic(d / "base_config.yaml", config)
     for s in range(opts.slots):
-        dump_yaml_atomic(run_dir / "configs" / f"slot_{s:02d}.yaml", regime.slot_config(config, s))
-    (run_dir / "plans").mkdir(exist_ok=True)
-    (run_dir / "iterations").mkdir(exist_ok=True)
-    workspace = Workspace.create(run_dir / "workspace", regime)
-    ctx = _make_ctx(run_dir, info, regime, workspace, stop, kill, on_event, executor)
-    ctx.set_status(phase="prepare")
-    return _drive(ctx, resume=False)
+        dump_yaml_atomic(d / "configs" / f"slot_{s:02d}.yaml", regime.slot_config(config, s))
+    (d / "plans").mkdir(exist_ok=True)
+    (d / "iterations").mkdir(exist_ok=True)
+    Workspace.create(d / "workspace", regime)
+    # status.json last: the run is complete (a kill from here on leaves a resumable run)
+    RunCtx.initial_status_file(d, info)
+
+
+def _sweep_stale_creations(parent: Path) -> None:
+    """Remove half-built run directories whose creator died (their lock is free)."""
+    for p in parent.glob(f"{CREATING_PREFIX}*"):
+        if not p.is_dir():
+            continue
+        try:
+            with DriverLock(p):
+                shutil.rmtree(p, ignore_errors=True)
+        except (RunLocked, OSError):
+            continue  # being created right now (or not ours to remove)
+
+
+def resolve_limits(regime, profile: str, device: str, timeout_min: float | None = None,
+                   memory_limit_mb: int | None = None) -> dict:
+    """The run's training limits (RunInfo fields): the regime's for the profile, overridden by
+    `--timeout-min` / `--memory-limit-mb`. RunError for a value that cannot apply."""
+    lim = regime.training_limits(profile)
+    timeout, memory = lim.timeout_min, lim.memory_limit_mb
+    why_t = why_m = f"regime {regime.name} {profile}"
+    if timeout_min is not None:
+        if not (timeout_min > 0 and math.isfinite(timeout_min)):
+            raise RunError(f"--timeout-min must be a positive number of minutes, got {timeout_min}")
+        timeout, why_t = float(timeout_min), "--timeout-min"
+    if memory_limit_mb is not None:
+        if memory_limit_mb < 1:
+            raise RunError(f"--memory-limit-mb must be at least 1, got {memory_limit_mb}")
+        if device != "cpu":
+            raise RunError(f"--memory-limit-mb limits a CPU training's address space; it cannot apply on {device}")
+        memory, why_m = int(memory_limit_mb), "--memory-limit-mb"
+    elif memory is not None and device != "cpu":
+        memory, why_m = None, f"regime {regime.name} {profile}'s limit applies on cpu only"
+    return {"timeout_min": timeout, "memory_limit_mb": memory, "limits_reason": f"timeout: {why_t}; memory: {why_m}"}
+
+
+def limits_text(info) -> str:
+    """'training limits: 60 min wall clock, memory 4096 MB (timeout: ...; memory: ...)' for headers and
+    logs; `info`: a RunInfo or the dict resolve_limits returns."""
+    get = info.get if isinstance(info, dict) else (lambda k: getattr(info, k))
+    t, m, why = get("timeout_min"), get("memory_limit_mb"), get("limits_reason")
+    t_txt = f"{t:g} min wall clock per training" if t is not None else "the regime's default timeout"
+    mem = f"memory {m} MB" if m else "no memory limit"
+    return f"training limits: {t_txt}, {mem}" + (f" ({why})" if why else "")
 
 
 def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threading.Event | None = None,
@@ -189,41 +274,48 @@ def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threadi
     run_dir = Path(run_dir).resolve()
     if not (run_dir / "run.yaml").is_file():
         raise RunError(f"{run_dir} is not a run directory (no run.yaml)")
-    info = RunInfo.model_validate(load_yaml(run_dir / "run.yaml"))
-    changed = []
-    if iterations is not None:
-        if iterations < 1:
-            raise RunError(f"--iterations must be at least 1, got {iterations}")
-        if iterations != info.budget.get("iterations"):
-            changed.append(f"iterations {info.budget.get('iterations')} -> {iterations}")
-        info.budget["iterations"] = iterations
-    if max_cost_usd is not None:
-        if max_cost_usd < 0:
-            raise RunError(f"--max-cost-usd must be >= 0, got {max_cost_usd}")
-        if max_cost_usd != info.budget.get("max_cost_usd"):
-            changed.append(f"max_cost_usd {info.budget.get('max_cost_usd')} -> {max_cost_usd:g}")
-        info.budget["max_cost_usd"] = max_cost_usd
-    if changed:
-        (run_dir / "run.yaml").write_text(yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
-    regime = get_regime(info.regime, [Path(p) for p in info.regime_path] or None)
-    workspace = Workspace.open(run_dir / "workspace")
-    ctx = _make_ctx(run_dir, info, regime, workspace, stop, kill, on_event, executor)
-    if ctx.policy.name == "claude" and hasattr(ctx.policy, "preflight"):
-        try:
-            ctx.policy.preflight(run_dir)  # a bad key or model: one line, before anything runs
-        except Exception as e:
-            if type(e).__name__ == "LLMRefused":
-                ctx.close()
-                raise RunError(str(e), hint=f"fix the setting named above, then: agent resume {run_dir}") from None
-            raise
-    max_cost = info.budget.get("max_cost_usd")
-    ctx.env.reasoning(f"resume: budget {ctx.iterations_total} iterations"
-                      + (f", max cost ${max_cost:g}" if max_cost is not None else "")
-                      + f", {len(ctx.store)} done" + (f" (changed: {'; '.join(changed)})" if changed else ""))
-    # a fresh phase: the view must not take the previous stop for this process's end
-    ctx.set_status(iterations_total=ctx.iterations_total, fallback=False, phase="resuming", stopped_by=None,
-                   message="resuming")
-    return _drive(ctx, resume=True)
+    if iterations is not None and iterations < 1:
+        raise RunError(f"--iterations must be at least 1, got {iterations}")
+    if max_cost_usd is not None and max_cost_usd < 0:
+        raise RunError(f"--max-cost-usd must be >= 0, got {max_cost_usd}")
+    with DriverLock(run_dir):  # one driver per run directory, for as long as this one lives
+        info = RunInfo.model_validate(load_yaml(run_dir / "run.yaml"))
+        changed = []
+        if iterations is not None:
+            if iterations != info.budget.get("iterations"):
+                changed.append(f"iterations {info.budget.get('iterations')} -> {iterations}")
+            info.budget["iterations"] = iterations
+        if max_cost_usd is not None:
+            if max_cost_usd != info.budget.get("max_cost_usd"):
+                changed.append(f"max_cost_usd {info.budget.get('max_cost_usd')} -> {max_cost_usd:g}")
+            info.budget["max_cost_usd"] = max_cost_usd
+        if changed:
+            write_text_atomic(run_dir / "run.yaml", yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
+        regime = get_regime(info.regime, [Path(p) for p in info.regime_path] or None)
+        notes = [f"resume: {n}" for n in Store.repair(run_dir / "nodes.jsonl")]
+        # trainings of a driver that died may still run: end them before any slot is relaunched
+        end_trainings(run_dir, log=lambda m: notes.append(f"resume: {m}"))
+        workspace = Workspace.open(run_dir / "workspace")
+        ctx = _make_ctx(run_dir, info, regime, workspace, stop, kill, on_event, executor)
+        if ctx.policy.name == "claude" and hasattr(ctx.policy, "preflight"):
+            try:
+                ctx.policy.preflight(run_dir)  # a bad key or model: one line, before anything runs
+            except Exception as e:
+                if type(e).__name__ == "LLMRefused":
+                    ctx.close()
+                    raise RunError(str(e), hint=f"fix the setting named above, then: agent resume {run_dir}") from None
+                raise
+        for note in notes:
+            ctx.env.reasoning(note)
+        max_cost = info.budget.get("max_cost_usd")
+        ctx.env.reasoning(f"resume: budget {ctx.iterations_total} iterations"
+                          + (f", max cost ${max_cost:g}" if max_cost is not None else "")
+                          + f", {len(ctx.store)} done" + (f" (changed: {'; '.join(changed)})" if changed else "")
+                          + f"; {limits_text(info)}")
+        # a fresh phase: the view must not take the previous stop for this process's end
+        ctx.set_status(iterations_total=ctx.iterations_total, fallback=False, phase="resuming", stopped_by=None,
+                       message="resuming")
+        return _drive(ctx, resume=True)
 
 
 def _drive(ctx: RunCtx, resume: bool) -> Path:
@@ -308,4 +400,4 @@ def _carry_knowledge(old_run: Path, regime, variant: str, mem: Memory) -> Memory
     return mem
 
 
-__all__ = ["RunOptions", "RunError", "start_run", "resume_run"]
+__all__ = ["RunOptions", "RunError", "RunLocked", "start_run", "resume_run", "limits_text", "resolve_limits"]

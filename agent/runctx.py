@@ -49,6 +49,14 @@ class RunInfo(BaseModel):
     phase1_checkpoint: str | None = None
     script: str | None = None
     created_at: str = ""
+    # training limits (None in runs made before they were recorded: the regime's for the profile)
+    timeout_min: float | None = None
+    memory_limit_mb: int | None = None
+    limits_reason: str = ""
+
+
+#: the files of the policy step in progress, before its first attempt (RunCtx._step_snapshot)
+STEP_SNAPSHOT = "step_snapshot.json"
 
 
 class RunStopped(Exception):
@@ -178,7 +186,7 @@ class RunCtx:
         (LLMRefused: bad key, model, permission) or the spend limit stops the
         run instead: no heuristic run in Claude's name."""
         ctx = self.step_context(step, slots, results, state)
-        snap = self.env.snapshot()
+        snap = self._step_snapshot(f"{step}:{state.get('iteration', 0)}:{state.get('block', 1)}")
         self.env.policy_name = self.policy.name
         tools = ToolBox(self.env, step, slots, defer_log=True)
         counted = self.policy is not self.fallback
@@ -239,6 +247,26 @@ class RunCtx:
             ps["answered"] = int(ps.get("answered", 0)) + 1
         return {"policy_steps": ps}
 
+    def _step_snapshot(self, key: str) -> dict[Path, str | None]:
+        """The files a policy step may change, as they were before its first attempt.
+
+        Kept on disk (step_snapshot.json) so that a step killed after some of its tool calls is
+        re-run from the same files: an append to memory.md is never made twice, an instructions
+        edit never meets its own result."""
+        p = self.run_dir / STEP_SNAPSHOT
+        try:
+            saved = json.loads(p.read_text()) if p.exists() else None
+        except ValueError:  # a torn snapshot cannot be: it is written atomically; be safe anyway
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key:
+            snap = {self.run_dir / rel: text for rel, text in saved.get("files", {}).items()}
+            self.env.restore(snap)
+            self.env.reasoning(f"[{key.split(':')[0]}] re-run after an interruption: its files restored first")
+            return snap
+        snap = self.env.snapshot()
+        dump_json_atomic(p, {"key": key, "files": {str(q.relative_to(self.run_dir)): t for q, t in snap.items()}})
+        return snap
+
     # ----- status.json and events -----
 
     def _load_status(self) -> dict:
@@ -248,17 +276,12 @@ class RunCtx:
                 return json.loads(p.read_text())
             except ValueError:
                 pass
-        i = self.info
-        return {"run_id": i.run_id, "regime": i.regime, "variant": i.variant, "profile": i.profile,
-                "policy": i.policy, "model": i.model, "phase": "prepare", "block": 1, "iter_in_block": 0,
-                "n_iter_block": i.n_iter_block, "iterations_done": 0,
-                "iterations_total": i.budget.get("iterations", 0), "started_at": i.created_at or utc_now(),
-                "updated_at": utc_now(), "cost_usd": 0.0, "best": None,
-                "slots": [{"slot": s, "node": None, "parent": None, "strategy": "", "mutation": "",
-                           "status": "pending", "out_dir": None, "score": None, "started_at": None}
-                          for s in range(i.slots)],
-                "message": "", "fallback": False,
-                "policy_steps": {"total": 0, "answered": 0, "fallbacks": 0, "faults": {}}}
+        return default_status(self.info)
+
+    @staticmethod
+    def initial_status_file(run_dir: Path, info: RunInfo) -> None:
+        """status.json of a new run (written before the run directory is moved into place)."""
+        dump_json_atomic(Path(run_dir) / "status.json", default_status(info))
 
     def set_status(self, slots: dict[int, dict] | None = None, **fields) -> None:
         """Update status.json atomically and emit a `status` event."""
@@ -274,6 +297,14 @@ class RunCtx:
             dump_json_atomic(self.run_dir / "status.json", self.status)
             snapshot = json.loads(json.dumps(self.status, default=str))
         self.emit({"type": "status", "status": snapshot})
+
+    def training_limits(self) -> tuple[float, int | None]:
+        """(timeout_s, memory_limit_mb) of one training of this run (memory only on CPU)."""
+        lim = self.regime.training_limits(self.info.profile)
+        timeout_min = self.info.timeout_min if self.info.timeout_min is not None else lim.timeout_min
+        # both recorded together at creation; a run made before then takes the regime's
+        memory = self.info.memory_limit_mb if self.info.timeout_min is not None else lim.memory_limit_mb
+        return float(timeout_min) * 60.0, (memory if self.info.device == "cpu" else None)
 
     def _cost(self) -> float:
         p = self.run_dir / "llm_calls.jsonl"
@@ -297,6 +328,20 @@ class RunCtx:
                 self.on_event(event)
             except Exception:  # a view's bug must not stop the run
                 pass
+
+
+def default_status(i: RunInfo) -> dict:
+    """status.json before the first step (docs/contracts.md §5)."""
+    return {"run_id": i.run_id, "regime": i.regime, "variant": i.variant, "profile": i.profile,
+            "policy": i.policy, "model": i.model, "phase": "prepare", "block": 1, "iter_in_block": 0,
+            "n_iter_block": i.n_iter_block, "iterations_done": 0,
+            "iterations_total": i.budget.get("iterations", 0), "started_at": i.created_at or utc_now(),
+            "updated_at": utc_now(), "cost_usd": 0.0, "best": None,
+            "slots": [{"slot": s, "node": None, "parent": None, "strategy": "", "mutation": "",
+                       "status": "pending", "out_dir": None, "score": None, "started_at": None}
+                      for s in range(i.slots)],
+            "message": "", "fallback": False,
+            "policy_steps": {"total": 0, "answered": 0, "fallbacks": 0, "faults": {}}}
 
 
 def plan_for_launch(plan: SlotPlan) -> dict:

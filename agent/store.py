@@ -2,7 +2,8 @@
 
 One JSON object per finished training (docs/contracts.md §5). Every line is
 flushed and fsynced; a torn last line (a crash mid-write) is ignored with a
-warning and never costs an earlier line. The file is read once and kept in
+warning and never costs an earlier line; `agent resume` moves it to
+nodes.jsonl.torn (`Store.repair`). The file is read once and kept in
 memory keyed by id; later reads only parse what was appended since.
 """
 
@@ -66,6 +67,7 @@ class Store:
         self._nodes: dict[int, NodeRecord] = {}
         self._offset = 0  # bytes of the file already parsed (complete lines only)
         self._best: NodeRecord | None = None  # kept incrementally (status.json asks often)
+        self._warned_tail: tuple[int, int] | None = None
         self.refresh()
 
     # ----- reading -----
@@ -92,8 +94,9 @@ class Store:
                 continue
             self._add(rec)
         self._offset += len(complete)
-        if tail.strip():
-            # a torn last line: a crash mid-write; the next append starts a fresh line
+        if tail.strip() and self._warned_tail != (self._offset, len(tail)):
+            # a torn last line: a crash mid-write; `agent resume` moves it aside (repair)
+            self._warned_tail = (self._offset, len(tail))
             log.warning("nodes.jsonl: ignoring a torn last line (%d bytes)", len(tail))
 
     def nodes(self) -> list[NodeRecord]:
@@ -124,6 +127,41 @@ class Store:
         b = self._best
         if b is None or rec.score > b.score or (rec.score == b.score and rec.id < b.id):
             self._best = rec
+
+    @staticmethod
+    def repair(path: Path) -> list[str]:
+        """Move the unreadable lines of the store file `path` (a torn last line, or one a later
+        append closed) to nodes.jsonl.torn and rewrite the file without them. Returns one note per
+        line moved. Only a driver holding the run's lock may call it (agent resume does, first)."""
+        path = Path(path)
+        if not path.exists():
+            return []
+        data = path.read_bytes()
+        good, bad = [], []
+        for raw in data.split(b"\n"):
+            if not raw.strip():
+                continue
+            try:
+                NodeRecord.model_validate_json(raw)
+                good.append(raw)
+            except ValueError:
+                bad.append(raw)
+        if not bad:
+            return []
+        aside = path.with_name(path.name + ".torn")
+        with open(aside, "ab") as f:
+            for raw in bad:
+                f.write(raw + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(raw + b"\n" for raw in good))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return [f"{path.name}: moved an unreadable line ({len(raw)} bytes, a write cut short by a crash) "
+                f"to {aside.name}" for raw in bad]
 
     # ----- writing -----
 

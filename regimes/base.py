@@ -149,6 +149,14 @@ class Degeneracy(BaseModel):
     diagnosis: Literal["healthy", "degenerate", "severely degenerate", "failed", "n/a"]
 
 
+class TrainingLimits(BaseModel):
+    """What one training of a profile may use (`agent run --timeout-min/--memory-limit-mb` override)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    timeout_min: float = Field(default=60.0, gt=0)  # wall clock; then SIGTERM, SIGKILL after the grace period
+    memory_limit_mb: int | None = Field(default=None, ge=1)  # address space (CPU trainings); None: no limit
+
+
 class Regime(BaseModel):
     """Base class of every regime plugin. Subclass it and override the methods.
 
@@ -208,6 +216,9 @@ class Regime(BaseModel):
     #: identifiers and string fragments that name ground truth; the guard
     #: rejects an edit whose new code mentions one (e.g. "truth", "metabolite_type")
     truth_identifiers: list[str] = Field(default_factory=lambda: ["truth"])
+    #: per profile ("quick", "full"): the wall-clock limit and memory of one training
+    limits: dict[str, TrainingLimits] = Field(default_factory=lambda: {
+        "quick": TrainingLimits(timeout_min=60.0), "full": TrainingLimits(timeout_min=12 * 60.0)})
 
     @model_validator(mode="before")
     @classmethod
@@ -237,6 +248,10 @@ class Regime(BaseModel):
         return self
 
     # ----- declarative helpers (not meant to be overridden) -----
+
+    def training_limits(self, profile: str) -> TrainingLimits:
+        """The limits of one training of `profile` (a profile the regime does not list: the defaults)."""
+        return self.limits.get(profile) or TrainingLimits(timeout_min=12 * 60.0 if profile == "full" else 60.0)
 
     def param(self, key: str) -> ParamSpec | None:
         """The mutable spec of a dotted key, or None."""

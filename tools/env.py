@@ -171,7 +171,8 @@ class ToolEnv:
     def reasoning(self, text: str) -> None:
         """Append a time-stamped line (or block) to reasoning.log."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with open(self._reasoning_path, "a") as f:
+        # backslashreplace: a lone surrogate a policy sent must not make logging itself fail
+        with open(self._reasoning_path, "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(f"{stamp} {text}\n")
 
     def record_rejection(self, step: str, tool: str, args: dict, error: str) -> None:

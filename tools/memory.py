@@ -49,9 +49,16 @@ class EditInstructionsInput(BaseModel):
 def edit_instructions(env, args: EditInstructionsInput) -> str:
     if env.step != "block_end":
         raise ToolRejected("edit_instructions: allowed only at a block end")
+    from tools.limits import INSTRUCTIONS_GROWTH_CHARS
+
     text = env.instructions_path.read_text()
     n = text.count(args.old)
     if n != 1:
         raise ToolRejected(f"edit_instructions: the old text occurs {n} times in instructions.md; it must occur exactly once")
-    write_atomic(env.instructions_path, text.replace(args.old, args.new, 1))
+    new_text = text.replace(args.old, args.new, 1)
+    cap = len(env.regime.instructions_text()) + INSTRUCTIONS_GROWTH_CHARS
+    if len(new_text) > cap:  # the instructions go into every prompt
+        raise ToolRejected(f"edit_instructions: instructions.md would be {len(new_text)} characters; at most {cap} "
+                           f"(the regime's text + {INSTRUCTIONS_GROWTH_CHARS}); shorten a rule instead")
+    write_atomic(env.instructions_path, new_text)
     return "instructions.md updated"

@@ -59,6 +59,10 @@ def choose_parent(env, args: ChooseParentInput) -> str:
         info = env.node_info(parent)
         if info is None:
             raise ToolRejected(f"choose_parent: node {parent} does not exist")
+        if info.get("block", env.block) != env.block:
+            # the UCB tree is per block: a closed block's nodes are reached through the Knowledge Base
+            raise ToolRejected(f"choose_parent: node {parent} belongs to block {info.get('block')}, which is closed; "
+                               f"the parent must be a node of block {env.block} or 'root'")
         if info.get("status", "ok") != "ok" and args.strategy not in ("failure-probe", "boundary-probe", "code-modification"):
             # a failed node has no trained result to build on, except to probe or fix it
             raise ToolRejected(f"choose_parent: node {parent} failed ({info.get('status')}); "

@@ -61,11 +61,13 @@ class ToolDef:
     fn: Callable[["ToolEnv", Any], "str | list"]
 
     def schema(self, examples: dict[str, str] | None = None) -> dict:
+        from tools.limits import schema_with_limits
+
         s = self.input_model.model_json_schema()
         s.pop("title", None)
         ex = {**DEFAULT_EXAMPLES, **(examples or {})}
         desc = string.Template(self.description).safe_substitute(ex)
-        return {"name": self.name, "description": desc, "input_schema": _fill(s, ex)}
+        return schema_with_limits(self.name, {"name": self.name, "description": desc, "input_schema": _fill(s, ex)})
 
 
 def _fill(obj: Any, ex: dict[str, str]) -> Any:
@@ -247,6 +249,10 @@ class ToolBox:
 
     def message(self, text: str) -> None:
         """Record a policy message (reasoning text) in reasoning.log and status."""
+        from tools.limits import MESSAGE_CHARS, clip
+
+        # bounded, and valid UTF-8 whatever the policy sent (reasoning.log must stay writable)
+        text = clip(str(text).encode("utf-8", "backslashreplace").decode("utf-8"), MESSAGE_CHARS)
         self._write(f"[{self.step}] {self.env.policy_name}: {text}")
         self.env.last_message = text
 
@@ -263,22 +269,36 @@ class ToolBox:
             return
         lines = [f"{stamp} {line if applied or alt is None else alt}" for stamp, line, alt in self._log]
         self._log = []
-        with open(self.env.run_dir / "reasoning.log", "a") as f:
+        with open(self.env.run_dir / "reasoning.log", "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write("\n".join(lines) + "\n")
 
     # ----- calling -----
 
     def call(self, name: str, args: dict | None) -> ToolResult:
-        """Validate and run one tool call; log it; count it if rejected."""
+        """Validate and run one tool call; log it; count it if rejected.
+
+        Never raises for what a policy sends: a malformed call (not a dict, over-long or non-Unicode
+        text, NUL bytes, `true` for a number) and a tool's unexpected error are one rejected call."""
+        from tools.limits import QUOTE_CHARS, check_args, clip, clip_args
+
         self.n_calls += 1
-        args = dict(args or {})
+        if not isinstance(name, str):
+            name = repr(name)
+        name = clip(name.encode("utf-8", "backslashreplace").decode("utf-8"), 60)
+        args = dict(args) if isinstance(args, dict) else ({} if args is None else {"(arguments)": args})
         try:
+            if not all(isinstance(k, str) for k in args):
+                raise ToolRejected(f"{name}: argument names must be strings")
+            if "(arguments)" in args:
+                raise ToolRejected(f"{name}: arguments must be a JSON object")
             if name not in self.names:
                 if name in REGISTRY or name in _all_tool_names():
                     raise ToolRejected(f"tool {name} is not allowed at step {self.step}; "
                                        f"allowed: {', '.join(self.names)}")
                 raise ToolRejected(f"unknown tool {name!r}; allowed: {', '.join(self.names)}")
             tool = REGISTRY[name]
+            if (problem := check_args(name, tool.input_model, args)):
+                raise ToolRejected(f"{name}: {problem}")
             try:
                 parsed = tool.input_model.model_validate(args)
             except ValidationError as e:
@@ -289,15 +309,21 @@ class ToolBox:
                     "choose_parent"):
                 raise ToolRejected(f"{name}: slot {slot} is not part of this step (slots {self.slots})")
             content = tool.fn(self.env, parsed)
-        except ToolRejected as e:
-            msg = str(e).splitlines()[0] if str(e) else f"{name}: rejected"
+        except Exception as e:  # ToolRejected, or a tool's own bug on odd input: one rejected call
+            first = (str(e).splitlines() or [""])[0]
+            if isinstance(e, ToolRejected):
+                msg = first or f"{name}: rejected"
+            else:
+                msg = f"{name}: failed: {type(e).__name__}" + (f": {first}" if first else "")
+            msg = clip(msg, 3 * QUOTE_CHARS)  # never the whole value that was sent
             self.n_rejected += 1
-            self.env.record_rejection(self.step, name, args, msg)
-            self._write(f"[{self.step}] CALL {name} {_short_json(args)} -> REJECTED: {msg}")
+            short = clip_args(args)
+            self.env.record_rejection(self.step, name, short, msg)
+            self._write(f"[{self.step}] CALL {name} {_short_json(short)} -> REJECTED: {msg}")
             return ToolResult(ok=False, content="", error=msg)
         if self.required == name and isinstance(getattr(parsed, "slot", None), int):
             self.satisfied.add(parsed.slot)
-        head = f"[{self.step}] CALL {name} {_short_json(args)}"
+        head = f"[{self.step}] CALL {name} {_short_json(clip_args(args))}"
         self._write(f"{head} -> ok: {_short_content(content)}",
                     f"{head} -> rolled back (the step was undone): {_short_content(content)}")
         return ToolResult(ok=True, content=content, error=None)
