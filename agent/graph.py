@@ -94,7 +94,7 @@ def build_graph(ctx: RunCtx):
                 # the training finished but the loop died before collecting it
                 _write_result(d, {"status": "ok", "exit_code": 0, "reason": "collected on resume",
                                   "traceback_tail": "", "metrics": json.loads((d / "metrics.json").read_text()),
-                                  "duration_s": 0.0})
+                                  "duration_s": _collected_duration(launch, d / "metrics.json")})
                 continue
             for stale in ("metrics.json", "progress.jsonl"):
                 if (d / stale).exists():
@@ -361,6 +361,18 @@ def _valid_metrics(p: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and bool(data)
+
+
+def _collected_duration(launch: dict, metrics: Path) -> float:
+    """Launch to metrics.json of a training that finished while no driver ran (not 0: it did train)."""
+    import calendar
+    import time as _time
+
+    try:
+        t0 = calendar.timegm(_time.strptime(launch["launched_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        return round(max(0.0, metrics.stat().st_mtime - t0), 3)
+    except (KeyError, ValueError, OSError):
+        return 0.0
 
 
 def _write_result(d: Path, res: dict) -> None:

@@ -504,6 +504,10 @@ def _header(run_dir: Path, st: RunStatus, run_cfg: dict, now: datetime | None) -
     t.append("\nprofile ", style="dim")
     t.append(profile_note(st.profile or run_cfg.get("profile"), run_cfg.get("device"),
                           run_cfg.get("profile_reason")))
+    if isinstance(run_cfg.get("timeout_min"), (int, float)):  # training limits (issue 19)
+        t.append("   limits ", style="dim")
+        mem = run_cfg.get("memory_limit_mb")
+        t.append(f"{run_cfg['timeout_min']:g} min/training, " + (f"{mem} MB" if mem else "no memory limit"))
     return Panel(t, title=f"gnn-agent · {st.run_id or Path(run_dir).name}", title_align="left",
                  border_style="blue")
 
@@ -779,7 +783,9 @@ class Interrupts:
 
     The first Ctrl-C sets `stop` (the run ends cleanly after the current step,
     resumable); the second sets `kill` (running trainings are ended too); a
-    third raises KeyboardInterrupt in the main thread.
+    third raises KeyboardInterrupt in the main thread. SIGTERM sets both at
+    once (a service manager waits seconds, not a batch), so it too leaves the
+    run stopped and resumable.
 
     A terminal sends Ctrl-C to its whole foreground process group, which also
     holds the helper processes the run starts (git for the workspace, the

@@ -158,6 +158,13 @@ def test_regime_limits_reach_runspec_and_run_yaml(tmp_path):
     assert all(s.extra_env == {"GNN_AGENT_RUN": str((tmp_path / "b").resolve())} for s in ex.specs)
     info = (tmp_path / "b" / "run.yaml").read_text()
     assert "timeout_min: 2.5" in info and "memory_limit_mb: 3000" in info
+    from rich.console import Console
+
+    from agent.live import render
+
+    con = Console(record=True, width=200)
+    con.print(render(tmp_path / "b", 200))
+    assert "limits 2.5 min/training, 3000 MB" in con.export_text()  # the live view's header
     # resume keeps the run's limits
     ex = Recording()
     resume_run(tmp_path / "b", iterations=4, executor=ex)

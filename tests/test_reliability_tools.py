@@ -49,7 +49,7 @@ def test_every_string_field_of_every_tool_has_a_stated_limit():
             assert prop.get("maxLength") == limit or any(a.get("maxLength") == limit for a in prop.get("anyOf", [])) \
                 or f"at most {limit} characters" in prop["description"], (name, f)
             assert f"{f} ≤ {limit}" in schema["description"], (name, f)
-    assert "At most 20 keys" in REGISTRY["set_config"].schema()["input_schema"]["properties"]["changes"]["description"]
+    assert "At most 40 keys" in REGISTRY["set_config"].schema()["input_schema"]["properties"]["changes"]["description"]
 
 
 BIG = "x" * 10_000_000

@@ -22,15 +22,16 @@ TEXT_LIMITS: dict[str, dict[str, int]] = {
     "edit_instructions": {"old": 4000, "new": 4000},
     "submit_analysis": {"visual": 1000, "observation": 1000},
     "choose_parent": {"strategy": 64, "reason": 300},
-    "finish_mutation": {"mutation": 300, "strategy": 64, "parent_rule": 300, "hypothesis": 500},
+    "finish_mutation": {"mutation": 1200, "strategy": 64, "parent_rule": 300, "hypothesis": 500},
     "edit_code": {"path": 300, "old": 20000, "new": 20000, "change": 300, "hypothesis": 500, "strategy": 64},
     "revert_code": {"path": 300, "reason": 300},
     "show_code": {"path": 300},
     "read_file": {"path": 1000},
     "view_plot": {"name": 300},
 }
-#: set_config: at most this many keys per call, key and string-value lengths
-CONFIG_MAX_KEYS = 20
+#: set_config: at most this many keys per call (a baseline sets every mutable key: 17 at most today),
+#: key and string-value lengths
+CONFIG_MAX_KEYS = 40
 CONFIG_KEY_CHARS = 200
 CONFIG_VALUE_CHARS = 200
 #: a string of a tool not listed above (a new tool): still bounded
