@@ -153,9 +153,7 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
     _sweep_stale_creations(run_dir.parent)
     # Atomic creation: everything is built in a hidden sibling, locked, then renamed into place, so a
     # kill at any moment leaves either no run directory (start again) or a complete one (resume).
-    tmp = run_dir.parent / f"{CREATING_PREFIX}{run_dir.name}.{os.getpid()}"
-    tmp.mkdir()
-    lock = DriverLock(tmp).acquire()
+    tmp, lock = _locked_creation_dir(run_dir)
     try:
         info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=profile,
                        profile_reason=profile_reason, slots=opts.slots, policy=policy_name, model=opts.model,
@@ -217,6 +215,21 @@ def _populate(d: Path, info: RunInfo, regime, variant: str, config: dict, opts: 
     Workspace.create(d / "workspace", regime)
     # status.json last: the run is complete (a kill from here on leaves a resumable run)
     RunCtx.initial_status_file(d, info)
+
+
+def _locked_creation_dir(run_dir: Path) -> tuple[Path, DriverLock]:
+    """A fresh hidden sibling of `run_dir`, locked by this process.
+
+    Another `agent run` sweeping stale siblings may lock or remove it between our mkdir and our
+    lock: then take another name."""
+    for k in range(5):
+        tmp = run_dir.parent / f"{CREATING_PREFIX}{run_dir.name}.{os.getpid()}{'-' + str(k) if k else ''}"
+        try:
+            tmp.mkdir()
+            return tmp, DriverLock(tmp).acquire()
+        except (FileExistsError, FileNotFoundError, RunLocked):
+            continue
+    raise RunError(f"cannot make a directory next to {run_dir} to create the run in")
 
 
 def _sweep_stale_creations(parent: Path) -> None:
