@@ -70,8 +70,13 @@ def _train(regime_name: str, work: Path, timeout_min: float) -> dict:
     from sandbox.runner import RunSpec, run_training
 
     regime = get_regime(regime_name)
+    try:  # two processes per training (stage -> train -> eval): the runner's entries of the regime
+        from sandbox.runner import regime_entries
+        entries = regime_entries(regime)
+    except ImportError:
+        entries = {"train_entry": regime.train_entry}
     spec = RunSpec(slot=0, node_id=1, config_path=work / "config.yaml", out_dir=work / "slot_00", code_dir=ROOT,
-                   train_entry=regime.train_entry, device="cpu", threads=1, timeout_s=timeout_min * 60.0)
+                   device="cpu", threads=1, timeout_s=timeout_min * 60.0, **entries)
     res = run_training(spec)
     steps = None
     prog = spec.out_dir / "progress.jsonl"
