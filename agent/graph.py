@@ -27,6 +27,7 @@ from agent.memory import (Memory, best_configs_table, block_info, comparison_row
 from agent.runctx import RunCtx, RunStopped, plan_for_launch, record_from, utc_now
 from agent.state import LoopState
 from agent.store import NodeRecord, dump_json_atomic, write_text_atomic
+from regimes.base import format_value
 from tools.env import SlotPlan, dump_yaml_atomic, slot_dir
 
 
@@ -295,9 +296,13 @@ def build_graph(ctx: RunCtx):
 def _announce(ctx: RunCtx, iteration: int) -> None:
     """status.json: every slot's next training (node id, parent, strategy, mutation) as soon as it is planned."""
     plans = {s: ctx.env.load_plan(s) for s in _all_slots(ctx)}
+    # the system each slot will train on (live view), where the policy may change it
+    system = ({s: format_value(ctx.regime.system_of(ctx.env.slot_config(s))) for s in plans}
+              if ctx.regime.system_mutable() else {})
     ctx.set_status(slots={s: {"status": "pending", "node": ctx.node_id(iteration, s), "parent": p.parent,
                               "strategy": p.strategy, "mutation": p.mutation, "score": None,
-                              "out_dir": str(slot_dir(ctx.run_dir, iteration, s)), "started_at": None}
+                              "out_dir": str(slot_dir(ctx.run_dir, iteration, s)), "started_at": None,
+                              **({"system": system[s]} if s in system else {})}
                           for s, p in plans.items()})
 
 
@@ -313,10 +318,12 @@ def compile_graph(ctx: RunCtx):
 def block_ucb(ctx: RunCtx, block: int, batch: dict[int, dict]) -> list[ucb_mod.UCBEntry]:
     """UCB entries of the block's finished nodes, including the batch just finished."""
     nodes = {n.id: n for n in ctx.store.block_nodes(block)}
+    system = {n.id: format_value(ctx.regime.system_of(n.config)) for n in nodes.values()}
     for r in batch.values():
         if r["node"] not in nodes:
             nodes[r["node"]] = _Pseudo(r["node"], r["parent"], r["score"], r["mutation"])
-    return ucb_mod.ucb_scores(nodes.values(), ctx.info.ucb_c)
+            system[r["node"]] = format_value(ctx.regime.system_of(r.get("config") or {}))
+    return ucb_mod.tag_systems(ucb_mod.ucb_scores(nodes.values(), ctx.info.ucb_c), system)
 
 
 class _Pseudo:

@@ -53,6 +53,8 @@ class SlotState(BaseModel):
     parent: int | None = None
     strategy: str | None = None
     mutation: str | None = None
+    #: the system (simulation seed) the slot trains on, where the policy may change it
+    system: str | None = None
     status: str = "pending"
     out_dir: str | None = None
     score: float | None = None
@@ -531,6 +533,9 @@ def _slot_table(run_dir: Path, st: RunStatus, width: int, nodes: list[dict] | No
     table.add_column("node", justify="right", min_width=4, no_wrap=True)
     if wide:
         table.add_column("parent", justify="right", min_width=6, no_wrap=True)
+    show_system = any(s.system is not None for s in st.slots)
+    if show_system:
+        table.add_column("system", justify="right", min_width=6, no_wrap=True)
     table.add_column("strategy", width=14 if wide else 9, overflow="ellipsis", no_wrap=True)
     table.add_column("mutation", ratio=1, min_width=10, overflow="ellipsis", no_wrap=True)
     bar_w = max(6, min(20, width // 9))
@@ -553,6 +558,8 @@ def _slot_table(run_dir: Path, st: RunStatus, width: int, nodes: list[dict] | No
         rec = by_id.get(s.node)
         if s.status in ("failed", "timeout", "killed") and rec and rec.get("reason") not in (None, "", "ok"):
             mutation = Text(f"{rec['reason']} · {s.mutation or ''}", style="red")  # why, before what
+        if show_system:
+            row.append(s.system or "—")
         row += [s.strategy or "—", mutation, _progress_cell(bar_w, prog, s.status)]
         if wide:
             row.append(speed)
@@ -579,6 +586,13 @@ def _best_panel(nodes: list[dict], st: RunStatus) -> RenderableType:
     if cls:
         t.append(f"  {cls}", style=CLASS_STYLE.get(cls, ""))
     t.append(f"  slot {b.get('slot')}  {b.get('strategy') or ''}", style="dim")
+    from agent import systems as sys_mod
+
+    if sys_mod.mixes(nodes):  # scores of different systems: say which one, and each system's best
+        t.append(f"  system {sys_mod.fmt_system(sys_mod.system_of(b))}", style="bold")
+        t.append("\n  per system: ", style="dim")
+        t.append(" · ".join(f"{sys_mod.fmt_system(r.system)} best {fmt_score(r.best_score)}"
+                            for r in sys_mod.by_system(nodes)))
     cfg = key_config(b, varied_keys(nodes))
     if cfg:
         t.append("\n  config: ", style="dim")
@@ -722,6 +736,9 @@ class PlainReporter:
             st = read_status(self.run_dir)
         nodes = read_nodes(self.run_dir)
         lines, self._pending = self._pending, []
+        from agent import systems as sys_mod
+
+        mixed = sys_mod.mixes(nodes)
         for n in nodes:
             nid = n.get("id")
             if nid in self._seen_nodes:
@@ -730,7 +747,8 @@ class PlainReporter:
             cls = n.get("classification") or n.get("status") or ""
             lines.append(f"slot {n.get('slot')} finished: node {nid} (parent {n.get('parent') or 'root'}, "
                          f"{n.get('strategy') or '-'}: {n.get('mutation') or '-'}) score {fmt_score(n.get('score'))}"
-                         f" {cls}".rstrip())
+                         f" {cls}".rstrip()
+                         + (f" on system {sys_mod.fmt_system(sys_mod.system_of(n))}" if mixed else ""))
         if st is None:
             return lines
         if self._block is not None and st.block > self._block:

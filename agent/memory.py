@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
+from agent import systems as sys_mod
 from agent.store import NodeRecord, write_text_atomic
 from regimes.base import Regime, format_metric, format_value, get_dotted
 from tools.limits import MEMORY_SECTION_CHARS, MEMORY_SECTION_CHARS_BY_NAME
@@ -202,8 +203,16 @@ fmt_metric = format_metric
 
 
 def config_line(regime: Regime, config: dict) -> str:
-    """The `Config:` line body, in the regime's short names (seed log form)."""
-    return regime.format_config_line(config)
+    """The `Config:` line body, in the regime's short names (seed log form). Where the system
+    may change and the regime's log form does not name its key, `sim_seed=S` leads the line."""
+    line = regime.format_config_line(config)
+    if _shows_system(regime) and regime.system_key not in regime.log_config.values():
+        line = f"sim_seed={fmt_value(regime.system_of(config))}" + (f", {line}" if line else "")
+    return line
+
+
+def _shows_system(regime: Regime) -> bool:
+    return bool(getattr(regime, "system_mutable", None)) and regime.system_mutable()
 
 
 def metrics_line(regime: Regime, metrics: dict) -> str:
@@ -259,7 +268,8 @@ def render_entry(regime: Regime, rec: NodeRecord) -> str:
 def memory_line(regime: Regime, rec: NodeRecord) -> str:
     """The one-line summary of a node in `Iterations This Block`."""
     parent = "root" if rec.parent is None else rec.parent
-    return (f"- Iter {rec.id} ({rec.classification}, slot {rec.slot}, parent={parent}, {rec.strategy}): "
+    system = f", system={fmt_value(regime.system_of(rec.config))}" if _shows_system(regime) else ""
+    return (f"- Iter {rec.id} ({rec.classification}, slot {rec.slot}, parent={parent}, {rec.strategy}{system}): "
             f"{_one_line(rec.mutation)} -> score={rec.score:.4f}"
             + (f"; {_one_line(rec.observation)}" if rec.observation else ""))
 
@@ -271,18 +281,40 @@ def _one_line(s: str) -> str:
 # ----- code-maintained tables -----
 
 def best_configs_table(regime: Regime, nodes: Iterable[NodeRecord], k: int = 5) -> str:
-    """Top-k nodes by score as the Best Configurations table."""
+    """Top-k nodes by score as the Best Configurations table; where systems vary, a system column,
+    each system's best node and the recipes' robustness (mean, worst over the systems they ran on)."""
+    nodes = list(nodes)
     top = sorted(nodes, key=lambda n: (-n.score, n.id))[:k]
     shorts = list(regime.log_config.keys())
-    header = ["Blk", "Node", *shorts, regime.primary_metric, "score", "Finding"]
+    key = regime.system_key
+    per_system = _shows_system(regime) or sys_mod.mixes(nodes, key)
+    header = ["Blk", "Node", *(["system"] if per_system else []), *shorts, regime.primary_metric, "score", "Finding"]
     rows = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     for n in top:
-        cells = [str(n.block), str(n.id)]
+        cells = [str(n.block), str(n.id)] + ([sys_mod.fmt_system(regime.system_of(n.config))] if per_system else [])
         cells += [fmt_value(get_dotted(n.config, regime.log_config[s])) for s in shorts]
         cells += [fmt_metric(n.metrics.get(regime.primary_metric, float("nan"))), f"{n.score:.4f}",
                   (_one_line(n.observation) or n.classification)[:80].replace("|", "/")]
         rows.append("| " + " | ".join(cells) + " |")
+    if per_system and nodes:
+        rows += ["", *system_lines(regime, nodes)]
     return "\n".join(rows)
+
+
+def system_lines(regime: Regime, nodes: list[NodeRecord], k: int = 3) -> list[str]:
+    """Per-system results and recipe robustness, for memory.md (results per system seed)."""
+    key = regime.system_key
+    summaries = sys_mod.by_system(nodes, key, regime.identifiability_metrics)
+    out = [f"Systems ({key}; scores compare configs only within one system):"]
+    for r in summaries:
+        best = "-" if r.best_id is None else f"best node {r.best_id} score {r.best_score:.4f}"
+        ident = sys_mod.identifiability_text(r.identifiability)
+        out.append(f"- system {sys_mod.fmt_system(r.system)}: {r.nodes} nodes, {best}" + (f"; data: {ident}" if ident else ""))
+    multi = [r for r in sys_mod.robustness(nodes, key) if r.n_systems >= 2][:k]
+    out.append("Robustness (recipes run on 2+ systems):" + ("" if multi else " none yet (replay a recipe at a new "
+                                                                            f"{key} to measure it)"))
+    out += [f"- {sys_mod.robustness_line(r)}" for r in multi]
+    return out
 
 
 class ComparisonRow(BaseModel):

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from agent import systems as sys_mod
 from agent.live import (policy_steps_line, best_node, best_so_far, fmt_score, fmt_value, llm_cost, read_nodes, read_run_yaml,
                         read_status, slot_out_dir, varied_keys)
 
@@ -326,6 +327,44 @@ def _code_diff(run_dir: Path, node: dict) -> str:
     return f"Commit `{str(commit)[:10]}` against root:\n\n```diff\n{diff.rstrip()}\n```"
 
 
+def _robustness_summary(nodes: list[dict], best: dict, key: str) -> str:
+    """The report's robustness line: the best node's recipe over the systems it ran on, and the most robust recipe."""
+    systems = sys_mod.systems(_scored(nodes), key)
+    if len(systems) <= 1:
+        return (f"- Robustness: every node ran on one system ({key}={sys_mod.fmt_system(systems[0] if systems else None)}); "
+                "robustness across systems is not measured.")
+    own = sys_mod.robustness_of(_scored(nodes), best, key)
+    multi = [r for r in sys_mod.robustness(_scored(nodes), key) if r.n_systems >= 2]
+    parts = [f"best node's {sys_mod.robustness_line(own)}" if own else "best node's recipe: —"]
+    if multi and (own is None or multi[0].recipe != own.recipe):
+        parts.append(f"most robust: {sys_mod.robustness_line(multi[0])}")
+    elif not multi:
+        parts.append("no recipe ran on 2+ systems yet")
+    return f"- Robustness over {len(systems)} systems ({key}): " + "; ".join(parts) + "."
+
+
+def _systems_section(nodes: list[dict], regime: Any, key: str) -> list[str]:
+    ident = list(getattr(regime, "identifiability_metrics", []) or [])
+    rows = []
+    for r in sys_mod.by_system(nodes, key, ident):
+        rows.append([sys_mod.fmt_system(r.system), r.nodes, "—" if r.best_id is None else r.best_id,
+                     fmt_score(r.best_score), sys_mod.identifiability_text(r.identifiability) or "—"])
+    md = ["## Systems and robustness", "",
+          f"Each `{key}` simulates another system; a score compares configs only within one system.", "",
+          _md_table(["system", "nodes", "best node", "best score", "data (identifiability)"], rows), ""]
+    rob = [r for r in sys_mod.robustness(_scored(nodes), key) if r.n_systems >= 2][:10]
+    if rob:
+        md += ["Recipes run on 2+ systems (a recipe: the config without the system key, and the code commit):", "",
+               _md_table(["recipe of node", "nodes", "systems", "mean", "worst", "worst system", "per system"],
+                         [[r.first_id, ", ".join(map(str, r.node_ids[:8])), r.n_systems, fmt_score(r.mean),
+                           fmt_score(r.worst), sys_mod.fmt_system(r.worst_system),
+                           ", ".join(f"{sys_mod.fmt_system(s)}: {v:.4f}" for s, v in r.per_system.items())]
+                          for r in rob]), ""]
+    else:
+        md += ["No recipe ran on 2+ systems yet: robustness is not measured.", ""]
+    return md
+
+
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Write `out_dir` (default RUN_DIR/report)/report.md and its PNGs; return the Markdown path."""
     run_dir = Path(run_dir)
@@ -368,9 +407,14 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
            + (f"; run phase `{st.phase}`, {st.iterations_done}/{st.iterations_total or '?'} iterations." if st else "."), ""]
     if regime_note:
         md += [f"> Note: {regime_note}; parameters below are the training keys that varied.", ""]
+    skey = sys_mod.system_key(regime)
+    mixed = sys_mod.mixes(nodes, skey)
+    on_system = f" on system {sys_mod.fmt_system(sys_mod.system_of(best, skey))}" if mixed else ""
     md += ["## Summary", "",
            f"- Best: node {best['id']} (block {best.get('block')}, slot {best.get('slot')}, "
-           f"{best.get('strategy') or '—'}) score **{fmt_score(best['score'])}**, {best.get('classification') or '—'}.",
+           f"{best.get('strategy') or '—'}) score **{fmt_score(best['score'])}**{on_system}, "
+           f"{best.get('classification') or '—'}.",
+           _robustness_summary(nodes, best, skey),
            "- Classification: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items())) + ".",
            f"- Failed trainings: {sum(1 for x in nodes if x.get('status') not in (None, 'ok'))}."]
     steps = policy_steps_line(st) if st else None
@@ -399,12 +443,18 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
                      sum(1 for x in xs if x.get("classification") == "converged")])
     md += ["## Strategies", "", _md_table(["strategy", "nodes", "mean score", "best score", "converged"], rows), ""]
 
+    if mixed:
+        md += _systems_section(nodes, regime, skey)
     metric_names = _metric_names(nodes, regime)
     top = sorted(_scored(nodes), key=lambda x: (-x["score"], x["id"]))[:10]
-    md += ["## Top nodes", "", _md_table(
-        ["node", "parent", "block", "slot", "strategy", "mutation", "score", "class"] + metric_names,
-        [[x["id"], "root" if x.get("parent") is None else x["parent"], x.get("block", ""), x.get("slot", ""),
-          x.get("strategy") or "—", x.get("mutation") or "—", fmt_score(x["score"]), x.get("classification") or "—"]
+    md += ["## Top nodes", ""] + (["Nodes of different systems: compare scores within one system (column system).", ""]
+                                  if mixed else [])
+    md += [_md_table(
+        ["node", "parent", "block", "slot"] + (["system"] if mixed else []) + ["strategy", "mutation", "score", "class"]
+        + metric_names,
+        [[x["id"], "root" if x.get("parent") is None else x["parent"], x.get("block", ""), x.get("slot", "")]
+         + ([sys_mod.fmt_system(sys_mod.system_of(x, skey))] if mixed else [])
+         + [x.get("strategy") or "—", x.get("mutation") or "—", fmt_score(x["score"]), x.get("classification") or "—"]
          + [fmt_value((x.get("metrics") or {}).get(m)) if m in (x.get("metrics") or {}) else "—" for m in metric_names]
          for x in top]), ""]
 

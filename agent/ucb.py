@@ -29,12 +29,25 @@ class UCBEntry:
     score: float
     ucb: float
     mutation: str
+    #: the node's system (simulation seed), shown only when the block mixes systems
+    system: str | None = None
 
     def line(self) -> str:
         parent = "root" if self.parent is None else str(self.parent)
         mutation = " ".join(self.mutation.split()) or "-"
+        system = "" if self.system is None else f", system={self.system}"
         return (f"Node {self.id}: UCB={self.ucb:.3f}, parent={parent}, visits={self.visits}, "
-                f"score={self.score:.4f}, Mutation={mutation}")
+                f"score={self.score:.4f}{system}, Mutation={mutation}")
+
+
+def tag_systems(entries: list[UCBEntry], system_of: dict[int, str]) -> list[UCBEntry]:
+    """Entries with their system named when they span more than one: a score on a hard system is
+    not a worse config, and the file says so plainly (`system=S` before `Mutation=`)."""
+    if len({system_of.get(e.id) for e in entries}) <= 1:
+        return entries
+    from dataclasses import replace
+
+    return [replace(e, system=system_of.get(e.id, "?")) for e in entries]
 
 
 def ucb_scores(nodes: Iterable[_Node], c: float, pending_parents: Iterable[int | None] = ()) -> list[UCBEntry]:

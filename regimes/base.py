@@ -219,6 +219,17 @@ class Regime(BaseModel):
     #: per profile ("quick", "full"): the wall-clock limit and memory of one training
     limits: dict[str, TrainingLimits] = Field(default_factory=lambda: {
         "quick": TrainingLimits(timeout_min=60.0), "full": TrainingLimits(timeout_min=12 * 60.0)})
+    #: the dotted config key whose value selects the simulated system (a new value
+    #: simulates a new system with the same frozen parameters: another W, another S);
+    #: scores of different systems are compared only as robustness, never as config effects
+    system_key: str = "simulation.seed"
+    #: metrics that describe the system's data, not the training (activity rank,
+    #: saturated neurons, inactive reactions): shown next to a system's scores so
+    #: "this seed is hard" is told apart from "this config is bad"
+    identifiability_metrics: list[str] = Field(default_factory=list)
+    #: a metric that is > 0 when the generated system is degenerate (e.g. settled near
+    #: a fixed point); "" when the regime writes none
+    degenerate_metric: str = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -268,6 +279,14 @@ class Regime(BaseModel):
             if f == key or (f.endswith(".*") and key.startswith(f[:-1])):
                 return True
         return False
+
+    def system_mutable(self) -> bool:
+        """True when the policy may change the system (the system key is mutable)."""
+        return self.param(self.system_key) is not None
+
+    def system_of(self, config: dict) -> Any:
+        """The system a config simulates (its `system_key` value; None when the config has none)."""
+        return get_dotted(config, self.system_key)
 
     def slot_value(self, key: str, slot: int) -> Any:
         values = self.slot_fixed[key]

@@ -16,24 +16,35 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
+from agent import systems as sys_mod
 from agent.memory import fmt_metric, fmt_value
 from agent.policies.base import Policy, StepContext
 from agent.ucb import ucb_scores
 from regimes.base import ParamSpec, get_dotted, set_dotted
 
 ROLES = ("exploit", "exploit", "explore", "principle-test")
+#: the seed documents' strategies that vary the system (simulation seed): they run on one slot
+#: (slot 3, or the last slot of a smaller batch) where the regime lets the seed change
+SEED_STRATEGIES = ("universal-recipe-validate", "seed-robustness", "identifiability-test", "variance-reduction",
+                   "cross-seed-optimize")
+#: what cross-seed-optimize tunes at the weaker seed (seed 004: n_epochs_init, batch_size, lr_W)
+CROSS_SEED_KEYS = ("n_epochs_init", "batch_size", "learning_rate_W_start")
+#: what variance-reduction varies (seed 004: "different aug/epochs")
+VARIANCE_KEYS = ("data_augmentation_loop", "n_epochs")
+_TARGET = re.compile(r"\[system ([\w.]+)=(-?\d+)\]")
 
 
 class _N:
     """A node of the block history (store record or batch result)."""
 
     __slots__ = ("id", "parent", "score", "mutation", "strategy", "gap", "status", "config", "code_changes", "slot",
-                 "block")
+                 "block", "commit", "metrics")
 
     def __init__(self, d: dict):
         self.id = d.get("id", d.get("node"))
@@ -48,6 +59,8 @@ class _N:
         self.code_changes = d.get("code_changes") or []
         self.slot = d.get("slot", 0)
         self.block = d.get("block", 0)
+        self.commit = d.get("commit")
+        self.metrics = d.get("metrics") or {}
 
 
 def _param_of(mutation: str) -> str | None:
@@ -230,14 +243,41 @@ class HeuristicPolicy(Policy):
                     parts.append(f"final_loss={fmt_metric(m['final_loss'])}")
                 visual = "metrics-derived (the heuristic policy cannot see plots): " + ", ".join(parts)
                 parent = nodes.get(r["parent"]) if r["parent"] is not None else None
+                key = env.regime.system_key
+                sys_r = env.regime.system_of(r.get("config") or {})
                 if parent is None:
                     obs = f"score {r['score']:.4f} from root ({r['mutation'] or 'baseline'})"
+                elif env.regime.system_of(parent.config) != sys_r:
+                    # another system: the delta is the seed's difficulty, not a config effect
+                    rob = sys_mod.robustness_of(list(nodes.values()), r, key)
+                    obs = (f"score {r['score']:.4f} on system {sys_mod.fmt_system(sys_r)} vs parent {parent.id} "
+                           f"{parent.score:.4f} on system {sys_mod.fmt_system(env.regime.system_of(parent.config))}: "
+                           "a seed change, not a config effect"
+                           + (f"; {sys_mod.robustness_line(rob)}" if rob and rob.n_systems >= 2 else ""))
+                    ident = {k: float(v) for k, v in (r.get("metrics") or {}).items()
+                             if k in env.regime.identifiability_metrics and isinstance(v, (int, float))}
+                    if ident:
+                        obs += f"; data of system {sys_mod.fmt_system(sys_r)}: {sys_mod.identifiability_text(ident)}"
                 else:
                     delta = r["score"] - parent.score
                     verdict = "helped" if delta > 0.02 else "hurt" if delta < -0.02 else "no clear effect"
                     obs = (f"score {r['score']:.4f} vs parent {parent.id} {parent.score:.4f} "
                            f"(delta {delta:+.4f}): {r['mutation'] or 'change'} {verdict}")
+                obs += self._hard_system_note(env.regime, r)
             tools.call("submit_analysis", {"slot": r["slot"], "visual": visual, "observation": obs})
+
+    @staticmethod
+    def _hard_system_note(regime, r: dict) -> str:
+        """"; system S is degenerate (data: ...)" when the generator flagged the system: the seed is hard,
+        not the config bad."""
+        m = r.get("metrics") or {}
+        flag = regime.degenerate_metric
+        if not flag or not isinstance(m.get(flag), (int, float)) or m[flag] <= 0:
+            return ""
+        ident = {k: float(v) for k, v in m.items() if k in regime.identifiability_metrics and isinstance(v, (int, float))}
+        return (f"; system {sys_mod.fmt_system(regime.system_of(r.get('config') or {}))} is flagged degenerate "
+                f"({flag}): a hard seed, not a bad config"
+                + (f" (data: {sys_mod.identifiability_text(ident)})" if ident else ""))
 
     # ----- log -----
 
@@ -286,13 +326,119 @@ class HeuristicPolicy(Policy):
             return "forced-branch"
         return None
 
+    # ----- the seed-based strategies (seed 004's table; the system key must be mutable) -----
+
+    @staticmethod
+    def _seed_slot(n_slots: int) -> int:
+        return 3 if n_slots >= 4 else n_slots - 1
+
+    @staticmethod
+    def _new_system(env, nodes: dict[int, _N], exclude: set | None = None) -> int | None:
+        """The smallest integer seed above the run's first system that no node ran on (inside the key's range)."""
+        key = env.regime.system_key
+        spec = env.regime.param(key)
+        seen = {sys_mod.system_of(n, key) for n in nodes.values()} | set(exclude or ())
+        first = sys_mod.system_of(nodes[min(nodes)], key) if nodes else None
+        cand = (first if isinstance(first, int) and not isinstance(first, bool) else 0) + 1
+        hi = int(spec.high) if spec is not None and spec.high is not None else 2**31 - 1
+        while cand in seen and cand <= hi:
+            cand += 1
+        return cand if cand <= hi else None
+
+    def _seed_condition(self, ctx: StepContext, env, nodes: dict[int, _N]) -> tuple[str, int, str] | None:
+        """(strategy, parent id, reason with the target system) when a seed strategy's trigger holds."""
+        regime = env.regime
+        if not regime.system_mutable():
+            return None
+        allowed = set(regime.strategies)
+        key = regime.system_key
+        ok = [nodes[k] for k in sorted(nodes) if nodes[k].status == "ok"]
+        if not ok:
+            return None
+        children: dict[int, list[_N]] = defaultdict(list)
+        for n in nodes.values():
+            if n.parent is not None:
+                children[n.parent].append(n)
+        best = max(ok, key=lambda n: (n.score, -n.id))
+        sys_of = {n.id: sys_mod.system_of(n, key) for n in ok}
+        run_systems = sys_mod.systems(ok, key)
+        tag = lambda v: f"[system {key}={v}]"  # noqa: E731 - the mutate step reads the target back
+
+        def tried(node: _N, strategy: str) -> bool:
+            return any(c.strategy == strategy for c in children.get(node.id, []))
+
+        rob = sys_mod.robustness(ok, key)
+        if "universal-recipe-validate" in allowed:
+            # "new recipe beats old at 2+ seeds": test it at the remaining seeds
+            for r in rob:
+                if r.n_systems < 2:
+                    continue
+                beats = [s for s, v in r.per_system.items()
+                         if any(o.recipe != r.recipe and s in o.per_system for o in rob)
+                         and all(v > o.per_system[s] for o in rob if o.recipe != r.recipe and s in o.per_system)]
+                remaining = [s for s in run_systems if s not in r.per_system and isinstance(s, int)]
+                if len(beats) >= 2 and remaining:
+                    node = max((n for n in ok if n.id in r.node_ids), key=lambda n: (n.score, -n.id))
+                    return ("universal-recipe-validate", node.id,
+                            f"the recipe of node {r.first_id} beats the others at systems "
+                            f"{', '.join(map(sys_mod.fmt_system, beats))}: test it at system {remaining[0]} "
+                            f"{tag(remaining[0])}")
+        if "seed-robustness" in allowed:
+            same = [c for c in children.get(best.id, []) if c.status == "ok" and sys_of.get(c.id) == sys_of[best.id]]
+            if len(same) >= 2 and all(c.score < best.score for c in same) and not tried(best, "seed-robustness"):
+                new = self._new_system(env, nodes)
+                if new is not None:
+                    return ("seed-robustness", best.id,
+                            f"all {len(same)} perturbations of best node {best.id} degrade: replay its config at a "
+                            f"new seed {tag(new)}")
+        if "identifiability-test" in allowed:
+            last = [n.score for n in ok[-3:]]
+            used = {c.get("strategy") for n in nodes.values() for c in n.code_changes}
+            exhausted = (not regime.code_strategies or not env.code_enabled
+                         or {c.name for c in regime.code_strategies} <= used)
+            if (len(last) == 3 and max(last) - min(last) <= 0.05 and exhausted
+                    and not tried(best, "identifiability-test")):
+                new = self._new_system(env, nodes)
+                if new is not None:
+                    return ("identifiability-test", best.id,
+                            f"plateau at {last[-1]:.3f} after config and code changes: is the ceiling specific to "
+                            f"system {sys_mod.fmt_system(sys_of[best.id])}? {tag(new)}")
+        if "variance-reduction" in allowed:
+            spread = []
+            for r in rob:
+                runs = [n for n in ok if n.id in r.node_ids]
+                if len(runs) >= 2 and max(n.score for n in runs) - min(n.score for n in runs) > 0.05 \
+                        and not any(tried(n, "variance-reduction") for n in runs):
+                    spread.append((max(n.score for n in runs) - min(n.score for n in runs), r, runs))
+            if spread:
+                width, r, runs = max(spread, key=lambda t: (t[0], -t[1].first_id))
+                worst = min(runs, key=lambda n: (n.score, n.id))
+                return ("variance-reduction", worst.id,
+                        f"the recipe of node {r.first_id} spans {width:.3f} over {len(runs)} runs: vary aug/epochs "
+                        f"at its worst run (node {worst.id}, system {sys_mod.fmt_system(sys_of[worst.id])})")
+        if "cross-seed-optimize" in allowed and len(run_systems) >= 2 and best.block <= ctx.block - 2:
+            # best unchanged for 2+ blocks: close the gap at the weaker seed
+            weakest = min(sys_mod.by_system(ok, key), key=lambda r: (r.best_score, str(r.system)))
+            if weakest.best_id is not None:
+                return ("cross-seed-optimize", weakest.best_id,
+                        f"best unchanged since block {best.block}: tune at the weakest system "
+                        f"{sys_mod.fmt_system(weakest.system)} (best {weakest.best_score:.4f})")
+        return None
+
     def _select_parent(self, ctx: StepContext, tools) -> None:
         env = tools.env
         hist = self._history(ctx, env)
         ok = [n for n in hist if n.status == "ok"]
         condition = self._conditions(ctx, hist, env)
+        seed_slot = self._seed_slot(len(ctx.slots)) if ctx.slots else None
+        seed = self._seed_condition(ctx, env, self._all_nodes(env)) if seed_slot is not None else None
         pending: list[int | None] = []
         for slot in ctx.slots:
+            if seed is not None and slot == ctx.slots[seed_slot]:
+                strategy, parent, reason = seed
+                tools.call("choose_parent", {"slot": slot, "parent": parent, "strategy": strategy, "reason": reason})
+                pending.append(parent)
+                continue
             role = ROLES[slot % len(ROLES)]
             strategy = condition if (slot % len(ROLES) == 1 and condition) else role
             entries = [e for e in ucb_scores(ok, ctx.ucb_c, pending) if e.id in {n.id for n in ok}]
@@ -354,6 +500,10 @@ class HeuristicPolicy(Policy):
                 # between blocks, after a plateau, the code-modification slot tries a code strategy
                 if slot % len(ROLES) == 1 and self._plateaued(nodes) and ctx.code_allowed:
                     strategy = "code-modification"
+            if strategy in ("universal-recipe-validate", "seed-robustness", "identifiability-test"):
+                if self._seed_mutation(tools, slot, plan, nodes):
+                    continue
+                strategy = "exploit"
             if strategy == "code-modification":
                 if self._code_mutation(ctx, tools, slot, plan, nodes):
                     continue
@@ -410,8 +560,14 @@ class HeuristicPolicy(Policy):
         elif strategy == "degeneracy-break":
             order = cands[:1] + [p for p in order if p is not cands[0]] if cands else []
             direction = 1
+        elif strategy in ("cross-seed-optimize", "variance-reduction"):
+            # the table's keys first: n_epochs_init, batch_size, lr_W at the weaker seed; aug/epochs for variance
+            keys = CROSS_SEED_KEYS if strategy == "cross-seed-optimize" else VARIANCE_KEYS
+            first = [by_name[k] for k in keys if k in by_name]
+            order = first + [p for p in order if p not in first]
+            direction = 1 if strategy == "variance-reduction" else 0  # longer training: less run-to-run spread
         elif strategy == "principle-test":
-            ev = self._evidence(nodes)
+            ev = self._evidence(nodes, env.regime.system_key)
             if ev:
                 (pname, d), _ = max(ev.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[1][1]))
                 if pname in by_name:
@@ -466,18 +622,43 @@ class HeuristicPolicy(Policy):
             return 0.0
 
     @staticmethod
-    def _evidence(nodes: dict[int, _N]) -> dict[tuple[str, int], tuple[int, int]]:
-        """(param, direction) -> (times it helped, times tried), from parent/child score pairs."""
+    def _evidence(nodes: dict[int, _N], key: str = sys_mod.DEFAULT_SYSTEM_KEY) -> dict[tuple[str, int], tuple[int, int]]:
+        """(param, direction) -> (times it helped, times tried), from parent/child score pairs of one
+        system (a child on another system measures the seed, not the parameter)."""
         acc: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
         for n in nodes.values():
             p = _param_of(n.mutation)
             d = _direction(n.mutation)
             if p is None or d == 0 or n.parent not in nodes or n.status != "ok":
                 continue
+            if sys_mod.system_of(n, key) != sys_mod.system_of(nodes[n.parent], key):
+                continue
             acc[(p, d)][1] += 1
             if n.score > nodes[n.parent].score + 0.02:
                 acc[(p, d)][0] += 1
         return {k: (v[0], v[1]) for k, v in acc.items()}
+
+    @staticmethod
+    def _seed_mutation(tools, slot, plan, nodes) -> bool:
+        """Move the slot to the system select_parent named (`[system KEY=V]` in its reason): the parent's
+        recipe replayed on another system. The mutation says it is a seed change."""
+        env = tools.env
+        m = _TARGET.search(plan.reason or plan.parent_rule or "")
+        key = env.regime.system_key
+        if m is None or m.group(1) != key:
+            return False
+        new = int(m.group(2))
+        old = env.regime.system_of(env.slot_config(slot))
+        if new == old or not tools.call("set_config", {"slot": slot, "changes": {key: new}}).ok:
+            return False
+        why = {"seed-robustness": "does the best config generalise to another W/S sample?",
+               "universal-recipe-validate": "is the new recipe universal across systems?",
+               "identifiability-test": "is the ceiling specific to this system?"}.get(plan.strategy, "")
+        tools.call("finish_mutation", {
+            "slot": slot, "mutation": f"seed: {fmt_value(old)} -> {fmt_value(new)} (seed change: {key}, a new system)",
+            "strategy": plan.strategy, "parent_rule": plan.parent_rule,
+            "hypothesis": f"{plan.strategy}: node {plan.parent}'s recipe on system {new}: {why}"})
+        return True
 
     def _recombine(self, tools, slot, plan, hist, cands) -> bool:
         good = sorted((n for n in hist if n.status == "ok" and n.score > 0.9), key=lambda n: (-n.score, n.id))
@@ -535,7 +716,7 @@ class HeuristicPolicy(Policy):
         env = tools.env
         hist = [_N(r) for r in ctx.results]
         nodes = self._all_nodes(env)
-        ev = self._evidence(nodes)
+        ev = self._evidence(nodes, env.regime.system_key)
         principles, questions = [], []
         for (p, d), (h, n) in sorted(ev.items()):
             word = "Increasing" if d > 0 else "Decreasing"
@@ -558,6 +739,13 @@ class HeuristicPolicy(Policy):
         summary = (f"Block {ctx.block}: {len(hist)} iterations; converged {cls['converged']}, partial {cls['partial']}, "
                    f"failed {cls['failed']}. "
                    + (f"Best node {best.id} score {best.score:.4f} ({best.mutation or 'baseline'})." if best else "No success."))
+        key = env.regime.system_key
+        run_ok = [n for n in nodes.values() if n.status == "ok"]
+        if sys_mod.mixes(run_ok, key):  # results per system seed, and the recipes' robustness
+            per = "; ".join(f"system {sys_mod.fmt_system(r.system)} best {r.best_score:.4f} (node {r.best_id})"
+                            for r in sys_mod.by_system(run_ok, key) if r.best_id is not None)
+            multi = [r for r in sys_mod.robustness(run_ok, key) if r.n_systems >= 2]
+            summary += f" Per system: {per}." + (f" Most robust: {sys_mod.robustness_line(multi[0])}." if multi else "")
         tools.call("update_memory", {"section": "Previous Block Summary", "text": summary, "mode": "replace"})
         # keep working memory bounded: the block's running notes shrink to the latest few
         from agent.memory import Memory
