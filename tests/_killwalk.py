@@ -298,6 +298,8 @@ def main() -> int:
             if got != ref:
                 bad.append({"point": k, "op": ops[k], "torn": torn, "problem": f"differs in {_diff(ref, got)}"})
             recovered_kinds.add(ops[k].split()[0])
+        # progress (stderr): a walk cut short still says how far it got
+        print(f"point {k}/{len(ops)} {ops[k]!r}: tried {tried}, unrecoverable {len(bad)}", file=sys.stderr, flush=True)
     print(json.dumps({"points": len(ops), "tried": tried, "unrecoverable": bad,
                       "kinds": sorted(recovered_kinds)}))
     return 0
