@@ -87,8 +87,10 @@ def build_graph(ctx: RunCtx):
                 shutil.copyfile(ctx.env.config_path(s), d / "config.yaml")
                 dump_json_atomic(launch_p, {"node": nid, "iteration": it, "slot": s, "commit": commit,
                                             "launched_at": utc_now(), **plan_for_launch(plan)})
-                ctx.workspace.tag_node(nid, commit)
             launch = json.loads(launch_p.read_text())
+            if ctx.workspace.node_commit(nid) != launch["commit"]:
+                # checked on every attempt: a kill between launch.json and the tag left it missing
+                ctx.workspace.tag_node(nid, launch["commit"])
             if (d / "result.json").exists():
                 continue  # finished before a crash: never re-run
             if _valid_metrics(d / "metrics.json"):

@@ -278,3 +278,26 @@ def test_policy_step_rerun_restores_its_files_first(tmp_path):
     _rewind_to(run_dir, "log")
     resume_run(run_dir, executor=FakeExecutor(None))
     assert (run_dir / "memory.md").read_text() == mem_done
+
+
+def test_a_kill_between_launch_record_and_node_tag_leaves_no_node_untagged(tmp_path, monkeypatch):
+    """Found by the kill walk: killed after launch.json but before the `node-N` tag, a resumed run
+    never tagged node N (the tag was made only with a new launch.json)."""
+    from sandbox.workspace import Workspace
+
+    run_dir = tmp_path / "run"
+    real = Workspace.tag_node
+
+    def dying(self, node_id, commit):
+        if node_id == 3:
+            raise KeyboardInterrupt  # the kill, right at the tag of node 3
+        return real(self, node_id, commit)
+
+    monkeypatch.setattr(Workspace, "tag_node", dying)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(toy_options(run_dir, iterations=4), executor=FakeExecutor(None))
+    monkeypatch.setattr(Workspace, "tag_node", real)
+    assert (run_dir / "iterations" / "iter_002" / "slot_00" / "launch.json").exists()
+    resume_run(run_dir, executor=FakeExecutor(None))
+    ws = Workspace.open(run_dir / "workspace")
+    assert all(ws.node_commit(i) for i in range(1, 5))
