@@ -337,7 +337,9 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
     inp = initial_state(str(ctx.run_dir), ctx.iterations_total)
     if resume:
         snap = graph.get_state(cfg)
-        if snap.next:
+        # `next` leaves out a task whose results were saved (put_writes) when the kill came before the
+        # next checkpoint (put): such a run is interrupted too, not finished (`tasks` still lists it)
+        if snap.next or snap.tasks:
             inp = None  # continue the interrupted step
         elif snap.values.get("prepared"):
             inp = {"phase": "mutate"}  # finished earlier; a larger budget continues from mutate

@@ -301,3 +301,35 @@ def test_a_kill_between_launch_record_and_node_tag_leaves_no_node_untagged(tmp_p
     resume_run(run_dir, executor=FakeExecutor(None))
     ws = Workspace.open(run_dir / "workspace")
     assert all(ws.node_commit(i) for i in range(1, 5))
+
+
+def test_a_kill_between_a_steps_saved_results_and_its_checkpoint_resumes_that_step(tmp_path, monkeypatch):
+    """Found by the kill walk: killed after LangGraph saved a step's writes (put_writes) but before the
+    next checkpoint (put), the snapshot's `next` was empty and resume took the run for finished:
+    it went on from mutate, and batch 1 was never logged."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    run_dir = tmp_path / "run"
+    real_put, real_writes = SqliteSaver.put, SqliteSaver.put_writes
+    armed = []
+
+    def put_writes(self, config, writes, *a, **kw):
+        if ("phase", "select_parent") in [tuple(w) for w in writes]:
+            armed.append(True)  # the analyse step's results are saved ...
+        return real_writes(self, config, writes, *a, **kw)
+
+    def put(self, *a, **kw):
+        if armed:
+            raise KeyboardInterrupt  # ... and the kill comes before the checkpoint after it
+        return real_put(self, *a, **kw)
+
+    monkeypatch.setattr(SqliteSaver, "put_writes", put_writes)
+    monkeypatch.setattr(SqliteSaver, "put", put)
+    with pytest.raises(KeyboardInterrupt):
+        start_run(toy_options(run_dir, iterations=4), executor=FakeExecutor(None))
+    monkeypatch.setattr(SqliteSaver, "put_writes", real_writes)
+    monkeypatch.setattr(SqliteSaver, "put", real_put)
+    assert len(Store(run_dir / "nodes.jsonl")) == 0
+    resume_run(run_dir, executor=FakeExecutor(None))
+    nodes = Store(run_dir / "nodes.jsonl").nodes()
+    assert [(n.id, n.iteration) for n in nodes] == [(1, 1), (2, 1), (3, 2), (4, 2)]
