@@ -240,3 +240,52 @@ def write_metrics(out: Path | str, metrics: dict[str, float], analysis_lines: li
         tmp = out / (name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, out / name)
+
+
+#: environment variable that fixes the data secret (hex), e.g. to reproduce a dataset on another machine
+DATA_SECRET_ENV = "GNN_AGENT_DATA_SECRET"
+DATA_SECRET_FILE = "data-secret"
+
+
+def data_secret(cache_root: Path | str) -> bytes:
+    """The secret mixed into every simulation seed (docs/contracts.md §2b).
+
+    The simulators are in the workspace and the seeds are in the config, so
+    without a secret a training could regenerate the truth (W, S, k, types)
+    from `simulation.seed` alone. The secret lives in the cache root, which the
+    confined training cannot read; `GNN_AGENT_DATA_SECRET` (hex) overrides it
+    (never passed to a training: the runner drops names containing SECRET).
+    Same cache root (or same secret) + same config = same data.
+    """
+    env = os.environ.get(DATA_SECRET_ENV)
+    if env:
+        try:
+            return bytes.fromhex(env.strip())
+        except ValueError:
+            raise config_error(f"{DATA_SECRET_ENV}: not a hex string") from None
+    root = Path(cache_root)
+    path = root / DATA_SECRET_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{DATA_SECRET_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(os.urandom(16).hex() + "\n")
+    os.chmod(tmp, 0o600)
+    try:
+        os.link(tmp, path)  # first writer wins; concurrent generators agree on one secret
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def system_seed(seed: int, cache_root: Path | str, stream: str = "") -> int:
+    """A 63-bit generator seed from `simulation.seed`, the data secret and a stream
+    name (e.g. "network", "initial"): what every simulator seeds its generators with."""
+    import hashlib
+
+    h = hashlib.sha256(data_secret(cache_root) + f"|{int(seed)}|{stream}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
