@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", type=Path, metavar="D", help="run directory (default: runs/<regime>-<yyyymmdd-hhmmss>)")
     r.add_argument("--no-live", action="store_true", help="plain log lines instead of the live view")
     r.add_argument("--no-code", action="store_true", help="configs only: no code edits")
+    r.add_argument("--no-confine", action="store_true",
+                   help="debugging: run trainings without OS confinement (Landlock, namespaces); shown in the header")
     r.add_argument("--continue", dest="continue_from", type=Path, metavar="OLD_RUN_DIR",
                    help="carry the knowledge base of an earlier run over (e.g. into a new variant)")
     r.add_argument("--regime-path", type=Path, action="append", default=[], metavar="DIR",
@@ -182,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="new LLM spend limit in dollars for the whole run, spend so far included "
                          "(default: the run's own; recorded in run.yaml)")
     rs.add_argument("--no-live", action="store_true", help="plain log lines instead of the live view")
+    rs.add_argument("--no-confine", action="store_true",
+                    help="debugging: run trainings without OS confinement (Landlock, namespaces); shown in the header")
     rs.set_defaults(handler=cmd_resume)
 
     st = sub.add_parser("status", help="summary of a run", formatter_class=_Formatter,
@@ -232,11 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output directory (default: RUN_DIR/replays/node_<NODE>-<time>)")
     rl.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
     rl.add_argument("--timeout", type=_nonneg_float, default=3600.0, metavar="S", help="wall-clock limit in seconds")
+    rl.add_argument("--no-confine", action="store_true",
+                    help="debugging: run trainings without OS confinement (Landlock, namespaces); shown in the header")
     rl.set_defaults(handler=cmd_replay)
     return p
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _confinement_label(confine: bool) -> str:
+    """What confinement the trainings get on this machine (sandbox/confine.py)."""
+    from sandbox.confine import describe
+
+    return describe(confine)
+
 
 def _console():
     from rich.console import Console
@@ -394,7 +407,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         opts = RunOptions(regime=regime.name, variant=variant, slots=args.slots, iterations=iterations,
                           profile=args.profile, policy=policy, model=args.model, max_cost_usd=args.max_cost_usd,
                           executor=args.executor, ray_address=args.ray_address, device=args.device, run_dir=run_dir,
-                          code=not args.no_code, continue_from=args.continue_from, regime_path=args.regime_path,
+                          code=not args.no_code, confine=not args.no_confine,
+                          continue_from=args.continue_from, regime_path=args.regime_path,
                           phase1_checkpoint=args.phase1_checkpoint, seed=args.seed,
                           timeout_min=args.timeout_min, memory_limit_mb=args.memory_limit_mb)
     except ValidationError as e:
@@ -415,6 +429,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                  f"  profile {profile} ({profile_why}); device {device}; executor {args.executor}"
                  + (f" at {args.ray_address}" if args.ray_address else ""),
                  f"  {limits_text(limits)}",
+                 f"  confinement {_confinement_label(not args.no_confine)}",
                  f"  run dir {run_dir}"):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     return _drive(lambda stop, kill, on_event: start_run(opts, stop=stop, kill=kill, on_event=on_event),
@@ -450,7 +465,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if holder is not None:
         raise UsageError(f"run {run_dir} is already driven by {f'pid {holder}' if holder else 'another process'}",
                          hint=_LOCK_HINT)
-    from agent.live import PID_FILE, read_status
+    from agent.live import PID_FILE, read_run_yaml, read_status
     from agent.status_view import liveness
 
     alive, why = liveness(run_dir, read_status(run_dir))
@@ -460,9 +475,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     console = _console()
     console.print(f"gnn-agent resume: {run_dir}", highlight=False, markup=False, soft_wrap=True)
+    confine = False if args.no_confine else None  # None: the run's own setting
+    run_confine = bool(read_run_yaml(run_dir).get("confine", True)) if confine is None else False
+    console.print(f"  confinement {_confinement_label(run_confine)}", highlight=False, markup=False, soft_wrap=True)
     return _drive(lambda stop, kill, on_event: resume_run(run_dir, stop=stop, kill=kill, on_event=on_event,
                                                           iterations=args.iterations,
-                                                          max_cost_usd=args.max_cost_usd),
+                                                          max_cost_usd=args.max_cost_usd, confine=confine),
                   run_dir, args.no_live, console, history=False)
 
 
@@ -624,7 +642,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     cfg_path = out / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(node.get("config") or {}, sort_keys=False))
 
-    from sandbox.runner import RunSpec, run_training
+    from sandbox.runner import RunSpec, regime_entries, run_training
     from sandbox.workspace import Workspace
 
     ws_root = run_dir / "workspace"
@@ -635,13 +653,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     commit = node.get("commit") or ws.node_commit(args.node) or ws.root_commit
     code_dir = ws.checkout(commit, out / "code")
     console = _console()
-    console.print(f"replaying node {args.node} (commit {str(commit)[:10]}) into {out} on {device} …",
+    console.print(f"replaying node {args.node} (commit {str(commit)[:10]}) into {out} on {device}; "
+                  f"confinement {_confinement_label(not args.no_confine)} …",
                   highlight=False, markup=False, soft_wrap=True)
     try:
         slot = int(node.get("slot") or 0)
         # the same slot_SS leaf name as in iterations/, in case the training reads its slot from it
         res = run_training(RunSpec(slot=slot, node_id=args.node, config_path=cfg_path,
                                    out_dir=out / f"slot_{slot:02d}", code_dir=code_dir, train_entry=regime.train_entry,
+                                   **regime_entries(regime), confine=not args.no_confine,
                                    device=device, timeout_s=args.timeout))
     finally:
         ws.remove_checkout(code_dir)

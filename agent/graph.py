@@ -69,7 +69,7 @@ def build_graph(ctx: RunCtx):
 
     # ----- run_slots -----
     def run_slots(state: LoopState) -> dict:
-        from sandbox.runner import RunSpec
+        from sandbox.runner import RunSpec, regime_entries
 
         it = state["iteration"]
         _sync_env(ctx, state)
@@ -105,7 +105,8 @@ def build_graph(ctx: RunCtx):
             code_dir = _code_checkout(ctx, launch["commit"])
             timeout_s, memory_mb = ctx.training_limits()
             specs.append(RunSpec(slot=s, node_id=nid, config_path=d / "config.yaml", out_dir=d, code_dir=code_dir,
-                                 train_entry=ctx.regime.train_entry, device=info.device,
+                                 train_entry=ctx.regime.train_entry, **regime_entries(ctx.regime),
+                                 confine=info.confine, device=info.device,
                                  threads=max(1, _cpu_count() // max(1, S)),
                                  timeout_s=timeout_s, memory_limit_mb=memory_mb,
                                  extra_env=run_env(ctx.run_dir)))  # the tag `agent resume` finds leftovers by

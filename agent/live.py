@@ -426,6 +426,18 @@ def key_config(node: dict, keys: list[str], limit: int = 6) -> str:
     return ", ".join(parts)
 
 
+def confinement_note(run_cfg: dict) -> tuple[str, str]:
+    """(text, style) of the header's confinement line, from run.yaml (DESIGN.md §6b)."""
+    label = run_cfg.get("confinement") or ""
+    if not label:  # a run from before confinement was recorded
+        return "not recorded (run.yaml predates it)", "dim"
+    if label.startswith("off") or run_cfg.get("confine") is False:
+        return label, "bold red"
+    if label.startswith("none"):
+        return label, "bold yellow"
+    return label, ""
+
+
 def profile_note(profile: str | None, device: str | None = None, reason: str | None = None) -> str:
     """The profile and why it is the one in use (run.yaml's profile_reason when the loop wrote one)."""
     if reason:
@@ -510,6 +522,8 @@ def _header(run_dir: Path, st: RunStatus, run_cfg: dict, now: datetime | None) -
         t.append("   limits ", style="dim")
         mem = run_cfg.get("memory_limit_mb")
         t.append(f"{run_cfg['timeout_min']:g} min/training, " + (f"{mem} MB" if mem else "no memory limit"))
+    t.append("\nconfinement ", style="dim")
+    t.append(*confinement_note(run_cfg))
     return Panel(t, title=f"gnn-agent · {st.run_id or Path(run_dir).name}", title_align="left",
                  border_style="blue")
 

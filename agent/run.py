@@ -48,6 +48,7 @@ class RunOptions(BaseModel):
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    confine: bool = True  # False: --no-confine (trainings run without OS confinement; debugging)
     run_dir: Path | None = None
     code: bool = True
     continue_from: Path | None = None
@@ -79,6 +80,12 @@ def _cuda() -> bool:
 def _policy_kwargs(info: RunInfo, run_dir: Path, regime) -> dict:
     return {"run_dir": run_dir, "regime": regime, "model": info.model, "seed": info.seed,
             "max_cost_usd": info.budget.get("max_cost_usd"), "script": info.script, "slots": info.slots}
+
+
+def _confinement(confine: bool) -> str:
+    from sandbox.confine import describe
+
+    return describe(confine)
 
 
 def _make_ctx(run_dir: Path, info: RunInfo, regime, workspace, stop, kill, on_event, executor=None) -> RunCtx:
@@ -158,6 +165,7 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
         info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=profile,
                        profile_reason=profile_reason, slots=opts.slots, policy=policy_name, model=opts.model,
                        executor=opts.executor, ray_address=opts.ray_address, device=device,
+                       confine=opts.confine, confinement=_confinement(opts.confine),
                        budget={"iterations": iterations, "max_cost_usd": opts.max_cost_usd}, seed=opts.seed,
                        code=opts.code, n_iter_block=n_iter_block, ucb_c=ucb_c,
                        regime_path=[str(Path(p).resolve()) for p in opts.regime_path],
@@ -278,9 +286,10 @@ def limits_text(info) -> str:
 
 def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threading.Event | None = None,
                on_event: Callable[[dict], None] | None = None, iterations: int | None = None,
-               executor=None, max_cost_usd: float | None = None) -> Path:
+               executor=None, max_cost_usd: float | None = None, confine: bool | None = None) -> Path:
     """Continue a run where it stopped. `iterations`: a new total budget (finished trainings);
-    `max_cost_usd`: a new LLM spend limit (both recorded in run.yaml's budget)."""
+    `max_cost_usd`: a new LLM spend limit (both recorded in run.yaml's budget); `confine`: False for
+    --no-confine, None keeps the run's setting."""
     from regimes.registry import get_regime
     from sandbox.workspace import Workspace
 
@@ -302,6 +311,13 @@ def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threadi
             if max_cost_usd != info.budget.get("max_cost_usd"):
                 changed.append(f"max_cost_usd {info.budget.get('max_cost_usd')} -> {max_cost_usd:g}")
             info.budget["max_cost_usd"] = max_cost_usd
+        # this machine's confinement (a resume may run elsewhere, or with --no-confine)
+        if confine is not None:
+            info.confine = confine
+        label = _confinement(info.confine)
+        if label != info.confinement:
+            info.confinement = label
+            changed.append(f"confinement {label}")
         if changed:
             write_text_atomic(run_dir / "run.yaml", yaml.safe_dump(info.model_dump(mode="json"), sort_keys=False))
         regime = get_regime(info.regime, [Path(p) for p in info.regime_path] or None)

@@ -39,6 +39,10 @@ class RunInfo(BaseModel):
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     device: str = "cpu"
+    #: OS confinement of every training (sandbox/confine.py); False: --no-confine (debugging)
+    confine: bool = True
+    #: the confinement in force on this machine, in confine.describe's words ("landlock ABI 7 + ...")
+    confinement: str = ""
     budget: dict[str, Any] = Field(default_factory=dict)  # iterations, max_cost_usd
     seed: int = 0
     code: bool = True

@@ -6,7 +6,10 @@
 - `RayExecutor`: one Ray task per slot. The code at the slot's commit travels
   with the task (the checkout is packed into a tar in the driver and unpacked
   in the task), and the output directory comes back as a tar, so it works on a
-  remote cluster without a shared filesystem.
+  remote cluster without a shared filesystem. The whole training runs on the
+  worker: staging (from the worker's cache), the confined training and the
+  evaluation, with the trusted code installed there when the driver's
+  trusted root does not exist on the worker.
 
 Both return `RunResult` records in the order of the specs. `on_progress` is
 called from worker threads (local) or the driver's polling loop (Ray).
@@ -192,7 +195,11 @@ def _ray_task(spec_json: str, code_tar: bytes, config_bytes: bytes, progress_que
         config = work / "config.yaml"
         config.write_bytes(config_bytes)
         out = work / "out"
-        local = spec.model_copy(update={"code_dir": code, "config_path": config, "out_dir": out, "gpu": None})
+        update = {"code_dir": code, "config_path": config, "out_dir": out, "gpu": None}
+        if spec.trusted_root is not None and not Path(spec.trusted_root).is_dir():
+            # a remote worker: stage and evaluate with the trusted copy installed there
+            update["trusted_root"] = None
+        local = spec.model_copy(update=update)
 
         def forward(slot: int, rec: dict) -> None:
             if progress_queue is not None:

@@ -1,42 +1,79 @@
-"""The subprocess runner (DESIGN.md §8): one training in its own process group.
+"""The subprocess runner (DESIGN.md §6b, §8): one training as two processes.
 
-`run_training` starts ``python -m <train_entry> --config C --out D --device X``
-with cwd = the output directory and an environment reduced to an allow-list
-(no API key ever reaches training code), with the workspace checkout first on
-PYTHONPATH so its copy of the science package shadows the installed one. It
-enforces a wall-clock timeout (SIGTERM to the group, SIGKILL after a grace
-period), an optional address-space limit, caps the captured output, tails
-progress.jsonl for the live view, and turns the outcome into a `RunResult`.
+`run_training` drives one training (docs/contracts.md §2b, §4):
+
+1. **stage** (this process, trusted code): a private directory per training
+   (``mkdtemp`` under the runner's TMPDIR, mode 0700) gets a copy of the
+   config and an ``inputs/`` directory that the regime's stage function
+   (imported from the trusted installed code, never the workspace) fills with
+   what training may see; no path into the cache is handed on;
+2. **train** (the workspace checkout): ``python -P -m <train_entry> --config C
+   --inputs IN --out OUT --device D`` under `sandbox/confine.py` (Landlock,
+   user/PID/net namespaces, children die with it), with an environment
+   reduced to an allow-list (no API key, no cache root; HOME and TMPDIR are
+   private), PYTHONPATH = the checkout only;
+3. **evaluate** (trusted code): ``python -P -m <eval_entry> --config C
+   --inputs IN --out OUT`` with PYTHONPATH = the trusted root, the cache root
+   in its environment, its own process group and what is left of the budget.
+
+Both processes get a wall-clock timeout (SIGTERM to the group, SIGKILL after a
+grace period), an optional address-space limit (training) and capped logs
+(train.log, eval.log). A failure's reason comes from OUT/failure.json
+(`regimes.runtime`) when the entry wrote one, else from stderr.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
+import importlib.util
 import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-#: variables copied from the parent environment when set (contracts §4)
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "GNN_AGENT_CACHE")
+from sandbox import confine as confine_mod
+
+#: variables copied from the parent environment into the training's when set (contracts §4);
+#: HOME and TMPDIR are replaced by private directories, the cache root never reaches it
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL")
+#: what the evaluation (trusted) also inherits: it reads the cache
+EVAL_INHERITED_ENV = INHERITED_ENV + ("HOME", "TMPDIR", "GNN_AGENT_CACHE")
 #: every variable a training process may see
 ENV_ALLOWLIST = frozenset(INHERITED_ENV + (
-    "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-    "TORCH_NUM_THREADS", "MPLBACKEND"))
+    "HOME", "TMPDIR", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS", "MPLBACKEND", "PYTHONDONTWRITEBYTECODE"))
 #: fragments of variable names that smell like credentials; never passed even via extra_env
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL", "ANTHROPIC", "AWS_", "AUTH")
+#: extra_env may not override what the runner sets for confinement
+RESERVED_ENV = ("HOME", "TMPDIR", "PYTHONPATH", "GNN_AGENT_CACHE")
 TRACEBACK_LINES = 40
 LOG_CAP_BYTES = 4 * 1024 * 1024
 POLL_S = 0.1
+#: the evaluation always gets at least this much of the budget, even after a long training
+EVAL_MIN_S = 30.0
+#: files a previous attempt may have left in the out dir (a re-run must not read them)
+STALE_FILES = ("metrics.json", "analysis.log", "predictions.pt", "failure.json", "progress.jsonl", "eval.log")
+#: files only the evaluation may write: removed after the training, before the evaluation
+EVAL_OUTPUTS = ("metrics.json", "analysis.log", "failure.json")
+
+
+def _dotted(v: str, what: str) -> str:
+    if not v or not all(p.isidentifier() for p in v.split(".")):
+        raise ValueError(f"{what} {v!r} is not a dotted module name")
+    return v
 
 
 class RunSpec(BaseModel):
@@ -48,8 +85,17 @@ class RunSpec(BaseModel):
     node_id: int
     config_path: Path
     out_dir: Path
-    code_dir: Path  # goes first on PYTHONPATH
+    code_dir: Path  # the workspace checkout: the training's whole PYTHONPATH
     train_entry: str
+    #: trusted evaluation module, run with PYTHONPATH = trusted_root (contracts §2b)
+    eval_entry: str
+    #: "module:function" called in this process as fn(config_path, inputs_dir) before training
+    stage_entry: str
+    #: directory holding the trusted copy of the package's top-level module; None: find the
+    #: installed package in this process (a Ray worker uses its own installation)
+    trusted_root: Path | None = None
+    #: OS confinement of the training (sandbox/confine.py); False = --no-confine (debugging)
+    confine: bool = True
     device: str = "cpu"
     timeout_s: float = Field(3600, gt=0)
     grace_s: float = Field(10, ge=0)
@@ -62,8 +108,20 @@ class RunSpec(BaseModel):
     @field_validator("train_entry")
     @classmethod
     def _module(cls, v: str) -> str:
-        if not v or not all(p.isidentifier() for p in v.split(".")):
-            raise ValueError(f"train_entry {v!r} is not a dotted module name")
+        return _dotted(v, "train_entry")
+
+    @field_validator("eval_entry")
+    @classmethod
+    def _eval_module(cls, v: str) -> str:
+        return _dotted(v, "eval_entry")
+
+    @field_validator("stage_entry")
+    @classmethod
+    def _stage(cls, v: str) -> str:
+        mod, sep, fn = v.partition(":")
+        if not sep or not fn.isidentifier():
+            raise ValueError(f"stage_entry {v!r} is not 'module:function'")
+        _dotted(mod, "stage_entry module")
         return v
 
     @field_validator("extra_env")
@@ -72,6 +130,8 @@ class RunSpec(BaseModel):
         for k in v:
             if any(m in k.upper() for m in SECRET_MARKERS):
                 raise ValueError(f"extra_env: {k} looks like a credential; training code never gets credentials")
+            if k in RESERVED_ENV:
+                raise ValueError(f"extra_env: {k} is set by the runner (confinement); it cannot be overridden")
         return v
 
 
@@ -89,24 +149,171 @@ class RunResult(BaseModel):
     metrics: dict[str, float]
     duration_s: float
     out_dir: Path
+    #: the confinement the training ran under (confine.describe's words); "" when it never started
+    confinement: str = ""
+    #: seconds spent staging, training and evaluating
+    timings: dict[str, float] = Field(default_factory=dict)
 
 
-def build_env(spec: RunSpec, parent: dict[str, str] | None = None) -> dict[str, str]:
-    """The training's environment: the allow-list only, PYTHONPATH = code_dir first."""
+def trusted_root_of(package: str, package_dir: Path) -> Path:
+    """The directory holding `package`'s top-level module, given the package's own directory
+    (e.g. regimes.metabolism at /x/regimes/metabolism -> /x)."""
+    parts = package.split(".")
+    root = Path(package_dir).resolve()
+    for _ in parts:
+        root = root.parent
+    if not (root / parts[0]).is_dir():
+        raise ValueError(f"package {package}: {package_dir} does not end in {'/'.join(parts)}")
+    return root
+
+
+def regime_entries(regime) -> dict:
+    """The RunSpec fields a regime fixes: its evaluation and staging entries and the trusted root."""
+    return {"eval_entry": regime.eval_entry, "stage_entry": regime.stage_entry,
+            "trusted_root": trusted_root_of(regime.package, regime.package_dir)}
+
+
+def resolve_trusted_root(spec: RunSpec) -> Path:
+    """spec.trusted_root, or the directory this process imports the evaluation's top-level package from."""
+    if spec.trusted_root is not None:
+        root = Path(spec.trusted_root).resolve()
+        if not root.is_dir():
+            raise ValueError(f"run slot {spec.slot}: trusted_root {root} does not exist")
+        return root
+    top = spec.eval_entry.split(".")[0]
+    found = importlib.util.find_spec(top)
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"run slot {spec.slot}: package {top} (of {spec.eval_entry}) is not installed here")
+    return Path(list(found.submodule_search_locations)[0]).resolve().parent
+
+
+_IMPORT_LOCK = threading.Lock()
+#: one staging at a time: a cold cache is generated once, not by every slot at once
+_STAGE_LOCK = threading.Lock()
+
+
+def import_trusted(module: str, trusted_root: Path):
+    """Import `module` in this process from `trusted_root` (never from a workspace checkout).
+
+    A package not importable yet (a --regime-path plugin) gets `trusted_root` appended to
+    sys.path; one already imported from elsewhere is refused (it is not the trusted copy)."""
+    top = module.split(".")[0]
+    with _IMPORT_LOCK:
+        if top not in sys.modules and importlib.util.find_spec(top) is None:
+            if str(trusted_root) not in sys.path:
+                sys.path.append(str(trusted_root))
+            importlib.invalidate_caches()
+        mod = importlib.import_module(module)
+    where = Path(getattr(mod, "__file__", "") or "").resolve()
+    if not where.is_relative_to(trusted_root):
+        raise ValueError(f"{module} is imported from {where}, not from the trusted copy under {trusted_root}")
+    return mod
+
+
+def stage_inputs(spec: RunSpec, trusted_root: Path, config_path: Path, dest: Path) -> None:
+    """Call the regime's stage function (trusted code, this process) to fill `dest`."""
+    module, _, fn = spec.stage_entry.partition(":")
+    func = getattr(import_trusted(module, trusted_root), fn, None)
+    if not callable(func):
+        raise ValueError(f"stage_entry {spec.stage_entry}: {module} has no function {fn}")
+    dest.mkdir(parents=True, exist_ok=True)
+    with _STAGE_LOCK:
+        func(config_path, dest)
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    t = str(threads)
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "TORCH_NUM_THREADS": t,
+            "MPLBACKEND": "Agg"}
+
+
+def _gpu_env(spec: RunSpec, parent: dict[str, str]) -> dict[str, str]:
+    if spec.gpu is not None:
+        return {"CUDA_VISIBLE_DEVICES": spec.gpu}
+    if "CUDA_VISIBLE_DEVICES" in parent:  # e.g. the GPU Ray assigned to this worker
+        return {"CUDA_VISIBLE_DEVICES": parent["CUDA_VISIBLE_DEVICES"]}
+    return {}
+
+
+def build_env(spec: RunSpec, parent: dict[str, str] | None = None, private: Path | None = None) -> dict[str, str]:
+    """The training's environment: the allow-list only, PYTHONPATH = the checkout, HOME and
+    TMPDIR inside the private directory (`private`, default: a path under out_dir's parent
+    is never used: the runner always passes its own), no cache root."""
     parent = os.environ if parent is None else parent
     env = {k: parent[k] for k in INHERITED_ENV if k in parent}
     env.setdefault("PATH", os.defpath)
-    threads = str(spec.threads)
-    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-                "TORCH_NUM_THREADS": threads, "MPLBACKEND": "Agg",
-                # only the checkout: the parent's PYTHONPATH could point at the installed package
-                "PYTHONPATH": str(Path(spec.code_dir).resolve())})
-    if spec.gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = spec.gpu
-    elif "CUDA_VISIBLE_DEVICES" in parent:  # e.g. the GPU Ray assigned to this worker
-        env["CUDA_VISIBLE_DEVICES"] = parent["CUDA_VISIBLE_DEVICES"]
+    env.update(_thread_env(spec.threads))
+    # only the checkout: the parent's PYTHONPATH could point at the installed package
+    env["PYTHONPATH"] = str(Path(spec.code_dir).resolve())
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # the checkout is read-only to the training
+    if private is not None:
+        env["HOME"] = str(private / "home")
+        env["TMPDIR"] = str(private / "tmp")
+    env.update(_gpu_env(spec, parent))
     env.update(spec.extra_env)
     return env
+
+
+def build_eval_env(spec: RunSpec, trusted_root: Path, parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The evaluation's environment: the allow-list plus the cache root, PYTHONPATH = the trusted root."""
+    parent = os.environ if parent is None else parent
+    env = {k: parent[k] for k in EVAL_INHERITED_ENV if k in parent}
+    env.setdefault("PATH", os.defpath)
+    env.update(_thread_env(spec.threads))
+    env["PYTHONPATH"] = str(trusted_root)
+    env.update(_gpu_env(spec, parent))
+    return env
+
+
+def _interpreter_paths() -> list[str]:
+    """What the interpreter needs to start and import its packages (read + execute)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.realpath(sys.executable), os.path.dirname(os.path.realpath(sys.executable))}
+    import sysconfig
+
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            paths.add(os.path.realpath(p))
+    import site
+
+    for p in site.getsitepackages():
+        paths.add(os.path.realpath(p))
+    return sorted(paths)
+
+
+#: system paths every training may read: shared libraries, CPU topology, the loader cache
+SYSTEM_READ = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/usr/share/zoneinfo",
+               "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+               "/etc/group", "/etc/nsswitch.conf", "/sys/devices/system/cpu", "/sys/fs/cgroup",
+               "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/driver/nvidia",
+               "/dev/urandom", "/dev/random")
+#: devices a training may read, write and ioctl
+SYSTEM_DEVICES = ("/dev/null", "/dev/zero", "/dev/full")
+GPU_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")
+
+
+def confine_policy(spec: RunSpec, code_dir: Path, private: Path, out_dir: Path) -> dict:
+    """The launcher's policy (sandbox/confine.py): what the training may read and write."""
+    import glob
+
+    devices = list(SYSTEM_DEVICES)
+    if spec.device != "cpu":
+        for g in GPU_DEVICE_GLOBS:
+            devices += glob.glob(g)
+    read = _interpreter_paths() + list(SYSTEM_READ) + [str(code_dir), str(private / "inputs"),
+                                                       str(private / "config.yaml")]
+    return {"confine": spec.confine, "requested": spec.confine, "parent_pid": os.getpid(),
+            "read": read, "write": [str(out_dir), str(private / "home"), str(private / "tmp")],
+            "devices": devices, "report": str(private / "confinement.txt")}
+
+
+def make_private_dir(slot: int) -> Path:
+    """A fresh directory only this runner knows: inputs/, home/, tmp/ and the config copy."""
+    private = Path(tempfile.mkdtemp(prefix=f"gnn-agent-s{slot:02d}-")).resolve()
+    for sub in ("inputs", "home", "tmp"):
+        (private / sub).mkdir(mode=0o700)
+    return private
 
 
 class _CappedLog:
@@ -251,8 +458,8 @@ def _read_metrics(out_dir: Path) -> tuple[dict[str, float] | None, str | None]:
     return metrics, None
 
 
-def _failure_reason(code: int, tail: list[str], memory_limit_mb: int | None) -> str:
-    """One line saying why a training exited non-zero."""
+def _failure_reason(code: int, tail: list[str], memory_limit_mb: int | None, failure: dict | None = None) -> str:
+    """One line saying why an entry exited non-zero; `failure` is its failure.json, when written."""
     text = "\n".join(tail)
     if code < 0:
         try:
@@ -265,6 +472,15 @@ def _failure_reason(code: int, tail: list[str], memory_limit_mb: int | None) -> 
         return reason
     if any(m in text for m in ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "DefaultCPUAllocator")):
         return f"out of memory (limit {memory_limit_mb} MB)" if memory_limit_mb else "out of memory"
+    if code == confine_mod.EXIT_CONFINE_FAILED:
+        line = next((s.strip() for s in reversed(tail) if s.strip().startswith("confinement error:")), None)
+        if line:
+            return line
+    if failure is not None:
+        msg = " ".join(failure["message"].split())[:300]
+        if failure["kind"] in ("config", "diverged"):
+            return msg
+        return f"exit code {code}: {msg}" if msg else f"exit code {code} ({failure['kind']})"
     for line in reversed(tail):
         s = line.strip()
         if s.startswith(("config error:", "training diverged:")):
@@ -273,10 +489,91 @@ def _failure_reason(code: int, tail: list[str], memory_limit_mb: int | None) -> 
     return f"exit code {code}" + (f": {last[:300]}" if last else " (no output on stderr)")
 
 
+def _read_failure(out_dir: Path) -> dict | None:
+    """OUT/failure.json as regimes.runtime writes it ({"kind", "message"}); the runtime module is
+    not imported here (the runner must not depend on a science package)."""
+    try:
+        rec = json.loads((out_dir / "failure.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("kind"), str) or not isinstance(rec.get("message"), str):
+        return None
+    return {"kind": rec["kind"], "message": rec["message"][:1000]}
+
+
+def find_links(out_dir: Path) -> list[str]:
+    """Symlinks and hard-linked files under out_dir (relative paths): a link left by the training
+    could make the evaluation read a file the training itself may not (e.g. the truth)."""
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(out_dir, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            import stat as stat_mod
+
+            if stat_mod.S_ISLNK(st.st_mode) or (stat_mod.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                bad.append(str(p.relative_to(out_dir)))
+    return sorted(bad)
+
+
+class _Proc:
+    """One child process in its own group: output pumped to a capped log, stderr tail kept."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path, cap: int,
+                 preexec: Callable[[], None] | None = None):
+        self.log = _CappedLog(log_path, cap)
+        self.err_tail: collections.deque[str] = collections.deque(maxlen=TRACEBACK_LINES)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
+                                     close_fds=True)
+        self.pumps = [threading.Thread(target=_pump, args=(self.proc.stdout, self.log, None), daemon=True),
+                      threading.Thread(target=_pump, args=(self.proc.stderr, self.log, self.err_tail), daemon=True)]
+        for t in self.pumps:
+            t.start()
+
+    def wait(self, deadline: float, grace_s: float, cancel: threading.Event | None,
+             tick: Callable[[], None] | None = None) -> str | None:
+        """Wait for exit; "killed" (cancel) or "timeout" after terminating the group, else None."""
+        status: str | None = None
+        try:
+            while self.proc.poll() is None:
+                if tick is not None:
+                    tick()
+                if cancel is not None and cancel.is_set():
+                    status = "killed"
+                    _terminate_group(self.proc, grace_s)
+                    break
+                if time.monotonic() > deadline:
+                    status = "timeout"
+                    _terminate_group(self.proc, grace_s)
+                    break
+                time.sleep(POLL_S)
+        finally:
+            if self.proc.poll() is None:  # an exception (e.g. KeyboardInterrupt from a Ray cancel) reached us
+                _terminate_group(self.proc, 0)
+            # children the process left behind in its group die with it
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            for t in self.pumps:
+                t.join(timeout=5)
+            self.log.close()
+        return status
+
+    @property
+    def code(self) -> int | None:
+        return self.proc.returncode
+
+
+def _tail_text(lines) -> str:
+    return "\n".join(lines)
+
+
 def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None = None,
                  cancel: threading.Event | None = None) -> RunResult:
-    """Run one training to completion, timeout or cancellation; never raises for
-    a failing training (bad launches such as a missing config raise ValueError)."""
+    """Stage, train (confined) and evaluate one training; never raises for a failing training
+    (bad launches such as a missing config raise ValueError)."""
     out_dir = Path(spec.out_dir).resolve()
     config = Path(spec.config_path).resolve()
     code_dir = Path(spec.code_dir).resolve()
@@ -288,16 +585,20 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
         # RLIMIT_AS counts address space; CUDA reserves far more than any sensible limit
         raise ValueError(f"run slot {spec.slot}: memory_limit_mb (an address-space limit) works only with "
                          f"device cpu, not {spec.device}")
+    trusted_root = resolve_trusted_root(spec)
+    if code_dir == trusted_root or trusted_root.is_relative_to(code_dir):
+        raise ValueError(f"run slot {spec.slot}: the trusted root {trusted_root} is inside the code checkout "
+                         f"{code_dir}; the evaluation must not run the workspace's code")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.json", "progress.jsonl"):  # a re-run must not read the last attempt's files
+    for stale in STALE_FILES:  # a re-run must not read the last attempt's files
         (out_dir / stale).unlink(missing_ok=True)
-    # -P: no cwd at the front of sys.path, so code_dir (PYTHONPATH) really comes first
-    cmd = [sys.executable, "-P", "-m", spec.train_entry, "--config", str(config), "--out", str(out_dir),
-           "--device", spec.device]
-    log = _CappedLog(out_dir / "train.log", spec.log_cap_bytes)
-    err_tail: collections.deque[str] = collections.deque(maxlen=TRACEBACK_LINES)
-    progress = _ProgressTail(out_dir / "progress.jsonl")
-    preexec = _limit_memory(spec.memory_limit_mb * 1024 * 1024) if spec.memory_limit_mb else None
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    deadline = t0 + spec.timeout_s
+    private = make_private_dir(spec.slot)
+    tail: list[str] = []
+    code: int | None = None
+    confinement = ""
 
     def deliver(records: list[dict]) -> None:
         if on_progress is None:
@@ -308,55 +609,82 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
             except Exception:  # a broken view must not kill the training
                 pass
 
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=out_dir, env=build_env(spec), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=preexec, close_fds=True)
-    pumps = [threading.Thread(target=_pump, args=(proc.stdout, log, None), daemon=True),
-             threading.Thread(target=_pump, args=(proc.stderr, log, err_tail), daemon=True)]
-    for t in pumps:
-        t.start()
-    status: str | None = None
-    try:
-        while proc.poll() is None:
-            deliver(progress.poll())
-            if cancel is not None and cancel.is_set():
-                status = "killed"
-                _terminate_group(proc, spec.grace_s)
-                break
-            if time.monotonic() - t0 > spec.timeout_s:
-                status = "timeout"
-                _terminate_group(proc, spec.grace_s)
-                break
-            time.sleep(POLL_S)
-    finally:
-        if proc.poll() is None:  # an exception (e.g. KeyboardInterrupt from a Ray cancel) reached us
-            _terminate_group(proc, 0)
-        # children the training left behind die with it
-        _signal_group(proc.pid, signal.SIGKILL)
-        for t in pumps:
-            t.join(timeout=5)
-        log.close()
-    duration = time.monotonic() - t0
-    deliver(progress.poll())
-    code = proc.returncode
-    tail = list(err_tail)
-
     def result(st: str, reason: str, metrics: dict[str, float] | None = None) -> RunResult:
         return RunResult(slot=spec.slot, node_id=spec.node_id, status=st, exit_code=code, reason=reason,
-                         traceback_tail="\n".join(tail), metrics=metrics or {}, duration_s=round(duration, 3),
-                         out_dir=out_dir)
+                         traceback_tail=_tail_text(tail), metrics=metrics or {},
+                         duration_s=round(time.monotonic() - t0, 3), out_dir=out_dir, confinement=confinement,
+                         timings={k: round(v, 3) for k, v in timings.items()})
 
-    if status == "killed":
-        return result("killed", "cancelled: process group terminated")
-    if status == "timeout":
-        return result("timeout", f"wall-clock timeout after {spec.timeout_s:g} s: process group terminated")
-    if code != 0:
-        return result("failed", _failure_reason(code, tail, spec.memory_limit_mb))
-    metrics, problem = _read_metrics(out_dir)
-    if problem:
-        return result("failed", problem, metrics)
-    last = progress.last
-    if last is not None and isinstance(last.get("loss"), (int, float)) and not math.isfinite(last["loss"]):
-        return result("failed", f"NaN loss at step {last.get('step')} (progress.jsonl)", metrics)
-    return result("ok", "ok", metrics)
+    try:
+        # ----- 1. stage (trusted, this process) -----
+        staged_config = private / "config.yaml"
+        shutil.copyfile(config, staged_config)
+        os.chmod(staged_config, 0o400)
+        try:
+            stage_inputs(spec, trusted_root, staged_config, private / "inputs")
+        except Exception as e:  # noqa: BLE001 - the stage function's failure fails this training only
+            tail = traceback.format_exc().splitlines()[-TRACEBACK_LINES:]
+            msg = " ".join(str(getattr(e, "message", "") or e).split())[:300]
+            if msg.startswith("config error:"):
+                return result("failed", msg)
+            return result("failed", f"staging failed: {type(e).__name__}: {msg}")
+        timings["stage_s"] = time.monotonic() - t0
+
+        # ----- 2. train (workspace checkout, confined) -----
+        cmd = [sys.executable, "-P", "-m", spec.train_entry, "--config", str(staged_config),
+               "--inputs", str(private / "inputs"), "--out", str(out_dir), "--device", spec.device]
+        cmd = confine_mod.launcher_command(confine_policy(spec, code_dir, private, out_dir), cmd)
+        preexec = _limit_memory(spec.memory_limit_mb * 1024 * 1024) if spec.memory_limit_mb else None
+        progress = _ProgressTail(out_dir / "progress.jsonl")
+        t_train = time.monotonic()
+        proc = _Proc(cmd, build_env(spec, private=private), out_dir, out_dir / "train.log", spec.log_cap_bytes,
+                     preexec)
+        status = proc.wait(deadline, spec.grace_s, cancel, tick=lambda: deliver(progress.poll()))
+        timings["train_s"] = time.monotonic() - t_train
+        deliver(progress.poll())
+        code = proc.code
+        tail = list(proc.err_tail)
+        try:
+            confinement = (private / "confinement.txt").read_text().strip()
+        except OSError:
+            confinement = ""
+        if status == "killed":
+            return result("killed", "cancelled: process group terminated")
+        if status == "timeout":
+            return result("timeout", f"wall-clock timeout after {spec.timeout_s:g} s: process group terminated")
+        if code != 0:
+            return result("failed", _failure_reason(code, tail, spec.memory_limit_mb, _read_failure(out_dir)))
+        last = progress.last
+        if last is not None and isinstance(last.get("loss"), (int, float)) and not math.isfinite(last["loss"]):
+            return result("failed", f"NaN loss at step {last.get('step')} (progress.jsonl)")
+        links = find_links(out_dir)
+        if links:
+            for rel in links:
+                (out_dir / rel).unlink(missing_ok=True)
+            return result("failed", f"the training left links in its out dir ({', '.join(links[:5])}): removed; "
+                                    "outputs must be plain files")
+        for name in EVAL_OUTPUTS:  # only the evaluation writes these
+            (out_dir / name).unlink(missing_ok=True)
+
+        # ----- 3. evaluate (trusted code, own process group) -----
+        cmd = [sys.executable, "-P", "-m", spec.eval_entry, "--config", str(staged_config),
+               "--inputs", str(private / "inputs"), "--out", str(out_dir)]
+        t_eval = time.monotonic()
+        ev = _Proc(cmd, build_eval_env(spec, trusted_root), out_dir, out_dir / "eval.log", spec.log_cap_bytes)
+        status = ev.wait(max(deadline, t_eval + min(EVAL_MIN_S, spec.timeout_s)), spec.grace_s, cancel)
+        timings["eval_s"] = time.monotonic() - t_eval
+        code = ev.code
+        tail = list(ev.err_tail)
+        if status == "killed":
+            return result("killed", "cancelled during evaluation: process group terminated")
+        if status == "timeout":
+            return result("timeout", f"wall-clock timeout after {spec.timeout_s:g} s (during evaluation): "
+                                     "process group terminated")
+        if code != 0:
+            return result("failed", "evaluation: " + _failure_reason(code, tail, None, _read_failure(out_dir)))
+        metrics, problem = _read_metrics(out_dir)
+        if problem:
+            return result("failed", problem, metrics)
+        return result("ok", "ok", metrics)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

@@ -9,7 +9,9 @@ the code as a detached git worktree (`checkout`).
 Layout inside the repository: the package at its import path (``regimes.metabolism``
 -> ``regimes/metabolism/...``) plus an empty ``__init__.py`` in every parent
 package (``regimes/__init__.py``), so putting a checkout first on PYTHONPATH
-makes the training import the workspace's code.
+makes the training import the workspace's code; ``regimes/runtime.py`` (the
+entries' shared runtime, docs/contracts.md §2b) is copied in for every regime,
+since a confined training can import nothing outside its checkout.
 """
 
 from __future__ import annotations
@@ -120,6 +122,15 @@ class Workspace:
         # parent packages stay import-free: the copy must not import the installed project
         for i in range(1, len(rel.parts)):
             (root / Path(*rel.parts[:i]) / "__init__.py").write_text("")
+        # every training entry may use regimes.runtime (exit codes, failure.json, predictions), and
+        # a confined training can import nothing outside its checkout: ship the module with the code
+        import regimes.runtime as runtime
+
+        (root / "regimes").mkdir(exist_ok=True)
+        if not (root / "regimes" / "__init__.py").exists():
+            (root / "regimes" / "__init__.py").write_text("")
+        if not (root / "regimes" / "runtime.py").exists():
+            shutil.copyfile(runtime.__file__, root / "regimes" / "runtime.py")
         repo = git.Repo.init(root)
         with repo.config_writer() as cw:
             cw.set_value("user", "name", AUTHOR_NAME)

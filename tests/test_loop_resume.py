@@ -25,6 +25,17 @@ def _wait_for(cond, timeout=60.0):
     return False
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its reaper is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_mid_batch_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     hold = tmp_path / "HOLD"  # variant "hold": slot 1 waits while this file exists
@@ -48,8 +59,10 @@ def test_sigkill_mid_batch_then_resume(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert len(Store(run_dir / "nodes.jsonl")) == 2  # batch 1 logged, batch 2 not
     assert not (it2 / "slot_01" / "metrics.json").exists()
-    # the orphaned training notices its parent died and exits without metrics
-    assert _wait_for(lambda: (it2 / "slot_01" / "orphaned.log").exists())
+    # the orphaned training dies with the loop (PR_SET_PDEATHSIG through sandbox/confine.py's
+    # launcher; an unconfined toy would notice on its own and write orphaned.log) and leaves no metrics
+    pid = int((it2 / "slot_01" / "train.pid").read_text())
+    assert _wait_for(lambda: not _alive(pid) or (it2 / "slot_01" / "orphaned.log").exists())
     assert not (it2 / "slot_01" / "metrics.json").exists()
     hold.unlink()
     resume_run(run_dir)

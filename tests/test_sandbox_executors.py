@@ -9,16 +9,16 @@ import pytest
 
 from regimes.base import MetricSpec, Regime
 from sandbox.executors import LocalExecutor, make_executor, pack_dir, unpack_dir
-from sandbox.runner import RunSpec
+from sandbox.runner import RunSpec, regime_entries
 from sandbox.workspace import Workspace, edit_message
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sandbox" / "fakesci"
-TRAIN = "regimes/fakesci/train.py"
+TRAIN = "fakesci/train.py"
 
 
 def _regime() -> Regime:
-    return Regime(name="fake", title="Fake", description="d", package="regimes.fakesci", package_dir=FIXTURE,
-                  train_entry="regimes.fakesci.train", mutable=[], metrics=[MetricSpec(name="value")],
+    return Regime(name="fake", title="Fake", description="d", package="fakesci", package_dir=FIXTURE,
+                  train_entry="fakesci.train", mutable=[], metrics=[MetricSpec(name="value")],
                   primary_metric="value", instructions=Path("fake.md"),
                   editable=[{"path": TRAIN, "regions": ["body"]}])
 
@@ -38,7 +38,8 @@ def two_slot_job(base: Path, sleep: float = 1.5) -> list[RunSpec]:
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.yaml").write_text(json.dumps({"steps": 5, "sleep": sleep}))
         specs.append(RunSpec(slot=slot, node_id=10 + slot, config_path=d / "config.yaml", out_dir=d / "out",
-                             code_dir=code, train_entry=regime.train_entry, timeout_s=60))
+                             code_dir=code, train_entry=regime.train_entry, **regime_entries(regime),
+                             timeout_s=60))
     return specs
 
 

@@ -1,4 +1,5 @@
-"""The subprocess runner: environment scrub, process-group timeout, memory limit, outcomes."""
+"""The subprocess runner: stage -> confined training -> trusted evaluation; environment scrub,
+process-group timeout, memory limit, outcomes."""
 
 import json
 import math
@@ -10,28 +11,32 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.runner import RunSpec, build_env, run_training
+from sandbox.runner import RunSpec, build_env, build_eval_env, regime_entries, run_training
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sandbox" / "fakesci"
-ENTRY = "regimes.fakesci.train"
+TRUSTED = FIXTURE.parent  # the trusted copy: fakesci.data (stage) and fakesci.evaluate run from here
+ENTRY = "fakesci.train"
+ENTRIES = dict(train_entry=ENTRY, eval_entry="fakesci.evaluate", stage_entry="fakesci.data:stage",
+               trusted_root=TRUSTED)
 
 
 @pytest.fixture()
 def code_dir(tmp_path: Path) -> Path:
-    """A workspace-like copy of the fake package: <code>/regimes/fakesci."""
+    """A workspace-like copy of the fake package (+ an import-free regimes/ to prove shadowing)."""
     code = tmp_path / "code"
-    shutil.copytree(FIXTURE, code / "regimes" / "fakesci")
+    shutil.copytree(FIXTURE, code / "fakesci")
+    (code / "regimes").mkdir()
     (code / "regimes" / "__init__.py").write_text("")
     return code
 
 
 def _spec(tmp_path: Path, code_dir: Path, name: str = "run", **cfg) -> RunSpec:
-    extra = {k: cfg.pop(k) for k in ("timeout_s", "grace_s", "memory_limit_mb", "threads", "gpu", "log_cap_bytes")
-             if k in cfg}
+    extra = {k: cfg.pop(k) for k in ("timeout_s", "grace_s", "memory_limit_mb", "threads", "gpu", "log_cap_bytes",
+                                     "confine") if k in cfg}
     conf = tmp_path / f"{name}.yaml"
     conf.write_text(json.dumps(cfg))
     return RunSpec(slot=1, node_id=7, config_path=conf, out_dir=tmp_path / name, code_dir=code_dir,
-                   train_entry=ENTRY, **extra)
+                   **ENTRIES, **extra)
 
 
 def test_ok_run_reports_metrics_and_progress(tmp_path, code_dir):
@@ -41,7 +46,11 @@ def test_ok_run_reports_metrics_and_progress(tmp_path, code_dir):
     assert res.exit_code == 0 and res.metrics["value"] == 1.0 and res.metrics["final_loss"] == 0.25
     assert (res.slot, res.node_id) == (1, 7)
     assert [r["step"] for _, r in seen] == [1, 2, 3, 4] and all(s == 1 for s, _ in seen)
-    assert (res.out_dir / "train.log").is_file()
+    assert (res.out_dir / "train.log").is_file() and (res.out_dir / "eval.log").is_file()
+    assert set(res.timings) == {"stage_s", "train_s", "eval_s"}
+    # the evaluation saw the staged inputs and the runner's copy of the config
+    seen_by_eval = json.loads((res.out_dir / "eval_seen.json").read_text())
+    assert seen_by_eval["inputs"] == ["inputs.json"] and seen_by_eval["config"] == {"steps": 4}
 
 
 def test_environment_is_scrubbed_and_workspace_copy_shadows_installed(tmp_path, code_dir, monkeypatch):
@@ -50,20 +59,25 @@ def test_environment_is_scrubbed_and_workspace_copy_shadows_installed(tmp_path, 
     monkeypatch.setenv("SOME_OTHER_VAR", "1")
     monkeypatch.setenv("PYTHONPATH", "/work/main")
     monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "realhome"))
     res = run_training(_spec(tmp_path, code_dir, mode="env", threads=3, gpu="2"))
     assert res.status == "ok", res.reason
     dump = json.loads((res.out_dir / "env.json").read_text())
     env = dump["environ"]
     allowed = {"PATH", "HOME", "PYTHONPATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
-               "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS", "GNN_AGENT_CACHE", "TMPDIR",
-               "MPLBACKEND"}
+               "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS", "TMPDIR", "MPLBACKEND",
+               "PYTHONDONTWRITEBYTECODE"}
     # the interpreter may add LC_CTYPE when coercing the C locale; nothing else may appear
     extra = set(env) - allowed - {"LC_CTYPE"}
     assert not extra, extra
     assert "ANTHROPIC_API_KEY" not in env and "SOME_OTHER_VAR" not in env
-    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(code_dir.resolve())
+    assert env["PYTHONPATH"] == str(code_dir.resolve())
     assert env["OMP_NUM_THREADS"] == "3" and env["CUDA_VISIBLE_DEVICES"] == "2" and env["MPLBACKEND"] == "Agg"
-    assert env["GNN_AGENT_CACHE"] == str(tmp_path / "cache")
+    # no cache root, and HOME/TMPDIR are private directories that are gone after the run
+    assert "GNN_AGENT_CACHE" not in env
+    assert env["HOME"] != str(tmp_path / "realhome") and not Path(env["HOME"]).exists()
+    assert Path(env["TMPDIR"]).parent == Path(env["HOME"]).parent
+    assert dump["inputs"] == ["inputs.json"] and Path(dump["config"]).parent == Path(env["HOME"]).parent
     # the workspace copy of the package is imported, not the installed project's regimes/
     assert Path(dump["regimes_file"]).resolve() == (code_dir / "regimes" / "__init__.py").resolve()
     assert Path(dump["train_file"]).resolve().is_relative_to(code_dir.resolve())
@@ -74,10 +88,16 @@ def test_environment_is_scrubbed_and_workspace_copy_shadows_installed(tmp_path, 
 def test_extra_env_refuses_credentials(tmp_path, code_dir):
     with pytest.raises(ValueError, match="MY_API_KEY looks like a credential"):
         RunSpec(slot=0, node_id=0, config_path=tmp_path / "c", out_dir=tmp_path, code_dir=code_dir,
-                train_entry=ENTRY, extra_env={"MY_API_KEY": "x"})
+                **ENTRIES, extra_env={"MY_API_KEY": "x"})
+    with pytest.raises(ValueError, match="GNN_AGENT_CACHE is set by the runner"):
+        RunSpec(slot=0, node_id=0, config_path=tmp_path / "c", out_dir=tmp_path, code_dir=code_dir,
+                **ENTRIES, extra_env={"GNN_AGENT_CACHE": "/x"})
     spec = RunSpec(slot=0, node_id=0, config_path=tmp_path / "c", out_dir=tmp_path, code_dir=code_dir,
-                   train_entry=ENTRY, extra_env={"GNN_AGENT_DEBUG": "1"})
-    assert build_env(spec, parent={"ANTHROPIC_API_KEY": "x", "HOME": "/h"})["GNN_AGENT_DEBUG"] == "1"
+                   **ENTRIES, extra_env={"GNN_AGENT_DEBUG": "1"})
+    env = build_env(spec, parent={"ANTHROPIC_API_KEY": "x", "HOME": "/h", "GNN_AGENT_CACHE": "/c"})
+    assert env["GNN_AGENT_DEBUG"] == "1" and "HOME" not in env and "GNN_AGENT_CACHE" not in env
+    ev = build_eval_env(spec, TRUSTED, parent={"ANTHROPIC_API_KEY": "x", "HOME": "/h", "GNN_AGENT_CACHE": "/c"})
+    assert ev["PYTHONPATH"] == str(TRUSTED) and ev["GNN_AGENT_CACHE"] == "/c" and "ANTHROPIC_API_KEY" not in ev
 
 
 def _gone(pid_or_pgid: int, group: bool) -> bool:
@@ -152,8 +172,12 @@ def test_nan_loss_is_failed_with_reason(tmp_path, code_dir):
 @pytest.mark.parametrize("mode,expect", [
     ("fail", "exit code 1: RuntimeError: boom in the fake training"),
     ("config_error", "config error: training.learning_rate_kk: unknown key"),
+    ("failure_json", "config error: training.x: bad"),
     ("no_metrics", "exit 0 but metrics.json is missing"),
     ("bad_metrics", "metrics.json is not valid JSON"),
+    ("no_predictions", "evaluation: exit code 4: predictions: predictions.pt is missing"),
+    ("stage_fail", "staging failed: RuntimeError: no dataset for this config"),
+    ("stage_config_error", "config error: simulation.n: must be > 0"),
 ])
 def test_failures_say_why(tmp_path, code_dir, mode, expect):
     res = run_training(_spec(tmp_path, code_dir, mode=mode))
@@ -174,7 +198,7 @@ def test_output_is_capped_keeping_head_and_tail(tmp_path, code_dir):
 
 def test_bad_launch_is_a_clear_error(tmp_path, code_dir):
     spec = RunSpec(slot=0, node_id=0, config_path=tmp_path / "missing.yaml", out_dir=tmp_path / "o",
-                   code_dir=code_dir, train_entry=ENTRY)
+                   code_dir=code_dir, **ENTRIES)
     with pytest.raises(ValueError, match="missing.yaml does not exist"):
         run_training(spec)
     (tmp_path / "c.yaml").write_text("{}")
@@ -182,7 +206,13 @@ def test_bad_launch_is_a_clear_error(tmp_path, code_dir):
     with pytest.raises(ValueError, match="memory_limit_mb .* works only with device cpu, not cuda"):
         run_training(cuda)
     with pytest.raises(ValueError, match="not a dotted module name"):
-        RunSpec(slot=0, node_id=0, config_path=tmp_path, out_dir=tmp_path, code_dir=code_dir, train_entry="a b")
+        RunSpec(slot=0, node_id=0, config_path=tmp_path, out_dir=tmp_path, code_dir=code_dir,
+                **{**ENTRIES, "train_entry": "a b"})
+    with pytest.raises(ValueError, match="not 'module:function'"):
+        RunSpec(slot=0, node_id=0, config_path=tmp_path, out_dir=tmp_path, code_dir=code_dir,
+                **{**ENTRIES, "stage_entry": "fakesci.data"})
+    with pytest.raises(ValueError, match="inside the code checkout"):
+        run_training(spec.model_copy(update={"config_path": tmp_path / "c.yaml", "trusted_root": code_dir}))
 
 
 @pytest.mark.slow
@@ -215,8 +245,48 @@ def test_real_metabolism_entry_runs_from_a_workspace_checkout(tmp_path, monkeypa
     for name, commit in (("root", ws.root_commit), ("probe", broken)):
         code = ws.checkout(commit, tmp_path / name / "code")
         results[name] = run_training(RunSpec(slot=0, node_id=1, config_path=conf, out_dir=tmp_path / name,
-                                             code_dir=code, train_entry=regime.train_entry, timeout_s=300))
+                                             code_dir=code, train_entry=regime.train_entry,
+                                             **regime_entries(regime), timeout_s=300))
     assert results["root"].status == "ok", results["root"].reason
     assert regime.primary_metric in results["root"].metrics
     assert results["probe"].status == "failed"
     assert "RuntimeError: the workspace copy ran" in results["probe"].reason
+
+
+def test_only_the_evaluation_writes_the_score(tmp_path, code_dir):
+    """A metrics.json the training writes itself is removed before the evaluation runs."""
+    res = run_training(_spec(tmp_path, code_dir, mode="write_metrics"))
+    assert res.status == "ok", res.reason
+    assert res.metrics == {"value": 1.0, "final_loss": 0.25}
+
+
+def test_stale_outputs_of_an_earlier_attempt_are_removed(tmp_path, code_dir):
+    spec = _spec(tmp_path, code_dir, mode="no_predictions")
+    spec.out_dir.mkdir(parents=True)
+    for name in ("metrics.json", "predictions.pt", "failure.json", "progress.jsonl"):
+        (spec.out_dir / name).write_text('{"value": 5.0, "final_loss": 0.0}')
+    res = run_training(spec)
+    assert res.status == "failed" and not (spec.out_dir / "predictions.pt").exists()
+    assert not (spec.out_dir / "metrics.json").exists()
+
+
+def test_evaluation_timeout_and_cancel_terminate_it(tmp_path, code_dir, monkeypatch):
+    import sandbox.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "EVAL_MIN_S", 1.0)
+    res = run_training(_spec(tmp_path, code_dir, mode="eval_hang", timeout_s=1.5, grace_s=0.2))
+    assert res.status == "timeout" and "during evaluation" in res.reason
+    cancel = threading.Event()
+    threading.Timer(1.5, cancel.set).start()
+    res = run_training(_spec(tmp_path, code_dir, name="c", mode="eval_hang", timeout_s=60, grace_s=0.2),
+                       cancel=cancel)
+    assert res.status == "killed" and "during evaluation" in res.reason
+
+
+def test_confinement_is_reported(tmp_path, code_dir):
+    from sandbox import confine
+
+    res = run_training(_spec(tmp_path, code_dir))
+    assert res.confinement == confine.describe(True)
+    off = run_training(_spec(tmp_path, code_dir, name="off", confine=False))
+    assert off.status == "ok" and off.confinement == confine.OFF_LABEL

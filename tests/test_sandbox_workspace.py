@@ -38,8 +38,14 @@ def ws(tmp_path, src) -> Workspace:
 
 
 def test_create_copies_the_package_at_its_import_path(ws):
-    assert ws.files("root") == [".gitignore", "regimes/__init__.py", "regimes/fakesci/__init__.py", TRAIN]
+    assert ws.files("root") == [".gitignore", "regimes/__init__.py", "regimes/fakesci/__init__.py",
+                                "regimes/fakesci/data.py", "regimes/fakesci/evaluate.py", TRAIN,
+                                "regimes/runtime.py"]
     assert ws.read("root", "regimes/__init__.py") == ""
+    # the shared runtime travels with the code (a confined training imports nothing else)
+    import regimes.runtime
+
+    assert ws.read("root", "regimes/runtime.py") == Path(regimes.runtime.__file__).read_text()
     assert ws.resolve("root") == ws.root_commit == ws.resolve("HEAD")
     assert ws.log("root")[0]["message"].startswith("root: copy of regimes.fakesci")
     with pytest.raises(WorkspaceError, match="exists and is not empty"):
@@ -48,7 +54,8 @@ def test_create_copies_the_package_at_its_import_path(ws):
 
 def test_plugin_package_is_copied_as_its_own_top_level_dir(tmp_path, src):
     ws = Workspace.create(tmp_path / "w2", _regime(src, package="myplugin"))
-    assert ws.files("root") == [".gitignore", "myplugin/__init__.py", "myplugin/train.py"]
+    assert ws.files("root") == [".gitignore", "myplugin/__init__.py", "myplugin/data.py", "myplugin/evaluate.py",
+                                "myplugin/train.py", "regimes/__init__.py", "regimes/runtime.py"]
     with pytest.raises(WorkspaceError, match="not a Python package"):
         Workspace.create(tmp_path / "w3", _regime(tmp_path))
 
