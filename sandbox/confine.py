@@ -337,7 +337,7 @@ def launch(policy: dict, cmd: list[str]) -> None:
     report_fd = None
     if policy.get("report"):
         report_fd = os.open(policy["report"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    ns = bool(policy.get("confine")) and enter_namespaces()
+    ns = bool(policy.get("confine")) and policy.get("namespaces", True) and enter_namespaces()
     policy["_ns"] = ns
     status_r, status_w = os.pipe()
     alive_r, alive_w = os.pipe()  # EOF on alive_r: the launcher is gone

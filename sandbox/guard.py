@@ -62,7 +62,11 @@ FORBIDDEN_OS_PREFIXES = {"exec": "executes a program", "spawn": "starts processe
 #: functions of the science packages' data modules that reach the dataset cache (where the truth
 #: file and the held-out run live): training code gets its data as arguments, never by path
 DATA_ACCESS_NAMES = {"load_or_generate", "dataset_dir", "cache_dir", "cache_root", "cache_key", "load_inputs",
-                     "load_test_run", "dataset_info", "load_truth", "training_data_from_inputs"}
+                     "load_test_run", "dataset_info", "load_truth", "training_data_from_inputs",
+                     # the two-process layout (contracts §2b): cache handles, staging, data generation
+                     # and the data secret (regenerating the truth from the seed is the route it closes)
+                     "open_cache", "CacheEntry", "heldout", "generate", "stage", "make_connectivity",
+                     "data_secret", "system_seed", "DATA_SECRET_ENV", "DATA_SECRET_FILE"}
 #: file readers: `torch.load(p)` reads any file, incl. the truth file by a path not spelled out
 FILE_READER_OWNERS = {"torch", "np", "numpy", "pickle", "json", "yaml", "joblib", "scipy", "io", "shutil"}
 FILE_READER_ATTRS = {"load", "loads", "loadtxt", "fromfile", "memmap", "genfromtxt", "load_npz", "loadmat",

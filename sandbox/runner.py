@@ -49,8 +49,9 @@ from sandbox import confine as confine_mod
 #: variables copied from the parent environment into the training's when set (contracts §4);
 #: HOME and TMPDIR are replaced by private directories, the cache root never reaches it
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL")
-#: what the evaluation (trusted) also inherits: it reads the cache
-EVAL_INHERITED_ENV = INHERITED_ENV + ("HOME", "TMPDIR", "GNN_AGENT_CACHE")
+#: what the evaluation (trusted) also inherits: it reads the cache (and may regenerate it
+#: with the data secret, regimes.runtime.data_secret)
+EVAL_INHERITED_ENV = INHERITED_ENV + ("HOME", "TMPDIR", "GNN_AGENT_CACHE", "GNN_AGENT_DATA_SECRET")
 #: every variable a training process may see
 ENV_ALLOWLIST = frozenset(INHERITED_ENV + (
     "HOME", "TMPDIR", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -65,7 +66,10 @@ POLL_S = 0.1
 #: the evaluation always gets at least this much of the budget, even after a long training
 EVAL_MIN_S = 30.0
 #: files a previous attempt may have left in the out dir (a re-run must not read them)
-STALE_FILES = ("metrics.json", "analysis.log", "predictions.pt", "failure.json", "progress.jsonl", "eval.log")
+STALE_FILES = ("metrics.json", "analysis.log", "predictions.pt", "failure.json", "progress.jsonl", "eval.log",
+               "processes.jsonl")
+#: one line per process started for a training (launcher, eval)
+PROCESSES_FILE = "processes.jsonl"
 #: files only the evaluation may write: removed after the training, before the evaluation
 EVAL_OUTPUTS = ("metrics.json", "analysis.log", "failure.json")
 
@@ -262,6 +266,7 @@ def build_eval_env(spec: RunSpec, trusted_root: Path, parent: dict[str, str] | N
     env.update(_thread_env(spec.threads))
     env["PYTHONPATH"] = str(trusted_root)
     env.update(_gpu_env(spec, parent))
+    env.update(spec.extra_env)  # e.g. GNN_AGENT_RUN, by which a resume finds a run's leftover processes
     return env
 
 
@@ -565,6 +570,21 @@ class _Proc:
     def code(self) -> int | None:
         return self.proc.returncode
 
+    def record(self, out_dir: Path, role: str) -> None:
+        """Append {pid, pgid, start_time, role} to out_dir/processes.jsonl (a resume after a crash
+        ends a run's leftover processes by it; start_time guards against pid reuse)."""
+        pid = self.proc.pid
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            start = int(stat[stat.rfind(")") + 2:].split()[19])  # field 22 of /proc/PID/stat
+        except (OSError, ValueError, IndexError):
+            start = None
+        try:
+            with open(out_dir / PROCESSES_FILE, "a") as f:
+                f.write(json.dumps({"pid": pid, "pgid": pid, "start_time": start, "role": role}) + "\n")
+        except OSError:
+            pass
+
 
 def _tail_text(lines) -> str:
     return "\n".join(lines)
@@ -639,6 +659,7 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
         t_train = time.monotonic()
         proc = _Proc(cmd, build_env(spec, private=private), out_dir, out_dir / "train.log", spec.log_cap_bytes,
                      preexec)
+        proc.record(out_dir, "launcher")
         status = proc.wait(deadline, spec.grace_s, cancel, tick=lambda: deliver(progress.poll()))
         timings["train_s"] = time.monotonic() - t_train
         deliver(progress.poll())
@@ -671,6 +692,7 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
                "--inputs", str(private / "inputs"), "--out", str(out_dir)]
         t_eval = time.monotonic()
         ev = _Proc(cmd, build_eval_env(spec, trusted_root), out_dir, out_dir / "eval.log", spec.log_cap_bytes)
+        ev.record(out_dir, "eval")
         status = ev.wait(max(deadline, t_eval + min(EVAL_MIN_S, spec.timeout_s)), spec.grace_s, cancel)
         timings["eval_s"] = time.monotonic() - t_eval
         code = ev.code
