@@ -524,16 +524,47 @@ def find_links(out_dir: Path) -> list[str]:
     return sorted(bad)
 
 
+#: the evaluation process's first words: import the (trusted) evaluation module - torch and
+#: all - while the training runs, then wait for "go" on stdin and run it as __main__. Without
+#: the head start every training paid a second interpreter + torch import (seconds) after it.
+EVAL_BOOT = """
+import importlib, runpy, sys, warnings
+entry = sys.argv[1]
+try:
+    importlib.import_module(entry)
+except BaseException:
+    pass  # run_module below raises it again, with its traceback
+if sys.stdin.readline().strip() != "go":
+    sys.exit(0)  # the training failed: nothing to evaluate
+warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+sys.argv = [entry] + sys.argv[2:]
+code = 0
+try:
+    runpy.run_module(entry, run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if not isinstance(e.code, (int, type(None))):
+        print(e.code, file=sys.stderr)
+# skip the interpreter's teardown of torch (a second or more): exit handlers and stdio only
+import atexit, os
+atexit._run_exitfuncs()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
+"""
+
+
 class _Proc:
     """One child process in its own group: output pumped to a capped log, stderr tail kept."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path, cap: int,
-                 preexec: Callable[[], None] | None = None):
+                 preexec: Callable[[], None] | None = None, stdin_pipe: bool = False):
         self.log = _CappedLog(log_path, cap)
         self.err_tail: collections.deque[str] = collections.deque(maxlen=TRACEBACK_LINES)
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec,
-                                     close_fds=True)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                     preexec_fn=preexec, close_fds=True)
+        self.closed = False
         self.pumps = [threading.Thread(target=_pump, args=(self.proc.stdout, self.log, None), daemon=True),
                       threading.Thread(target=_pump, args=(self.proc.stderr, self.log, self.err_tail), daemon=True)]
         for t in self.pumps:
@@ -555,16 +586,46 @@ class _Proc:
                     status = "timeout"
                     _terminate_group(self.proc, grace_s)
                     break
-                time.sleep(POLL_S)
+                try:  # returns as soon as the process exits (a bare sleep cost up to POLL_S per process)
+                    self.proc.wait(timeout=POLL_S)
+                except subprocess.TimeoutExpired:
+                    pass
         finally:
             if self.proc.poll() is None:  # an exception (e.g. KeyboardInterrupt from a Ray cancel) reached us
                 _terminate_group(self.proc, 0)
-            # children the process left behind in its group die with it
-            _signal_group(self.proc.pid, signal.SIGKILL)
-            for t in self.pumps:
-                t.join(timeout=5)
-            self.log.close()
+            self._close()
         return status
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        # children the process left behind in its group die with it
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        for t in self.pumps:
+            t.join(timeout=5)
+        self.log.close()
+
+    def go(self) -> None:
+        """Tell a waiting EVAL_BOOT process to run (it may have died already: wait() tells)."""
+        try:
+            self.proc.stdin.write(b"go\n")
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+
+    def abort(self) -> None:
+        """End the process group now (idempotent)."""
+        if not self.closed:
+            if self.proc.poll() is None:
+                _terminate_group(self.proc, 0)
+            self._close()
 
     @property
     def code(self) -> int | None:
@@ -619,6 +680,7 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
     tail: list[str] = []
     code: int | None = None
     confinement = ""
+    ev: _Proc | None = None
 
     def deliver(records: list[dict]) -> None:
         if on_progress is None:
@@ -656,6 +718,12 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
         cmd = confine_mod.launcher_command(confine_policy(spec, code_dir, private, out_dir), cmd)
         preexec = _limit_memory(spec.memory_limit_mb * 1024 * 1024) if spec.memory_limit_mb else None
         progress = _ProgressTail(out_dir / "progress.jsonl")
+        # the evaluation starts now and imports its code while the training runs (EVAL_BOOT)
+        eval_cmd = [sys.executable, "-P", "-c", EVAL_BOOT, spec.eval_entry, "--config", str(staged_config),
+                    "--inputs", str(private / "inputs"), "--out", str(out_dir)]
+        ev = _Proc(eval_cmd, build_eval_env(spec, trusted_root), out_dir, private / "eval.log", spec.log_cap_bytes,
+                   stdin_pipe=True)
+        ev.record(out_dir, "eval")
         t_train = time.monotonic()
         proc = _Proc(cmd, build_env(spec, private=private), out_dir, out_dir / "train.log", spec.log_cap_bytes,
                      preexec)
@@ -687,12 +755,9 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
         for name in EVAL_OUTPUTS:  # only the evaluation writes these
             (out_dir / name).unlink(missing_ok=True)
 
-        # ----- 3. evaluate (trusted code, own process group) -----
-        cmd = [sys.executable, "-P", "-m", spec.eval_entry, "--config", str(staged_config),
-               "--inputs", str(private / "inputs"), "--out", str(out_dir)]
+        # ----- 3. evaluate (trusted code, own process group, started with the training) -----
         t_eval = time.monotonic()
-        ev = _Proc(cmd, build_eval_env(spec, trusted_root), out_dir, out_dir / "eval.log", spec.log_cap_bytes)
-        ev.record(out_dir, "eval")
+        ev.go()
         status = ev.wait(max(deadline, t_eval + min(EVAL_MIN_S, spec.timeout_s)), spec.grace_s, cancel)
         timings["eval_s"] = time.monotonic() - t_eval
         code = ev.code
@@ -709,4 +774,8 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
             return result("failed", problem, metrics)
         return result("ok", "ok", metrics)
     finally:
+        if ev is not None:
+            ev.abort()  # a failed or cancelled training: the waiting evaluation goes too
+            if (private / "eval.log").is_file():
+                shutil.copyfile(private / "eval.log", out_dir / "eval.log")
         shutil.rmtree(private, ignore_errors=True)

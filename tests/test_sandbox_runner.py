@@ -137,8 +137,11 @@ def test_no_process_of_the_group_is_left(tmp_path, code_dir):
     finally:
         runner_mod.subprocess.Popen = real_popen
     assert res.status == "timeout"
-    assert len(pids) == 1
-    assert _gone(pids[0], group=True)  # os.killpg(pgid, 0) raises ProcessLookupError
+    assert len(pids) == 2  # the launcher of the training and the waiting evaluation
+    assert all(_gone(p, group=True) for p in pids)  # os.killpg(pgid, 0) raises ProcessLookupError
+    records = [json.loads(l) for l in (res.out_dir / "processes.jsonl").read_text().splitlines()]
+    assert sorted(r["role"] for r in records) == ["eval", "launcher"] and {r["pid"] for r in records} == set(pids)
+    assert all(isinstance(r["start_time"], int) for r in records)
 
 
 def test_cancel_terminates_the_group(tmp_path, code_dir):
