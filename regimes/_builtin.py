@@ -22,10 +22,10 @@ IMPORT_ALLOWLIST = list(DEFAULT_IMPORT_ALLOWLIST)
 
 #: Names and fragments of ground truth in the metabolism package: the truth
 #: file (truth.pt, load_truth), its keys (types, lambda, baseline, log_k of the
-#: generator), and the seed's names for type labels. The guard rejects new code
-#: that mentions any of them.
+#: generator), the held-out run's file (heldout.pt, never staged) and the seed's
+#: names for type labels. The guard rejects new code that mentions any of them.
 METABOLISM_TRUTH = ["truth", "oracle", "metabolite_type", "types", "lambda", "baseline",
-                    "true_S", "true_k", "true_log_k", "gt_slope", "gt_offset"]
+                    "true_S", "true_k", "true_log_k", "gt_slope", "gt_offset", "heldout"]
 #: The signal package's truth file (truth.pt: true W, gain, generator parameters).
 SIGNAL_TRUTH = ["truth", "oracle", "true_W", "neuron_type"]
 

@@ -58,7 +58,7 @@ CODE_STRATEGIES = [
         _LOSS + "            # strategy 1: fit MLP_node directly to what the frozen reactions leave unexplained\n"
                 "            c_now = conc0[idx]\n"
                 "            with torch.no_grad():\n"
-                "                residual = data.deriv[0][idx] - model.reaction(c_now)\n"
+                "                residual = data.deriv[idx] - model.reaction(c_now)\n"
                 "            loss = loss + ((model.node(c_now) - residual) ** 2).mean() / (residual.var() + 1e-12)\n",
         "the homeostatic signal is ~1000x weaker than the reactions in the rollout loss; supervising MLP_node with "
         "the residual dc/dt - reaction(c), normalised to O(1), gives it a direct, unattenuated target",
@@ -73,7 +73,7 @@ CODE_STRATEGIES = [
         "Strategy 2: signal amplification (curriculum learning, loss scaling)"),
     _cs("3-contrastive-embeddings", _LOSS,
         _LOSS + "            # strategy 3: embeddings follow the similarity of the learned MLP_node response curves\n"
-                "            grid = torch.linspace(float(conc0.min()), float(conc0.max()), 16, device=dev)\n"
+                "            grid = query_grid(conc0, 16).to(dev)  # 1-99 % quantiles of run 0\n"
                 "            resp = model.node_fn(grid.expand(model.n_met, -1), model.a.unsqueeze(1).expand(-1, 16, -1))\n"
                 "            resp = resp - resp.mean(1, keepdim=True)\n"
                 "            cos = torch.nn.functional.cosine_similarity\n"
@@ -150,6 +150,33 @@ def _closeness(ratio: float) -> float:
     return max(0.0, 1.0 - abs(ratio - 1.0))
 
 
+def _finite(metrics: dict[str, float], name: str) -> float | None:
+    try:
+        v = float(metrics[name])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def embedding_above_chance(metrics: dict[str, float]) -> float:
+    """(acc - chance) / (1 - chance), clipped to [0, 1]: 0 for embeddings that carry no type information."""
+    acc, chance = _finite(metrics, "embedding_cluster_acc"), _finite(metrics, "embedding_cluster_acc_chance")
+    if acc is None or chance is None or chance >= 1.0:
+        return 0.0
+    return min(1.0, max(0.0, (acc - chance) / (1.0 - chance)))
+
+
+def ratio_class(ratio: float) -> Classification:
+    """One type's slope ratio: converged 0.8-1.2, partial 0.3-0.8 or 1.2-3.0, failed otherwise."""
+    if not math.isfinite(ratio):
+        return "failed"
+    if 0.8 <= ratio <= 1.2:
+        return "converged"
+    if 0.3 <= ratio < 0.8 or 1.2 < ratio <= 3.0:
+        return "partial"
+    return "failed"
+
+
 class HomeostasisRegime(Regime):
     """Phase-2 homeostasis recovery."""
 
@@ -159,27 +186,37 @@ class HomeostasisRegime(Regime):
         return B.load_package_config(self, "homeostasis", profile)
 
     def score(self, metrics: dict[str, float]) -> float:
-        """Mean over types of max(0, 1 - |slope_ratio_t - 1|) (SCIENCE.md A7); falls back to
-        avg_slope_ratio when the per-type ratios are absent."""
+        """The UCB reward (SCIENCE.md A7): mean over types of max(0, 1 - |slope_ratio_t - 1|), times
+        max(0, MLP_node_function_R2), times the embedding accuracy above chance. Each factor is ~0 for one
+        way of scoring without learning: an overshoot or a wrong slope (closeness), a lucky slope on a
+        flat or spiky curve (function R2), a type-blind curve (embeddings at chance). 0 when the frozen
+        parameters changed or a component is missing."""
+        if _finite(metrics, "frozen_params_changed") != 0.0:
+            return 0.0
         ratios = slope_ratios(metrics)
         if not ratios:
-            v = metrics.get("avg_slope_ratio")
-            if v is None:
-                return 0.0
-            ratios = [float(v)]
-        return sum(_closeness(r) for r in ratios) / len(ratios)
+            return 0.0
+        closeness = sum(_closeness(r) for r in ratios) / len(ratios)
+        function_r2 = max(0.0, _finite(metrics, "MLP_node_function_R2") or 0.0)
+        return closeness * min(1.0, function_r2) * embedding_above_chance(metrics)
 
     def classify(self, metrics: dict[str, float]) -> Classification:
-        """avg_slope_ratio: converged 0.8-1.2, partial 0.3-0.8 or 1.2-3.0, failed otherwise."""
-        v = metrics.get("avg_slope_ratio")
-        if v is None or not math.isfinite(float(v)):
+        """Per type (SCIENCE.md A7): converged when every type's slope ratio is in 0.8-1.2, partial when every
+        type is at least partial (0.3-0.8 or 1.2-3.0), failed otherwise; failed when the frozen parameters
+        changed. (An average of 0.2 and 1.8 is not converged.) Right slopes on a curve with
+        MLP_node_function_R2 <= 0 (flat or spiky: a lucky slope) are partial, not converged."""
+        if _finite(metrics, "frozen_params_changed") != 0.0:
             return "failed"
-        v = float(v)
-        if 0.8 <= v <= 1.2:
+        ratios = slope_ratios(metrics)
+        if not ratios:
+            return "failed"
+        classes = {ratio_class(r) for r in ratios}
+        if "failed" in classes:
+            return "failed"
+        fn_r2 = _finite(metrics, "MLP_node_function_R2")
+        if classes == {"converged"} and (fn_r2 is None or fn_r2 > 0.0):
             return "converged"
-        if 0.3 <= v < 0.8 or 1.2 < v <= 3.0:
-            return "partial"
-        return "failed"
+        return "partial"  # includes the right slopes on a curve worse than its mean (a lucky slope)
 
     def degeneracy(self, metrics: dict[str, float]) -> Degeneracy:
         """Not defined for phase 2: the dynamics are dominated by the frozen reaction terms,
@@ -204,10 +241,11 @@ class HomeostasisRegime(Regime):
         # trained inside the run directory (prepare/phase1/) so its progress is visible, then cached
         path, metrics = ensure_phase1_checkpoint(phase1["simulation"], phase1, device, None, log,
                                                  work_dir=Path(run_dir) / "prepare" / "phase1")
-        r2 = metrics.get("rate_constants_R2") if isinstance(metrics, dict) else None
-        r2_txt = f"{r2:.4f}" if isinstance(r2, (int, float)) else "n/a"
+        def fmt(name: str) -> str:
+            v = metrics.get(name) if isinstance(metrics, dict) else None
+            return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
         log(f"homeostasis: phase-1 checkpoint {path} (rate_constants {profile} config, S frozen): "
-            f"rate_constants_R2={r2_txt}")
+            f"rate_constants_R2={fmt('rate_constants_R2')}, test_R2={fmt('test_R2')}")
         return {"training.phase1_checkpoint": str(path)}
 
 
@@ -249,7 +287,8 @@ REGIME = HomeostasisRegime(
     title="Metabolism phase 2: homeostasis recovery",
     description=("From a frozen phase-1 model (k, MLP_sub, S), learn the per-type homeostasis "
                  "-lambda_t (c - b_t) with MLP_node and metabolite embeddings. Slots run rollouts of "
-                 "4/16/32/64 steps. Primary: avg_slope_ratio (best 1.0); converged 0.8-1.2."),
+                 "4/16/32/64 steps. Primary: avg_slope_ratio (best 1.0); converged when every type's slope ratio "
+                 "is in 0.8-1.2; the score also needs MLP_node_function_R2 and embeddings above chance."),
     package="regimes.metabolism",
     package_dir=B.METABOLISM_DIR,
     train_entry="regimes.metabolism.train",
@@ -264,7 +303,12 @@ REGIME = HomeostasisRegime(
             "training.n_epochs", "training.seed", *PHASE1_KEYS],
     slot_fixed={"training.homeostasis_time_step": [4, 16, 32, 64]},
     metrics=[
-        B.metric("avg_slope_ratio", "mean over types of learned / true MLP_node slope (best 1.0)", "0.8-1.2", None),
+        B.metric("avg_slope_ratio", "mean over types of learned / true MLP_node slope (best 1.0; classification "
+                 "and score use each type's ratio, not this mean)", "0.8-1.2", None),
+        B.metric("MLP_node_function_R2", "every metabolite's learned MLP_node curve against its true line on the "
+                 "1-99% quantile grid (pooled R2): a flat or spiky curve scores <= 0", "> 0.8"),
+        B.metric("frozen_params_changed", "1 when log_k, MLP_sub or S differ (bit for bit) from the phase-1 "
+                 "checkpoint: classification failed, score 0", "0", False),
         *[B.metric(f"MLP_node_slope_ratio_{t}", f"learned / true slope of type {t} (best 1.0)", "1.0", None)
           for t in (0, 1)],
         *[B.metric(f"MLP_node_offset_ratio_{t}", f"learned / true offset of type {t} (best 1.0)", "1.0", None)
@@ -278,6 +322,8 @@ REGIME = HomeostasisRegime(
         *[B.metric(f"MLP_node_gt_offset_{t}", f"true offset lambda_{t}*b_{t} of type {t}", "", None)
           for t in (0, 1)],
         B.metric("embedding_cluster_acc", "DBSCAN clusters of the embeddings vs true types (Hungarian)", "1.0"),
+        B.metric("embedding_cluster_acc_chance", "that accuracy for the same cluster sizes assigned at random "
+                 "(about 0.5 for two balanced types)", "", None),
         B.metric("embedding_n_clusters", "clusters DBSCAN finds in embedding space", "2", None),
         B.metric("embedding_silhouette", "silhouette of the embedding clustering", "> 0.5"),
         B.metric("phase2_loss", "phase-2 rollout loss", "lower is better", False),
@@ -287,9 +333,12 @@ REGIME = HomeostasisRegime(
     ],
     primary_metric="avg_slope_ratio",
     log_metrics=["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_offset_ratio_0", "MLP_node_slope_ratio_1",
-                 "MLP_node_offset_ratio_1", "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2"],
+                 "MLP_node_offset_ratio_1", "MLP_node_function_R2", "embedding_cluster_acc",
+                 "embedding_cluster_acc_chance", "embedding_n_clusters", "frozen_params_changed", "rate_constants_R2"],
     metric_labels={"MLP_node_slope_ratio_0": "slope_ratio_0", "MLP_node_offset_ratio_0": "offset_ratio_0",
-                   "MLP_node_slope_ratio_1": "slope_ratio_1", "MLP_node_offset_ratio_1": "offset_ratio_1"},
+                   "MLP_node_slope_ratio_1": "slope_ratio_1", "MLP_node_offset_ratio_1": "offset_ratio_1",
+                   "MLP_node_function_R2": "node_fn_R2", "embedding_cluster_acc_chance": "emb_chance",
+                   "frozen_params_changed": "frozen_changed"},
     log_config={"lr_node_homeo": "training.learning_rate_node_homeostasis",
                 "lr_emb_homeo": "training.learning_rate_embedding_homeostasis",
                 "data_augmentation_loop": "training.data_augmentation_loop", "batch_size": "training.batch_size"},

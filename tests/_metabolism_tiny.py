@@ -32,3 +32,35 @@ def stoich_cfg(variant: str = "tied", **training) -> dict:
             "graph_model": {"model": "stoichiometry", "variant": variant, "hidden_dim": 16, "msg_dim": 8,
                             "test_rollout_frames": 50, "eval_grid": 20},
             "training": {k: v for k, v in t.items() if v is not None}}
+
+
+def write_config(path, cfg: dict):
+    """Write `cfg` as YAML to `path` and return the path."""
+    import yaml
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def stage_train_evaluate(tmp_path, cfg: dict, name: str = "run", plots: bool = False) -> tuple[int, int, "Path"]:
+    """A whole training as the runner drives it, in this process: stage into tmp, the training entry
+    (reads only the staged directory), the evaluation entry. Returns (train exit, eval exit, out dir)."""
+    from regimes.metabolism import data, evaluate, train
+
+    cfg_path = write_config(tmp_path / f"{name}.yaml", cfg)
+    inputs, out = tmp_path / f"{name}_inputs", tmp_path / name
+    data.stage(cfg_path, inputs, log=lambda *a: None)
+    common = ["--config", str(cfg_path), "--inputs", str(inputs), "--out", str(out)]
+    rc_train = train.main(common)
+    rc_eval = evaluate.main(common + ([] if plots else ["--no-plots"])) if rc_train == 0 else -1
+    return rc_train, rc_eval, out
+
+
+def read_metrics(out) -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(out) / "metrics.json").read_text())

@@ -10,8 +10,7 @@ import copy
 import pytest
 import yaml
 
-from regimes.metabolism import train
-from regimes.metabolism.config import parse_config
+from _metabolism_tiny import read_metrics, stage_train_evaluate
 from regimes.metabolism.phase1 import CONFIG_DIR
 
 
@@ -22,8 +21,9 @@ def test_quick_rate_constants_profile_learns(tmp_path, monkeypatch):
     raw = yaml.safe_load((CONFIG_DIR / "rate_constants_quick.yaml").read_text())
     init = copy.deepcopy(raw)
     init["training"]["n_epochs"] = 0  # the model at initialisation, evaluated the same way
-    m0 = train.run(parse_config(init), tmp_path / "init", plots_on=False)
-    m1 = train.run(parse_config(raw), tmp_path / "quick", plots_on=False)
+    assert stage_train_evaluate(tmp_path, init, "init")[:2] == (0, 0)
+    assert stage_train_evaluate(tmp_path, raw, "quick")[:2] == (0, 0)
+    m0, m1 = read_metrics(tmp_path / "init"), read_metrics(tmp_path / "quick")
     print(f"\nrate_constants_R2 init={m0['rate_constants_R2']:.4f} quick={m1['rate_constants_R2']:.4f}; "
           f"fit {m0['rate_constants_R2_fit']:.3f} -> {m1['rate_constants_R2_fit']:.3f}; "
           f"outliers {m0['rate_constants_n_outliers']:.0f} -> {m1['rate_constants_n_outliers']:.0f}; "

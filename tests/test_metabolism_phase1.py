@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
 import yaml
 
-from _metabolism_tiny import TINY_CYCLES, kinetics_cfg
-from regimes.metabolism import phase1, train
+from _metabolism_tiny import TINY_CYCLES, kinetics_cfg, read_metrics, stage_train_evaluate
+from regimes.metabolism import evaluate, phase1, train
 from regimes.metabolism.config import ConfigError, parse_config
+
+ENTRIES = {"regimes.metabolism.train": train.main, "regimes.metabolism.evaluate": evaluate.main}
+
+
+def _in_process(seen: list, cache=None):
+    """subprocess.run of the two entries, run in this process (the real subprocesses: test_metabolism_train)."""
+    def run(cmd, env, **kw):
+        assert cmd[1] == "-m" and cmd[2] in ENTRIES, cmd
+        if cache is not None:
+            assert env["GNN_AGENT_CACHE"] == str(cache)
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, ENTRIES[cmd[2]](cmd[3:]), "", "")
+    return run
 
 
 def test_phase1_checkpoint_is_trained_once_then_used_by_phase2(tmp_path, monkeypatch, capsys):
@@ -19,19 +33,11 @@ def test_phase1_checkpoint_is_trained_once_then_used_by_phase2(tmp_path, monkeyp
     p1_cfg = {"graph_model": p1["graph_model"], "training": p1["training"]}
     msgs = []
     seen = []
-
-    def in_process(cmd, env, **kw):
-        """The same command, run in this process (the real subprocess is covered in test_metabolism_train)."""
-        import subprocess
-        assert cmd[1:3] == ["-m", "regimes.metabolism.train"] and env["GNN_AGENT_CACHE"] == str(tmp_path / "cache")
-        seen.append(cmd)
-        rc = train.main(cmd[3:])
-        return subprocess.CompletedProcess(cmd, rc, "", "")
-
-    monkeypatch.setattr(phase1.subprocess, "run", in_process)
+    monkeypatch.setattr(phase1.subprocess, "run", _in_process(seen, tmp_path / "cache"))
     path, metrics = phase1.ensure_phase1_checkpoint(TINY_CYCLES, p1_cfg, cache_root=tmp_path / "cache", log=msgs.append)
-    assert len(seen) == 1 and path.is_file() and "rate_constants_R2" in metrics
-    assert (path.parent / "analysis.log").is_file() and not list(path.parent.parent.glob(".*"))
+    assert [c[2] for c in seen] == ["regimes.metabolism.train", "regimes.metabolism.evaluate"]
+    assert all("--inputs" in c for c in seen) and path.is_file() and "rate_constants_R2" in metrics
+    assert (path.parent / "analysis.log").is_file() and not list(path.parent.parent.glob(".*"))  # no tmp, no inputs
     mtime = path.stat().st_mtime_ns
 
     calls = []
@@ -40,17 +46,21 @@ def test_phase1_checkpoint_is_trained_once_then_used_by_phase2(tmp_path, monkeyp
     assert path2 == path and metrics2 == metrics and not calls and path.stat().st_mtime_ns == mtime
     assert "cached" in msgs[-1]
 
-    # phase 2 from that checkpoint: reaction parameters stay frozen, phase-2 metrics appear
+    # phase 2 from that checkpoint (staged as a copy): reaction parameters stay frozen, phase-2 metrics appear
     h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint=str(path),
                      learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0,
                      homeostasis_time_step=2)
-    out = tmp_path / "p2"
-    m = train.run(parse_config(h), out, plots_on=False)
+    assert stage_train_evaluate(tmp_path, h, "p2")[:2] == (0, 0)
+    staged = tmp_path / "p2_inputs" / "phase1_model.pt"
+    assert staged.is_file() and staged.stat().st_ino != path.stat().st_ino  # a copy, not a link into the cache
+    m = read_metrics(tmp_path / "p2")
     assert m["rate_constants_R2"] == pytest.approx(metrics["rate_constants_R2"], abs=1e-9)
-    for k in ("phase2_loss", "phase2_node_magnitude", "avg_slope_ratio", "embedding_cluster_acc", "MLP_node_slope_ratio_1"):
+    for k in ("phase2_loss", "phase2_node_magnitude", "avg_slope_ratio", "embedding_cluster_acc", "MLP_node_slope_ratio_1",
+              "MLP_node_function_R2"):
         assert k in m
+    assert m["frozen_params_changed"] == 0.0
     ck1 = torch.load(path, weights_only=True)["state_dict"]
-    ck2 = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    ck2 = torch.load(tmp_path / "p2" / "model.pt", weights_only=True)["state_dict"]
     assert torch.equal(ck1["log_k"], ck2["log_k"])
     assert not torch.equal(ck1["a"], ck2["a"])  # fresh embeddings trained in phase 2
 
@@ -60,17 +70,6 @@ def test_phase1_config_must_freeze_S(tmp_path):
     with pytest.raises(ConfigError, match="freeze_stoichiometry"):
         phase1.ensure_phase1_checkpoint(TINY_CYCLES, {"graph_model": p1["graph_model"], "training": p1["training"]},
                                         cache_root=tmp_path)
-
-
-def test_checkpoint_from_another_dataset_is_a_config_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "a"
-    train.run(parse_config(kinetics_cfg()), out, plots_on=False)
-    h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint=str(out / "model.pt"),
-                     learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0)
-    h["simulation"]["seed"] = 99
-    with pytest.raises(ConfigError, match="training.phase1_checkpoint: .* different simulation"):
-        train.run(parse_config(h), tmp_path / "b", plots_on=False)
 
 
 @pytest.mark.parametrize("name", ["stoichiometry_tied", "stoichiometry_untied", "rate_constants", "homeostasis"])
@@ -100,11 +99,13 @@ def test_phase1_trains_in_a_given_work_dir_then_caches(tmp_path, monkeypatch):
     p1_cfg = {"graph_model": p1["graph_model"], "training": p1["training"]}
     outs = []
 
+    seen = []
+    run = _in_process(seen)
+
     def in_process(cmd, env, **kw):
-        import subprocess
         assert env["OMP_NUM_THREADS"] == "1"  # one thread unless the user set a count
         outs.append(cmd[cmd.index("--out") + 1])
-        return subprocess.CompletedProcess(cmd, train.main(cmd[3:]), "", "")
+        return run(cmd, env, **kw)
 
     monkeypatch.setattr(phase1.subprocess, "run", in_process)
     work = tmp_path / "run" / "prepare" / "phase1"
@@ -112,7 +113,7 @@ def test_phase1_trains_in_a_given_work_dir_then_caches(tmp_path, monkeypatch):
     (work / "stale.txt").write_text("from a killed attempt")
     path, metrics = phase1.ensure_phase1_checkpoint(TINY_CYCLES, p1_cfg, cache_root=tmp_path / "cache",
                                                     log=lambda m: None, work_dir=work)
-    assert outs == [str(work)]
+    assert outs == [str(work), str(work)]  # training, then evaluation
     assert (work / "progress.jsonl").is_file() and (work / "metrics.json").is_file()
     assert not (work / "stale.txt").exists()
     assert path.is_file() and tmp_path / "cache" in path.parents and (path.parent / "progress.jsonl").is_file()

@@ -1,4 +1,4 @@
-"""Training entry and training keys of the metabolism package (tiny data)."""
+"""Training entry (reads only the staged inputs) and training keys of the metabolism package (tiny data)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from _metabolism_tiny import kinetics_cfg, stoich_cfg
+from _metabolism_tiny import kinetics_cfg, read_metrics, stage_train_evaluate, stoich_cfg, write_config
+from regimes import runtime
+from regimes.metabolism import data as mdata
 from regimes.metabolism import train
 from regimes.metabolism.config import parse_config
 from regimes.metabolism.data import load_or_generate
 from regimes.metabolism.model import build_model
+from regimes.runtime import ProgressWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = {"training_time_min", "steps_per_second"}
@@ -27,9 +29,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _write(tmp_path: Path, cfg: dict, name: str = "c.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    return write_config(tmp_path / name, cfg)
 
 
 def _phase1(cfg_dict: dict):
@@ -37,7 +37,7 @@ def _phase1(cfg_dict: dict):
     data, _ = load_or_generate(cfg.simulation, given_stoichiometry=cfg.training.freeze_stoichiometry)
     torch.manual_seed(cfg.training.seed)
     model = build_model(cfg.graph_model, data, cfg.training.freeze_stoichiometry)
-    hist = train.train_phase1(model, data, cfg, train.Progress(None, 0))
+    hist = train.train_phase1(model, data, cfg, ProgressWriter(None, 0))
     return model, hist
 
 
@@ -48,7 +48,7 @@ def _flat(model) -> torch.Tensor:
 def _differs(a, b) -> bool:
     (ma, ha), (mb, hb) = a, b
     pa, pb = _flat(ma), _flat(mb)
-    return ha["loss"] != hb["loss"] or pa.shape != pb.shape or not torch.equal(pa, pb)
+    return not torch.equal(ha["loss"], hb["loss"]) or pa.shape != pb.shape or not torch.equal(pa, pb)
 
 
 # (config builder, key, value): each must change the trained parameters or the loss history
@@ -118,7 +118,7 @@ def _phase2(**training):
     torch.manual_seed(0)
     model = build_model(cfg.graph_model, data, True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    hist = train.train_phase2(model, data, cfg, train.Progress(None, 0))
+    hist = train.train_phase2(model, data, cfg, ProgressWriter(None, 0))
     return model, hist, before
 
 
@@ -138,10 +138,18 @@ def test_phase2_freezes_reactions_and_its_keys_act():
         assert _differs(base, (m, h)), extra
 
 
+def test_history_is_preallocated_and_grows_when_needed():
+    h = train.History(2)
+    for v in range(5):
+        h.append(float(v))
+    assert len(h) == 5 and torch.equal(h.values(), torch.arange(5, dtype=torch.float64))
+
+
 def test_determinism_same_config_same_metrics(tmp_path):
-    cfg = parse_config(kinetics_cfg())
-    m1 = train.run(cfg, tmp_path / "a", plots_on=False)
-    m2 = train.run(cfg, tmp_path / "b", plots_on=False)
+    cfg = kinetics_cfg()
+    assert stage_train_evaluate(tmp_path, cfg, "a")[:2] == (0, 0)
+    assert stage_train_evaluate(tmp_path, cfg, "b")[:2] == (0, 0)
+    m1, m2 = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert {k: v for k, v in m1.items() if k not in TIMING} == {k: v for k, v in m2.items() if k not in TIMING}
     assert "rate_constants_R2" in m1 and "avg_slope_ratio" in m1 and "stoichiometry_R2" not in m1
 
@@ -151,44 +159,93 @@ def _main(capsys, args) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+def _staged(tmp_path, cfg: dict) -> Path:
+    inputs = tmp_path / "inputs"
+    mdata.stage(_write(tmp_path, cfg, "staged.yaml"), inputs, log=lambda *a: None)
+    return inputs
+
+
 @pytest.mark.parametrize("mutate,expect", [
     (lambda c: c["training"].update(learning_rate_kk=1e-3), "config error: training.learning_rate_kk: unknown key"),
     (lambda c: c["training"].update(batch_size="eight"), "config error: training.batch_size:"),
     (lambda c: c.pop("graph_model"), "config error: graph_model: missing key"),
     (lambda c: c["simulation"].update(network="grid"), "config error: simulation.network:"),
     (lambda c: c["training"].update(coeff_S_L1=0.1), "config error: training.coeff_S_L1: has no effect with freeze_stoichiometry"),
-    (lambda c: c["training"].update(homeostasis_training=True, skip_phase1=True, phase1_checkpoint="/nonexistent/model.pt",
-                                    learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0),
-     "config error: training.phase1_checkpoint: no such file: /nonexistent/model.pt"),
-], ids=["unknown-key", "wrong-type", "missing-section", "bad-choice", "inert-key", "missing-checkpoint"])
+], ids=["unknown-key", "wrong-type", "missing-section", "bad-choice", "inert-key"])
 def test_broken_config_exits_2_with_one_line(tmp_path, capsys, mutate, expect):
+    inputs = _staged(tmp_path, kinetics_cfg())
     cfg = kinetics_cfg()
     mutate(cfg)
-    for k in [k for k, v in cfg.get("training", {}).items() if v is None]:
-        cfg["training"].pop(k)
-    rc, err = _main(capsys, ["--config", str(_write(tmp_path, cfg)), "--out", str(tmp_path / "o")])
+    out = tmp_path / "o"
+    rc, err = _main(capsys, ["--config", str(_write(tmp_path, cfg)), "--inputs", str(inputs), "--out", str(out)])
     assert rc == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith(expect), err
+    assert runtime.read_failure(out) == {"kind": "config", "message": err.strip()}
+
+
+def test_stage_refuses_a_missing_or_foreign_phase1_checkpoint(tmp_path):
+    h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint="/nonexistent/model.pt",
+                     learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0)
+    with pytest.raises(runtime.EntryError, match="config error: training.phase1_checkpoint: no such file: /nonexistent/model.pt"):
+        mdata.stage(_write(tmp_path, h), tmp_path / "in")
+    assert stage_train_evaluate(tmp_path, kinetics_cfg(), "p1")[:2] == (0, 0)
+    h["training"]["phase1_checkpoint"] = str(tmp_path / "p1" / "model.pt")
+    h["simulation"]["seed"] = 99
+    with pytest.raises(runtime.EntryError, match="training.phase1_checkpoint: .* different simulation") as e:
+        mdata.stage(_write(tmp_path, h), tmp_path / "in2")
+    assert e.value.kind == "config"
 
 
 def test_nan_loss_exits_3(tmp_path, capsys, monkeypatch):
     from regimes.metabolism.model import KineticsModel
+    inputs = _staged(tmp_path, kinetics_cfg())
     monkeypatch.setattr(KineticsModel, "forward", lambda self, c: c * float("nan"))
-    rc, err = _main(capsys, ["--config", str(_write(tmp_path, kinetics_cfg())), "--out", str(tmp_path / "o")])
+    out = tmp_path / "o"
+    rc, err = _main(capsys, ["--config", str(_write(tmp_path, kinetics_cfg())), "--inputs", str(inputs), "--out", str(out)])
     assert rc == 3 and err.strip() == "training diverged: loss is nan at step 1"
+    assert runtime.read_failure(out)["kind"] == "diverged"
 
 
-def test_entry_subprocess_writes_everything(tmp_path):
+def test_training_reads_only_the_staged_inputs(tmp_path, capsys, monkeypatch):
+    """Staged with one cache, trained with the cache pointing at an empty directory: nothing else is needed."""
     cfg = stoich_cfg()
+    inputs = _staged(tmp_path, cfg)
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "empty"))
+    out = tmp_path / "o"
+    rc, err = _main(capsys, ["--config", str(_write(tmp_path, cfg)), "--inputs", str(inputs), "--out", str(out)])
+    assert rc == 0, err
+    assert not (tmp_path / "empty").exists()
+    p = runtime.load_predictions(out / runtime.PREDICTIONS_FILE)
+    assert {"log_k", "s_all", "rollout", "loss.phase1", "training_time_min"} <= set(p)
+    assert not (out / runtime.METRICS_FILE).exists()  # the training computes no metric
+
+
+def test_missing_or_mismatched_inputs_exit_5(tmp_path, capsys):
+    out = tmp_path / "o"
+    rc, err = _main(capsys, ["--config", str(_write(tmp_path, kinetics_cfg())), "--inputs", str(tmp_path / "none"),
+                             "--out", str(out)])
+    assert rc == 5 and err.startswith("inputs: ") and runtime.read_failure(out)["kind"] == "inputs"
+    inputs = _staged(tmp_path, stoich_cfg())  # S not given, but this config freezes S
+    rc, err = _main(capsys, ["--config", str(_write(tmp_path, kinetics_cfg())), "--inputs", str(inputs), "--out", str(out)])
+    assert rc == 5 and "freeze_stoichiometry" in err
+
+
+def test_entry_subprocesses_write_everything(tmp_path):
+    cfg = stoich_cfg()
+    inputs = _staged(tmp_path, cfg)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "regimes.metabolism.train", "--config", str(_write(tmp_path, cfg)),
-                        "--out", str(out), "--device", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    common = ["--config", str(_write(tmp_path, cfg)), "--inputs", str(inputs), "--out", str(out)]
+    r = subprocess.run([sys.executable, "-m", "regimes.metabolism.train", *common, "--device", "auto"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "regimes.metabolism.evaluate", *common],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["stoichiometry_R2"] >= 0 and "rate_constants_R2" not in metrics
+    assert "stoichiometry_skill" in metrics and "rate_constants_R2" not in metrics
     log = dict(ln.split(": ", 1) for ln in (out / "analysis.log").read_text().splitlines() if not ln.startswith("#"))
     assert float(log["stoichiometry_R2"]) == pytest.approx(metrics["stoichiometry_R2"], rel=1e-5)
     prog = [json.loads(ln) for ln in (out / "progress.jsonl").read_text().splitlines()]
     assert set(prog[-1]) == {"step", "total", "loss", "elapsed_s"} and prog[-1]["step"] == prog[-1]["total"]
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"stoichiometry.png", "loss.png", "rollout.png"}
-    assert (out / "model.pt").is_file()
+    assert (out / "model.pt").is_file() and not (out / runtime.FAILURE_FILE).exists()

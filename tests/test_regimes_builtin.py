@@ -67,28 +67,50 @@ def test_declared_contract_per_regime():
     assert "given_S" in stoich.truth_identifiers and "given_S" not in rate.truth_identifiers
 
 
+def _homeo(r0, r1, fn_r2=1.0, acc=1.0, chance=0.5, frozen=0.0) -> dict:
+    return {"MLP_node_slope_ratio_0": r0, "MLP_node_slope_ratio_1": r1, "avg_slope_ratio": (r0 + r1) / 2,
+            "MLP_node_function_R2": fn_r2, "embedding_cluster_acc": acc, "embedding_cluster_acc_chance": chance,
+            "frozen_params_changed": frozen}
+
+
 def test_homeostasis_score_ordering():
     h = get_regime("homeostasis")
 
-    def s(r0, r1):
-        return h.score({"MLP_node_slope_ratio_0": r0, "MLP_node_slope_ratio_1": r1,
-                        "avg_slope_ratio": (r0 + r1) / 2})
+    def s(r0, r1, **kw):
+        return h.score(_homeo(r0, r1, **kw))
 
     assert s(1, 1) == pytest.approx(1.0)
     assert s(0.7, 0.7) == pytest.approx(s(1.3, 1.3)) == pytest.approx(0.7)
     assert s(1, 1) > s(0.7, 0.7) > s(0.0, 0.0) == 0.0
     assert s(1.3, 1.3) > s(5.0, 5.0) == 0.0
     assert s(float("nan"), 1.0) == pytest.approx(0.5)
-    assert h.score({"avg_slope_ratio": 0.9}) == pytest.approx(0.9)  # fallback without per-type ratios
+    # every factor can zero the reward: a flat/spiky curve, embeddings at chance, a changed frozen parameter
+    assert s(1, 1, fn_r2=-3.0) == 0.0 and s(1, 1, fn_r2=0.5) == pytest.approx(0.5)
+    assert s(1, 1, acc=0.5) == 0.0 and s(1, 1, acc=0.75) == pytest.approx(0.5)
+    assert s(1, 1, frozen=1.0) == 0.0
+    assert s(0.2, 1.8) == pytest.approx(0.2)  # the average 1.0 earns nothing extra
+    assert h.score({"avg_slope_ratio": 0.9}) == 0.0  # no per-type ratios, no components: nothing to reward
     assert h.score({}) == 0.0
 
 
 def test_homeostasis_classification_and_degeneracy():
     h = get_regime("homeostasis")
-    got = [h.classify({"avg_slope_ratio": v}) for v in (1.0, 0.8, 1.2, 0.5, 2.0, 3.0, 0.1, 3.5, float("nan"))]
+    got = [h.classify(_homeo(v, v)) for v in (1.0, 0.8, 1.2, 0.5, 2.0, 3.0, 0.1, 3.5, float("nan"))]
     assert got == ["converged", "converged", "converged", "partial", "partial", "partial", "failed", "failed", "failed"]
-    assert h.classify({}) == "failed"
+    assert h.classify(_homeo(0.2, 1.8)) == "failed"  # average 1.0, but type 0 is at 0.2
+    assert h.classify(_homeo(0.75, 1.1)) == "partial"  # every type must be within 0.8-1.2
+    assert h.classify(_homeo(1.0, 1.0, frozen=1.0)) == "failed"
+    assert h.classify({"avg_slope_ratio": 1.0}) == "failed" and h.classify({}) == "failed"
     assert h.degeneracy({"avg_slope_ratio": 1.0, "test_pearson": 0.99}).diagnosis == "n/a"
+
+
+def test_stoichiometry_scores_the_skill_not_the_fit_r2():
+    st = get_regime("stoichiometry")
+    signs_only = {"stoichiometry_R2": 0.896, "stoichiometry_R2_sign_baseline": 0.896, "stoichiometry_skill": 0.0}
+    assert st.primary_metric == "stoichiometry_skill"
+    assert st.score(signs_only) == 0.0 and st.classify(signs_only) == "failed"
+    assert st.score({"stoichiometry_skill": -2.0}) == 0.0
+    assert st.classify({"stoichiometry_skill": 0.85}) == "converged" and st.score({"stoichiometry_skill": 0.85}) == 0.85
 
 
 @pytest.mark.parametrize("name", ["stoichiometry", "rate_constants", "sparse_connectivity", "low_rank_connectivity"])
@@ -103,11 +125,13 @@ def test_primary_metric_classification(name):
 def test_seed_log_lines():
     h = get_regime("homeostasis")
     metrics = {"avg_slope_ratio": 0.91234, "MLP_node_slope_ratio_0": 0.8, "MLP_node_offset_ratio_0": 1.1,
-               "MLP_node_slope_ratio_1": 1.02, "MLP_node_offset_ratio_1": 0.97, "embedding_cluster_acc": 1.0,
-               "embedding_n_clusters": 2, "rate_constants_R2": 0.87}
+               "MLP_node_slope_ratio_1": 1.02, "MLP_node_offset_ratio_1": 0.97, "MLP_node_function_R2": 0.9,
+               "embedding_cluster_acc": 1.0, "embedding_cluster_acc_chance": 0.52, "embedding_n_clusters": 2,
+               "frozen_params_changed": 0.0, "rate_constants_R2": 0.87}
     assert h.format_metrics_line(metrics) == (
         "avg_slope_ratio=0.9123, slope_ratio_0=0.8000, offset_ratio_0=1.1000, slope_ratio_1=1.0200, "
-        "offset_ratio_1=0.9700, embedding_cluster_acc=1.0000, embedding_n_clusters=2, rate_constants_R2=0.8700")
+        "offset_ratio_1=0.9700, node_fn_R2=0.9000, embedding_cluster_acc=1.0000, emb_chance=0.5200, "
+        "embedding_n_clusters=2, frozen_changed=0, rate_constants_R2=0.8700")
     r = get_regime("rate_constants")
     cfg = {"training": {"seed": 42, "learning_rate_k": 5e-3, "learning_rate_node": 1e-3}}
     assert r.format_config_line(cfg) == "seed=42, lr_k=5E-3, lr_node=1E-3"

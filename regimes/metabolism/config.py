@@ -18,6 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PACKAGE = "metabolism"
+#: version of the dataset cache layout, part of the cache key (simulation_hash): bumped whenever the
+#: files or their meaning change, so a stale cache is never misread. 2: run 0 (inputs.pt) and run 1
+#: (heldout.pt) in separate files, homeostasis types from a seeded permutation.
+DATA_FORMAT = 2
 
 
 class ConfigError(ValueError):
@@ -43,7 +47,8 @@ class SimulationConfig(_Strict):
     c_init_max: float = Field(gt=0)
     #: flux limiter of the mlp_rates generator (one step never consumes more than exists)
     flux_limiter: bool = False
-    #: homeostasis term -lambda_t (c_i - b_t); the types split the metabolites in equal consecutive blocks
+    #: homeostasis term -lambda_t (c_i - b_t); the types split the metabolites in equal parts, assigned by a
+    #: random permutation drawn from `seed` (stored only in the truth file, never index blocks)
     homeostasis: bool = False
     homeostasis_lambda: list[float] = Field(default_factory=lambda: [0.001, 0.002])
     homeostasis_baseline: list[float] = Field(default_factory=lambda: [4.0, 6.0])
@@ -285,7 +290,9 @@ def canonical_json(obj: Any) -> str:
 
 
 def simulation_hash(sim: SimulationConfig | dict) -> str:
-    """sha256 of the canonical JSON of the (validated, defaults-filled) simulation section + package name."""
+    """sha256 of the canonical JSON of the (validated, defaults-filled) simulation section, the package
+    name and the cache format version (DATA_FORMAT): the dataset's cache key."""
     if isinstance(sim, dict):
         sim = SimulationConfig.model_validate(sim)
-    return hashlib.sha256((PACKAGE + ":" + canonical_json(sim.model_dump(mode="json"))).encode()).hexdigest()[:24]
+    key = f"{PACKAGE}:format{DATA_FORMAT}:" + canonical_json(sim.model_dump(mode="json"))
+    return hashlib.sha256(key.encode()).hexdigest()[:24]

@@ -1,53 +1,74 @@
-"""Metrics of a metabolism training (SCIENCE.md A6): the ONLY module that reads
-the truth file.
+"""Evaluation of a metabolism training (SCIENCE.md A6): the ONLY module that reads
+the truth file and the held-out run.
 
-`compute_metrics(learned, truth, data, gm, ...)` works from plain tensors and
-callables (a `Learned`), so an oracle (true S, true k, c^s, the true lines) can
-be evaluated exactly like a trained model; `learned_from_model` builds a
-`Learned` from a model. Only metrics that apply are written: a stoichiometry
-model gets no MLP_sub metrics, a model without MLP_node no slope ratios, a
-dataset without homeostasis no embedding accuracy.
+    python -m regimes.metabolism.evaluate --config C --inputs IN --out OUT [--no-plots]
+
+A separate process from the training (docs/contracts.md §2b), trusted installed
+code: it loads OUT/predictions.pt with `runtime.load_predictions` (data only,
+shape-checked; no code crosses), the truth and run 1 from the cache, computes
+every metric and writes OUT/metrics.json, OUT/analysis.log and OUT/plots/*.png.
+It never imports the workspace and never builds a model from policy code.
+
+`compute_metrics(learned, truth, data, heldout_conc, gm, ...)` works from plain
+arrays (a `Learned`), so oracles and data-free baselines (true S, sign-only S,
+c^s, the true lines, a type-blind MLP_node) are evaluated exactly like a
+trained model. Only metrics that apply are written: a stoichiometry model gets
+no MLP_sub metrics, a model without MLP_node no slope ratios, a dataset without
+homeostasis no embedding accuracy.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from regimes.metabolism.config import Config, GraphModelConfig
-from regimes.metabolism.data import TrainingData, atomic_save
+from regimes import runtime
+from regimes.metabolism.config import Config, ConfigError, GraphModelConfig, load_config
+from regimes.metabolism.data import S_VALUES, TrainingData, dataset_dir, load_heldout, load_or_generate, \
+    node_frame_idx, phase1_checkpoint_path, query_grid, read_checkpoint
 from regimes.metabolism.simulator import activity_rank
 
+#: parameters phase 2 must leave bit-identical to the phase-1 checkpoint (same as train.FROZEN_PREFIXES;
+#: repeated here so the evaluation never imports the training module)
+FROZEN_PREFIXES = ("log_k", "sto_all", "sto_sub", "mlp_sub.")
+
 #: metric order in analysis.log (others follow alphabetically)
-ORDER = ["final_loss", "stoichiometry_R2", "stoichiometry_sign_acc", "stoichiometry_R2_rounded",
-         "rate_constants_R2", "rate_constants_R2_shifted", "rate_constants_R2_fit", "rate_constants_alpha",
-         "rate_constants_n_outliers", "rate_constants_R2_trimmed", "rate_constants_n_shared_substrates",
-         "rate_constants_R2_identifiable", "MLP_sub_R2", "MLP_sub_R2_normalized",
-         "avg_slope_ratio", "MLP_node_slope_0", "MLP_node_gt_slope_0", "MLP_node_slope_ratio_0",
+ORDER = ["final_loss", "stoichiometry_skill", "stoichiometry_R2", "stoichiometry_R2_sign_baseline",
+         "stoichiometry_R2_mass_balance_baseline", "stoichiometry_R2_gauged", "stoichiometry_R2_gauged_baseline",
+         "stoichiometry_exact_frac", "stoichiometry_exact_frac_baseline", "stoichiometry_sign_acc",
+         "stoichiometry_R2_rounded",
+         "rate_constants_R2", "rate_constants_R2_fit", "rate_constants_alpha", "rate_constants_n_outliers",
+         "rate_constants_n_shared_substrates", "rate_constants_R2_identifiable",
+         "rate_constants_R2_shifted", "rate_constants_R2_trimmed", "MLP_sub_R2", "MLP_sub_R2_normalized",
+         "frozen_params_changed", "avg_slope_ratio", "MLP_node_function_R2",
+         "MLP_node_slope_0", "MLP_node_gt_slope_0", "MLP_node_slope_ratio_0",
          "MLP_node_offset_0", "MLP_node_gt_offset_0", "MLP_node_offset_ratio_0",
          "MLP_node_slope_1", "MLP_node_gt_slope_1", "MLP_node_slope_ratio_1",
          "MLP_node_offset_1", "MLP_node_gt_offset_1", "MLP_node_offset_ratio_1",
-         "embedding_cluster_acc", "embedding_n_clusters", "embedding_silhouette",
+         "embedding_cluster_acc", "embedding_cluster_acc_chance", "embedding_n_clusters", "embedding_silhouette",
          "phase2_loss", "phase2_node_magnitude", "test_R2", "test_pearson",
          "training_time_min", "steps_per_second", "activity_rank_90", "activity_rank_99"]
 
 
 @dataclass
 class Learned:
-    """What a model learned, as plain data. Any field may be None (not learned)."""
+    """What a model learned, as plain arrays on the evaluation's queries. Any field may be None (not learned).
+
+    Function values are on `query_grid(run 0, gm.eval_grid)` (the 1-99 % quantiles of run 0)."""
 
     log_k: torch.Tensor | None = None  # (n_rxn,) log10 k
     s_all: torch.Tensor | None = None  # (E_all,) learned S on the support (None: S was given)
-    f_sub: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # f(c, s), elementwise
-    node_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # g(c (...,), a (..., d))
+    f_sub_grid: torch.Tensor | None = None  # (len(S_VALUES), G): f(c_grid, s) for s in S_VALUES
+    alpha: float | None = None  # f(1, 1), the gauge factor between k and MLP_sub
+    node_grid: torch.Tensor | None = None  # (n_met, G): MLP_node([c_grid, a_i]) for every metabolite
     embeddings: torch.Tensor | None = None  # (n_met, d)
-    rollout: Callable[[torch.Tensor, int], torch.Tensor] | None = None  # (c0 (n_met,), n) -> (n, n_met)
+    node_on_frames: torch.Tensor | None = None  # (F, n_met): MLP_node on run 0 at node_frame_idx
+    rollout: torch.Tensor | None = None  # (n, n_met): free rollout from run 1's first frame
 
 
 @dataclass
@@ -78,15 +99,85 @@ def r2_fit(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1] ** 2)
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().double().numpy()
+def _np(t) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return t.detach().cpu().double().numpy()
+    return np.asarray(t, float)
 
 
-def stoichiometry_metrics(s_learned: np.ndarray, s_true: np.ndarray) -> dict[str, float]:
-    return {"stoichiometry_R2": r2_fit(s_true, s_learned),
-            "stoichiometry_sign_acc": float((np.sign(s_learned) == np.sign(s_true)).mean()),
-            "stoichiometry_R2_rounded": r2_fit(s_true, np.round(s_learned))}
+# ----- stoichiometry -----
 
+def sign_answer(n_edges: int, sub_to_all: np.ndarray) -> np.ndarray:
+    """The data-free answer the inputs already give: -1 on every substrate edge, +1 on every product edge."""
+    s = np.ones(n_edges)
+    s[np.asarray(sub_to_all, int)] = -1.0
+    return s
+
+
+def mass_balance_answer(n_edges: int, sub_to_all: np.ndarray, rxn_all: np.ndarray, n_rxn: int) -> np.ndarray:
+    """The other data-free answer: -1 on substrates, n_sub/n_prod on products, so every column sums to zero.
+    Up to each column's scale it is the per-entry posterior mean of S given the roles under the generator's
+    prior, and exact for one-substrate reactions (n_prod <= the consumed total <= 2)."""
+    s = sign_answer(n_edges, sub_to_all)
+    is_sub = s < 0
+    n_sub = np.bincount(rxn_all, weights=is_sub, minlength=n_rxn)
+    n_prod = np.bincount(rxn_all, weights=~is_sub, minlength=n_rxn)
+    ratio = n_sub / np.maximum(n_prod, 1.0)
+    return np.where(is_sub, -1.0, ratio[rxn_all])
+
+
+def gauge_align(s_learned: np.ndarray, s_true: np.ndarray, rxn: np.ndarray, n_rxn: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the per-reaction scale gauge: column j of S times alpha_j with v_j / alpha_j leaves dc/dt
+    unchanged, so only each column's shape is identifiable. alpha_j = max(0, <s_j, t_j> / <s_j, s_j>)
+    (least squares against the truth, one number per reaction; non-negative, so a negated column is not
+    flipped back). Returns (aligned S, alpha)."""
+    num = np.bincount(rxn, weights=s_learned * s_true, minlength=n_rxn)
+    den = np.bincount(rxn, weights=s_learned * s_learned, minlength=n_rxn)
+    alpha = np.where(den > 0, np.maximum(0.0, num / np.where(den > 0, den, 1.0)), 0.0)
+    return s_learned * alpha[rxn], alpha
+
+
+def stoichiometry_metrics(s_learned: np.ndarray, s_true: np.ndarray, rxn_all: np.ndarray, sub_to_all: np.ndarray,
+                          n_rxn: int) -> tuple[dict[str, float], list[str]]:
+    """R², the data-free baselines and the skill over them (SCIENCE.md A6)."""
+    rxn_all = np.asarray(rxn_all, int)
+    sign = sign_answer(len(s_true), sub_to_all)
+    mass = mass_balance_answer(len(s_true), sub_to_all, rxn_all, n_rxn)
+
+    def gauged(s: np.ndarray) -> float:
+        return r2_identity(s_true, gauge_align(s, s_true, rxn_all, n_rxn)[0])
+
+    r2_g = gauged(s_learned)
+    base_g = max(gauged(sign), gauged(mass))
+    skill = (r2_g - base_g) / (1.0 - base_g) if math.isfinite(r2_g) and base_g < 1.0 else float("nan")
+    exact = lambda s: float((np.round(s) == s_true).mean())  # noqa: E731
+    m = {"stoichiometry_skill": skill,
+         "stoichiometry_R2": r2_fit(s_true, s_learned),
+         "stoichiometry_R2_sign_baseline": r2_fit(s_true, sign),
+         "stoichiometry_R2_mass_balance_baseline": r2_fit(s_true, mass),
+         "stoichiometry_R2_gauged": r2_g,
+         "stoichiometry_R2_gauged_baseline": base_g,
+         "stoichiometry_exact_frac": exact(s_learned),
+         "stoichiometry_exact_frac_baseline": max(exact(sign), exact(mass)),
+         "stoichiometry_sign_acc": float((np.sign(s_learned) == np.sign(s_true)).mean()),
+         "stoichiometry_R2_rounded": r2_fit(s_true, np.round(s_learned))}
+    notes = ["stoichiometry: the support and the substrate/product roles are inputs, so answers that look at no "
+             "data already score: the sign-only answer (-1 substrate, +1 product; sign accuracy 1) has "
+             f"stoichiometry_R2_sign_baseline {m['stoichiometry_R2_sign_baseline']:.3f}, the mass-balance guess "
+             f"(-1 substrate, n_sub/n_prod product) {m['stoichiometry_R2_mass_balance_baseline']:.3f} (fit R², as "
+             "stoichiometry_R2)",
+             "stoichiometry_skill (the score) = (R2_gauged - R2_gauged_baseline) / (1 - R2_gauged_baseline). Gauge: "
+             "column j of S x alpha_j with v_j / alpha_j leaves dc/dt unchanged, so each column is first scaled by "
+             "alpha_j = max(0, <learned_j, true_j> / <learned_j, learned_j>) (least squares per reaction, never "
+             "negative: a negated column stays wrong), then the identity R² over the support edges is taken; the "
+             "baseline is the better of the two data-free answers treated the same way; skill <= 0 means no better "
+             "than looking at no data",
+             "stoichiometry_exact_frac: edges where round(learned S) equals the true coefficient (raw, no gauge); "
+             f"the better data-free answer scores {m['stoichiometry_exact_frac_baseline']:.3f}"]
+    return m, notes
+
+
+# ----- rate constants -----
 
 def rate_constant_metrics(log_k: np.ndarray, true_log_k: np.ndarray, n_sub: np.ndarray, alpha: float
                           ) -> tuple[dict[str, float], np.ndarray]:
@@ -117,6 +208,8 @@ def shared_substrate_reactions(data: TrainingData, truth: dict) -> np.ndarray:
     return np.array([count[k] > 1 for k in sig])
 
 
+# ----- homeostasis -----
+
 def line_fits(c: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares slope and offset of each row of y (n, G) against c (G,)."""
     cm = c - c.mean()
@@ -125,23 +218,33 @@ def line_fits(c: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return slope, offset
 
 
-def cluster_metrics(emb: np.ndarray, types: np.ndarray, eps: float, min_samples: int) -> tuple[dict[str, float], np.ndarray]:
-    """DBSCAN on the embeddings (noise = its own cluster), Hungarian matching to the types."""
+def _hungarian_acc(labels: np.ndarray, types: np.ndarray, n_types: int) -> float:
     from scipy.optimize import linear_sum_assignment
-    from sklearn.cluster import DBSCAN
-    from sklearn.metrics import silhouette_score
 
-    labels = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(emb)
     uniq = np.unique(labels)
-    n_types = int(types.max()) + 1
     cont = np.zeros((len(uniq), n_types))
     for i, lab in enumerate(uniq):
         cont[i] = np.bincount(types[labels == lab], minlength=n_types)
     rows, cols = linear_sum_assignment(-cont)
-    acc = float(cont[rows, cols].sum() / len(types))
-    n_clusters = int((uniq >= 0).sum())
+    return float(cont[rows, cols].sum() / len(types))
+
+
+def cluster_metrics(emb: np.ndarray, types: np.ndarray, eps: float, min_samples: int,
+                    n_chance: int = 200) -> tuple[dict[str, float], np.ndarray]:
+    """DBSCAN on the embeddings (noise = its own cluster), Hungarian matching to the types; chance =
+    the mean accuracy of the same cluster sizes assigned at random (n_chance seeded permutations)."""
+    from sklearn.cluster import DBSCAN
+    from sklearn.metrics import silhouette_score
+
+    labels = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(emb)
+    n_types = int(types.max()) + 1
+    acc = _hungarian_acc(labels, types, n_types)
+    rng = np.random.default_rng(0)
+    chance = float(np.mean([_hungarian_acc(rng.permutation(labels), types, n_types) for _ in range(n_chance)]))
+    uniq = np.unique(labels)
     sil = float(silhouette_score(emb, labels)) if 2 <= len(uniq) <= len(emb) - 1 else 0.0
-    return {"embedding_cluster_acc": acc, "embedding_n_clusters": float(n_clusters), "embedding_silhouette": sil}, labels
+    return {"embedding_cluster_acc": acc, "embedding_cluster_acc_chance": chance,
+            "embedding_n_clusters": float(int((uniq >= 0).sum())), "embedding_silhouette": sil}, labels
 
 
 def series_scores(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -160,46 +263,55 @@ def series_scores(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return float(r2.mean()), float(pear.mean())
 
 
-def compute_metrics(learned: Learned, truth: dict, data: TrainingData, gm: GraphModelConfig,
-                    hist: dict | None = None, timing: dict | None = None) -> EvalResult:
-    """All metrics that apply to `learned` (see module doc)."""
+def _mean_tail(loss) -> float:
+    ls = _np(loss)
+    return float(ls[-max(1, len(ls) // 10):].mean()) if len(ls) else float("nan")
+
+
+def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_conc: torch.Tensor | None,
+                    gm: GraphModelConfig, hist: dict | None = None, timing: dict | None = None) -> EvalResult:
+    """All metrics that apply to `learned` (see module doc). `data` is run 0 (TrainingData),
+    `heldout_conc` run 1's concentrations (n_frames, n_met) for test_R2."""
     hist, timing = hist or {}, timing or {}
     m: dict[str, float] = {}
     notes: list[str] = []
     pd: dict = {}
-    conc0 = data.conc[0].detach().cpu()
-    c_lo, c_hi = float(conc0.min()), float(conc0.max())
-    c_grid = torch.linspace(c_lo, c_hi, gm.eval_grid, dtype=torch.float32)
+    conc0 = data.conc.detach().cpu()
+    c_grid = query_grid(conc0, gm.eval_grid)
+    c_lo, c_hi = float(c_grid[0]), float(c_grid[-1])
+    grid_txt = f"c on the 1-99 % quantiles of run 0, [{c_lo:.3g}, {c_hi:.3g}] (max {float(conc0.max()):.3g})"
     last = hist.get("phase2") or hist.get("phase1")
-    if last and last["loss"]:
-        ls = last["loss"]
-        m["final_loss"] = float(np.mean(ls[-max(1, len(ls) // 10):]))
-    pd["hist"] = {k: {"loss": v["loss"], "regul": v.get("regul")} for k, v in hist.items()}
+    if last is not None and len(last["loss"]):
+        m["final_loss"] = _mean_tail(last["loss"])
+    pd["hist"] = {k: {"loss": _np(v["loss"]), "regul": None if v.get("regul") is None else _np(v["regul"])}
+                  for k, v in hist.items()}
 
     if learned.s_all is not None:
         s_l, s_t = _np(learned.s_all), _np(truth["s_all"])
-        m.update(stoichiometry_metrics(s_l, s_t))
-        pd["S"] = (s_t, s_l)
+        sm, sn = stoichiometry_metrics(s_l, s_t, _np(data.rxn_all).astype(int), _np(data.sub_to_all).astype(int), data.n_rxn)
+        m.update(sm)
+        notes += sn
+        pd["S"] = (s_t, s_l, sm["stoichiometry_skill"], sm["stoichiometry_R2_sign_baseline"])
 
-    alpha = None
-    if learned.f_sub is not None:
-        one = torch.ones(1)
-        with torch.no_grad():
-            alpha = float(learned.f_sub(one, one)[0])
-        s_vals = sorted({float(v) for v in truth["s_sub"].unique()})
-        with torch.no_grad():
-            f = torch.stack([learned.f_sub(c_grid, torch.full_like(c_grid, s)) for s in s_vals])
-        target = torch.stack([c_grid ** s for s in s_vals])
-        m["MLP_sub_R2"] = r2_identity(_np(target).ravel(), _np(f).ravel())
-        m["MLP_sub_R2_normalized"] = r2_identity(_np(target).ravel(), _np(f / max(alpha, 1e-30)).ravel())
-        notes.append(f"MLP_sub_R2 compares f(c, s) with c^s for s in {{{', '.join(f'{s:g}' for s in s_vals)}}} "
-                     f"(the |s| present in the support), c in [{c_lo:.3g}, {c_hi:.3g}]; _normalized divides f by alpha = f(1,1)")
-        pd["MLP_sub"] = (_np(c_grid), s_vals, _np(f))
+    alpha = learned.alpha
+    if learned.f_sub_grid is not None:
+        present = sorted({float(v) for v in truth["s_sub"].unique()})
+        rows = [i for i, s in enumerate(S_VALUES) if s in present]
+        f = _np(learned.f_sub_grid)[rows]
+        target = np.stack([_np(c_grid) ** S_VALUES[i] for i in rows])
+        m["MLP_sub_R2"] = r2_identity(target.ravel(), f.ravel())
+        if alpha is not None:
+            m["MLP_sub_R2_normalized"] = r2_identity(target.ravel(), (f / max(alpha, 1e-30)).ravel())
+        notes.append(f"MLP_sub_R2 compares f(c, s) with c^s for s in {{{', '.join(f'{S_VALUES[i]:g}' for i in rows)}}} "
+                     f"(the |s| present in the support), {grid_txt}; _normalized divides f by alpha = f(1,1)")
+        pd["MLP_sub"] = (_np(c_grid), [S_VALUES[i] for i in rows], f)
 
     if learned.log_k is not None and alpha is not None:
         rk, corr = rate_constant_metrics(_np(learned.log_k), _np(truth["log_k"]), _np(truth["n_sub"]), alpha)
         m.update(rk)
         notes.append("rate constants: log k_j + n_sub(j) * log10 f(1,1) against the true log10 k; outliers |error| > 0.3")
+        notes.append("rate_constants_R2_shifted (mean offset removed using the truth) and rate_constants_R2_trimmed "
+                     "(outliers chosen by their error against the truth dropped) are diagnostics, never the score")
         shared = shared_substrate_reactions(data, truth)
         if shared.any():
             tk = _np(truth["log_k"])
@@ -214,12 +326,11 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, gm: Graph
 
     homeo = bool(truth.get("homeostasis"))
     types = _np(truth["types"]).astype(int)
-    if learned.node_fn is not None and learned.embeddings is not None:
-        emb = learned.embeddings.detach().cpu()
-        n = emb.shape[0]
-        with torch.no_grad():
-            y = learned.node_fn(c_grid.expand(n, -1), emb.unsqueeze(1).expand(-1, len(c_grid), -1))
-        slope, offset = line_fits(_np(c_grid), _np(y))
+    if learned.node_grid is not None and learned.embeddings is not None:
+        emb = _np(learned.embeddings)
+        y = _np(learned.node_grid)
+        cg = _np(c_grid)
+        slope, offset = line_fits(cg, y)
         lam, base = _np(truth["lambda"]), _np(truth["baseline"])
         ratios = []
         for tp in range(len(lam)):
@@ -237,35 +348,38 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, gm: Graph
                 ratios.append(m[f"MLP_node_slope_ratio_{tp}"])
         if ratios:
             m["avg_slope_ratio"] = float(np.mean(ratios))
-        notes.append(f"MLP_node lines fitted per metabolite over c in [{c_lo:.3g}, {c_hi:.3g}], averaged per type"
-                     + ("" if homeo else "; no homeostasis in this dataset, so no ratios"))
-        pd["MLP_node"] = (_np(c_grid), _np(y), types, lam if homeo else None, base if homeo else None)
         if homeo:
-            cm, labels = cluster_metrics(_np(emb), types, gm.dbscan_eps, gm.dbscan_min_samples)
+            true_lines = -lam[types][:, None] * (cg[None, :] - base[types][:, None])
+            m["MLP_node_function_R2"] = r2_identity(true_lines.ravel(), y.ravel())
+            notes.append("MLP_node_function_R2: identity R² of every metabolite's learned MLP_node curve against its "
+                         "true line -lambda_t (c - b_t), pooled over metabolites and the grid (a flat or spiky curve "
+                         "cannot score by a lucky slope)")
+        notes.append(f"MLP_node lines fitted per metabolite over {grid_txt}, averaged per type"
+                     + ("" if homeo else "; no homeostasis in this dataset, so no ratios"))
+        pd["MLP_node"] = (cg, y, types, lam if homeo else None, base if homeo else None)
+        if homeo:
+            cm, labels = cluster_metrics(emb, types, gm.dbscan_eps, gm.dbscan_min_samples)
             m.update(cm)
             notes.append(f"embedding clusters: DBSCAN eps={gm.dbscan_eps:g} min_samples={gm.dbscan_min_samples}, "
-                         "noise as its own cluster, Hungarian matching to the true types"
-                         + ("; silhouette 0 when fewer than 2 labels" if len(np.unique(labels)) < 2 else ""))
-        pd["embedding"] = (_np(emb), types, homeo)
+                         "noise as its own cluster, Hungarian matching to the true types; "
+                         f"embedding_cluster_acc_chance = {cm['embedding_cluster_acc_chance']:.3f} (the same cluster sizes "
+                         "assigned at random)" + ("; silhouette 0 when fewer than 2 labels" if len(np.unique(labels)) < 2 else ""))
+        pd["embedding"] = (emb, types, homeo)
 
     if "phase2" in hist:
-        ls = hist["phase2"]["loss"]
-        m["phase2_loss"] = float(np.mean(ls[-max(1, len(ls) // 10):])) if ls else float("nan")
-        if learned.node_fn is not None:
-            frames = data.conc[0][:: max(1, data.n_frames // 200)].detach().cpu()
-            with torch.no_grad():
-                out = learned.node_fn(frames, learned.embeddings.detach().cpu().expand(frames.shape[0], -1, -1))
-            m["phase2_node_magnitude"] = float(out.abs().mean())
+        m["phase2_loss"] = _mean_tail(hist["phase2"]["loss"])
+        if learned.node_on_frames is not None:
+            m["phase2_node_magnitude"] = float(np.abs(_np(learned.node_on_frames)).mean())
 
-    if learned.rollout is not None:
-        n = min(gm.test_rollout_frames, data.n_frames)
-        true1 = data.conc[1, :n].detach().cpu()
-        pred1 = learned.rollout(true1[0], n).detach().cpu()
-        m["test_R2"], m["test_pearson"] = series_scores(_np(true1), _np(pred1))
+    if learned.rollout is not None and heldout_conc is not None:
+        pred1 = _np(learned.rollout)
+        n = pred1.shape[0]
+        true1 = _np(heldout_conc[:n])
+        m["test_R2"], m["test_pearson"] = series_scores(true1, pred1)
         if not math.isfinite(m["test_R2"]):
             notes.append("test rollout diverged (non-finite); test_R2 and test_pearson are nan")
         notes.append(f"test_R2 / test_pearson: free rollout of {n} frames from run 1 frame 0, per-metabolite means")
-        pd["rollout"] = (_np(true1), _np(pred1), data.delta_t)
+        pd["rollout"] = (true1, pred1, data.delta_t)
 
     m.update({k: float(v) for k, v in timing.items() if k in ("training_time_min", "steps_per_second")})
     r90, r99 = activity_rank(conc0)
@@ -275,31 +389,98 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, gm: Graph
     return EvalResult(metrics=m, notes=notes, plot_data=pd)
 
 
-def learned_from_model(model: torch.nn.Module, data: TrainingData, tick: Callable[[], None] | None = None) -> Learned:
-    """A `Learned` view of a trained model (evaluated on CPU copies); `tick` is
-    called every 250 rollout frames (progress lines during evaluation)."""
-    from regimes.metabolism.model import KineticsModel, rollout
+# ----- the entry: predictions file -> metrics -----
 
-    model = model.to("cpu").eval()
-    dt = data.delta_t
-    lrn = Learned(log_k=model.log_k.detach().clone(),
-                  rollout=lambda c0, n: rollout(model, c0, n, dt, tick=tick))
-    if not model.freeze_S:
-        lrn.s_all = model.sto_all.detach().clone()
-    if isinstance(model, KineticsModel):
-        lrn.f_sub = model.f_sub
-        if model.use_node:
-            lrn.node_fn = model.node_fn
-            lrn.embeddings = model.a.detach().clone()
-    return lrn
+def required_predictions(cfg: Config, data: TrainingData, checkpoint_state: dict | None) -> dict:
+    """name -> expected shape (None: present, checked elsewhere) of the predictions this config must write."""
+    gm, t = cfg.graph_model, cfg.training
+    G = gm.eval_grid
+    req: dict = {"log_k": (data.n_rxn,), "rollout": None, "training_time_min": None, "steps_per_second": None}
+    if not t.freeze_stoichiometry:
+        req["s_all"] = (len(data.met_all),)
+    if gm.model == "kinetics":
+        req["f_sub_grid"] = (len(S_VALUES), G)
+        req["f_sub_11"] = ()
+        if gm.use_mlp_node:
+            req["node_grid"] = (data.n_met, G)
+            req["embeddings"] = (data.n_met, gm.embedding_dim)
+            req["node_on_frames"] = (len(node_frame_idx(data.n_frames)), data.n_met)
+    if not t.skip_phase1:
+        req["loss.phase1"] = (None,)
+    if t.homeostasis_training:
+        req["loss.phase2"] = (None,)
+    for k, v in (checkpoint_state or {}).items():
+        if k.startswith(FROZEN_PREFIXES):
+            req[f"param.{k}"] = tuple(v.shape)
+    return req
 
 
-def evaluate_model(model: torch.nn.Module, data: TrainingData, truth_path: Path, cfg: Config,
-                   hist: dict | None = None, timing: dict | None = None, tick: Callable[[], None] | None = None) -> EvalResult:
-    """Metrics of a trained model against the dataset's truth file."""
+def learned_from_predictions(p: dict) -> Learned:
+    def get(name):
+        v = p.get(name)
+        return v if isinstance(v, torch.Tensor) else None
+    alpha = get("f_sub_11")
+    return Learned(log_k=get("log_k"), s_all=get("s_all"), f_sub_grid=get("f_sub_grid"),
+                   alpha=None if alpha is None else float(alpha), node_grid=get("node_grid"),
+                   embeddings=get("embeddings"), node_on_frames=get("node_on_frames"), rollout=get("rollout"))
+
+
+def frozen_changes(checkpoint_state: dict, predicted: dict, model_state: dict) -> list[str]:
+    """Names of the frozen parameters (log_k, S, MLP_sub) that differ, bit for bit, from the phase-1
+    checkpoint in the predictions or in model.pt."""
+    changed = []
+    for k, ref in checkpoint_state.items():
+        if not k.startswith(FROZEN_PREFIXES):
+            continue
+        for where, got in (("predictions", predicted.get(f"param.{k}")), ("model.pt", model_state.get(k))):
+            if not (isinstance(got, torch.Tensor) and got.dtype == ref.dtype and got.shape == ref.shape
+                    and torch.equal(got, ref)):
+                changed.append(f"{k} ({where})")
+    return changed
+
+
+def evaluate(cfg: Config, out: Path, plots_on: bool = True, root: Path | None = None) -> EvalResult:
+    """Metrics of the training whose predictions are in `out`, against the cached truth and run 1."""
+    t = cfg.training
+    d = dataset_dir(cfg.simulation, root)
+    if not all((d / f).is_file() for f in ("inputs.pt", "heldout.pt", "truth.pt")):
+        raise runtime.EntryError("inputs", f"inputs: dataset {d.name} is not in the cache {d.parent} "
+                                           "(the stage step generates it; is GNN_AGENT_CACHE the same?)")
+    data, truth_path = load_or_generate(cfg.simulation, root=root)
+    heldout = load_heldout(cfg.simulation, root)["conc"]
     truth = load_truth(truth_path)
-    data = data.to("cpu")
-    return compute_metrics(learned_from_model(model, data, tick), truth, data, cfg.graph_model, hist, timing)
+    ck_state = None
+    if t.skip_phase1:
+        ck_state = read_checkpoint(phase1_checkpoint_path(cfg))["state_dict"]
+    preds = runtime.load_predictions(out / runtime.PREDICTIONS_FILE, required_predictions(cfg, data, ck_state))
+    roll = preds["rollout"]
+    n_roll = min(cfg.graph_model.test_rollout_frames, data.n_frames)
+    if not isinstance(roll, torch.Tensor) or tuple(roll.shape) != (n_roll, data.n_met):
+        shape = tuple(roll.shape) if isinstance(roll, torch.Tensor) else type(roll).__name__
+        raise runtime.EntryError("predictions", f"predictions: rollout has shape {shape}, expected {(n_roll, data.n_met)}")
+    hist = {}
+    for name in ("phase1", "phase2"):
+        if f"loss.{name}" in preds:
+            hist[name] = {"loss": preds[f"loss.{name}"], "regul": preds.get(f"regul.{name}")}
+    timing = {k: preds[k] for k in ("training_time_min", "steps_per_second")}
+    result = compute_metrics(learned_from_predictions(preds), truth, data, heldout, cfg.graph_model, hist, timing)
+    if ck_state is not None:
+        try:
+            model_state = torch.load(out / runtime.MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
+        except Exception as e:  # noqa: BLE001 - missing or not a plain state dict: the training's fault
+            raise runtime.EntryError("predictions", f"predictions: {runtime.MODEL_FILE} cannot be read safely "
+                                                    f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})")
+        changed = frozen_changes(ck_state, preds, model_state)
+        result.metrics["frozen_params_changed"] = float(bool(changed))
+        result.notes.append("frozen_params_changed: log_k, S and MLP_sub compared bit for bit with the phase-1 checkpoint"
+                            + (f"; CHANGED: {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''} "
+                               "(classification failed, score 0)" if changed else "; unchanged"))
+    if plots_on:
+        from regimes.metabolism import plots  # matplotlib only when plotting
+
+        plots.write_plots(out / "plots", result)
+    write_outputs(out, result)
+    return result
 
 
 def _fmt(v: float) -> str:
@@ -311,6 +492,28 @@ def _fmt(v: float) -> str:
 def write_outputs(out: Path, result: EvalResult) -> None:
     """metrics.json (flat name -> number; NaN where undefined) and analysis.log (`name: value` lines, notes as # comments)."""
     keys = [k for k in ORDER if k in result.metrics] + sorted(k for k in result.metrics if k not in ORDER)
-    atomic_save({k: result.metrics[k] for k in keys}, out / "metrics.json")
     lines = [f"{k}: {_fmt(result.metrics[k])}" for k in keys] + [f"# {n}" for n in result.notes]
-    (out / "analysis.log").write_text("\n".join(lines) + "\n")
+    runtime.write_metrics(out, {k: result.metrics[k] for k in keys}, lines)
+
+
+def _main(args) -> int:
+    try:
+        cfg = load_config(args.config)
+        result = evaluate(cfg, Path(args.out), plots_on=not args.no_plots)
+    except ConfigError as e:
+        raise runtime.config_error(str(e)) from None
+    m = result.metrics
+    print(" ".join(f"{k}={m[k]:.4g}" for k in ("final_loss", "stoichiometry_skill", "rate_constants_R2",
+                                               "avg_slope_ratio", "MLP_node_function_R2", "test_R2") if k in m))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = runtime.eval_arg_parser("python -m regimes.metabolism.evaluate", __doc__.split("\n\n")[0])
+    args = ap.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return runtime.run_entry(_main, args, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

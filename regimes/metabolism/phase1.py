@@ -1,9 +1,10 @@
 """The phase-1 checkpoint of the homeostasis regime (SCIENCE.md A5).
 
 `ensure_phase1_checkpoint(sim_cfg, phase1_cfg)` trains the rate-constant model
-with S frozen once per (dataset, phase-1 config), in a subprocess
-(`python -m regimes.metabolism.train`), and caches model.pt, metrics.json,
-analysis.log and plots under ``<cache>/metabolism/phase1/<key>/``. Later calls
+with S frozen once per (dataset, phase-1 config) with trusted code, as every
+training runs (docs/contracts.md §2b): stage the inputs, then the training
+entry and the evaluation entry as two subprocesses. It caches model.pt,
+metrics.json, analysis.log and plots under ``<cache>/metabolism/phase1/<key>/``. Later calls
 return the cached checkpoint. The cache directory appears atomically (built
 in a temporary directory, then renamed), so two callers never see half of it.
 """
@@ -23,6 +24,7 @@ import yaml
 
 from regimes.metabolism.config import PACKAGE, ConfigError, canonical_json, parse_config
 from regimes.metabolism.data import cache_root as _cache_root
+from regimes.metabolism.data import stage
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -80,12 +82,21 @@ def ensure_phase1_checkpoint(sim_cfg: dict, phase1_cfg: dict, device: str = "cpu
         pkg_root = str(Path(__file__).resolve().parents[2])  # the directory holding `regimes/`
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log(f"phase-1 checkpoint: training the rate-constant model (S frozen) into {final} ...")
-        r = subprocess.run([sys.executable, "-m", "regimes.metabolism.train", "--config", str(out / "config.yaml"),
-                            "--out", str(out), "--device", device], env=env, capture_output=True, text=True)
-        (out / "train.log").write_text(r.stdout + r.stderr)
-        if r.returncode != 0:
-            tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
-            raise RuntimeError(f"phase-1 training failed (exit {r.returncode}):\n{tail}")
+        inputs = Path(tempfile.mkdtemp(prefix=".inputs.", dir=final.parent))
+        try:
+            stage(out / "config.yaml", inputs, root=root, log=log)
+            common = ["--config", str(out / "config.yaml"), "--inputs", str(inputs), "--out", str(out)]
+            log_text = ""
+            for module, extra in (("regimes.metabolism.train", ["--device", device]), ("regimes.metabolism.evaluate", [])):
+                r = subprocess.run([sys.executable, "-m", module, *common, *extra], env=env, capture_output=True, text=True)
+                log_text += r.stdout + r.stderr
+                (out / "train.log").write_text(log_text)
+                if r.returncode != 0:
+                    tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
+                    what = "training" if module.endswith("train") else "evaluation"
+                    raise RuntimeError(f"phase-1 {what} failed (exit {r.returncode}):\n{tail}")
+        finally:
+            shutil.rmtree(inputs, ignore_errors=True)
         if out != tmp:
             shutil.copytree(out, tmp, dirs_exist_ok=True)
         try:

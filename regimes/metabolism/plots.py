@@ -28,7 +28,8 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_stoichiometry(path: Path, s_true: np.ndarray, s_learned: np.ndarray) -> None:
+def plot_stoichiometry(path: Path, s_true: np.ndarray, s_learned: np.ndarray, skill: float | None = None,
+                       sign_baseline: float | None = None) -> None:
     fig, ax = plt.subplots(figsize=SIZE)
     jitter = (np.random.default_rng(0).random(len(s_true)) - 0.5) * 0.15
     ax.scatter(s_true + jitter, s_learned, s=8, alpha=0.5)
@@ -36,7 +37,12 @@ def plot_stoichiometry(path: Path, s_true: np.ndarray, s_learned: np.ndarray) ->
     ax.plot([-lim, lim], [-lim, lim], "k--", lw=1)
     ax.set_xlabel("true S_ij (support edges, jittered)")
     ax.set_ylabel("learned S_ij")
-    ax.set_title(f"Stoichiometry: fit R² = {r2_fit(s_true, s_learned):.3f}")
+    title = f"Stoichiometry: fit R² = {r2_fit(s_true, s_learned):.3f}"
+    if sign_baseline is not None:
+        title += f" (sign-only answer {sign_baseline:.3f})"
+    if skill is not None:
+        title += f", skill = {skill:.3f}"
+    ax.set_title(title)
     _save(fig, path)
 
 

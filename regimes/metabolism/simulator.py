@@ -1,9 +1,12 @@
 """Metabolic network generators (SCIENCE.md A1-A2), pure torch.
 
 `build_network` draws the bipartite network (stoichiometry S and the substrate
-edges), `build_generator` draws the rate law (k and, for mlp_rates, the random
-MLP weights), `simulate` Euler-integrates both runs of a dataset at once.
-All randomness comes from one `torch.Generator` seeded by `simulation.seed`.
+edges), `Generator` draws the rate law (k and, for mlp_rates, the random MLP
+weights) and the homeostasis types, `simulate` Euler-integrates both runs of a
+dataset at once. Each of the four draws (STREAMS) has its own generator, seeded
+by `regimes.runtime.system_seed(simulation.seed, cache root, stream)`: the
+seed mixed with the cache root's data secret, so a training, which has the
+simulator code and the seed but not the secret, cannot regenerate the truth.
 """
 
 from __future__ import annotations
@@ -134,10 +137,34 @@ def mlp_apply(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) 
     return x
 
 
+#: the independent random draws of a dataset, each with its own seed (see the module doc)
+STREAMS = ("network", "rates", "types", "initial")
+
+
+def stream_seeds(sim: SimulationConfig, root=None) -> dict[str, int]:
+    """The generator seed of each stream: simulation.seed mixed with the data secret of the cache root
+    (`root`, default the configured cache root; GNN_AGENT_DATA_SECRET overrides the secret)."""
+    from regimes.metabolism.data import cache_root  # lazy: data imports this module
+    from regimes.runtime import system_seed
+
+    r = cache_root(root)
+    return {s: system_seed(sim.seed, r, s) for s in STREAMS}
+
+
+def metabolite_types(n_met: int, n_types: int, seed: int) -> torch.Tensor:
+    """Homeostasis type of each metabolite: equal shares (as equal as n allows) assigned through a random
+    permutation drawn from `seed` (the "types" stream), so no index structure (blocks, parity) reveals a type."""
+    g = torch.Generator().manual_seed(int(seed))
+    blocks = torch.div(torch.arange(n_met) * n_types, n_met, rounding_mode="floor")
+    types = torch.empty(n_met, dtype=torch.long)
+    types[torch.randperm(n_met, generator=g)] = blocks
+    return types
+
+
 class Generator:
     """The true rate law; `dcdt(c)` for c of shape (B, n_met) is exact and batched."""
 
-    def __init__(self, sim: SimulationConfig, net: Network, g: torch.Generator):
+    def __init__(self, sim: SimulationConfig, net: Network, g: torch.Generator, types_seed: int):
         self.sim, self.net = sim, net
         n = net.n_met
         self.log_k = sim.log_k_min + (sim.log_k_max - sim.log_k_min) * torch.rand(net.n_rxn, generator=g, dtype=DTYPE)
@@ -147,9 +174,7 @@ class Generator:
         if sim.generator == "mlp_rates":
             self.msg_layers = _tanh_mlp([2, sim.generator_hidden, sim.generator_msg_dim], g)
             self.rate_layers = _tanh_mlp([sim.generator_msg_dim, sim.generator_hidden, 1], g)
-        n_types = len(sim.homeostasis_lambda)
-        # types in equal consecutive blocks: first half type 0, second half type 1
-        self.types = torch.div(torch.arange(n) * n_types, n, rounding_mode="floor")
+        self.types = metabolite_types(n, len(sim.homeostasis_lambda), types_seed)
         self.lam = torch.tensor(sim.homeostasis_lambda, dtype=DTYPE)
         self.base = torch.tensor(sim.homeostasis_baseline, dtype=DTYPE)
         # padded substrate layout for the mass-action product: (n_rxn, max_sub) with a "1" slot
@@ -194,13 +219,16 @@ class Generator:
         return scale
 
 
-def simulate(sim: SimulationConfig, n_runs: int = 2, tick=None) -> tuple[Network, Generator, torch.Tensor, torch.Tensor]:
+def simulate(sim: SimulationConfig, n_runs: int = 2, tick=None, seeds: dict[str, int] | None = None
+             ) -> tuple[Network, Generator, torch.Tensor, torch.Tensor]:
     """Generate a dataset: returns (network, generator, conc, deriv) with conc and
     deriv of shape (n_runs, n_frames, n_met). deriv[r, t] is the generator's exact
-    dc/dt at conc[r, t]; conc[r, t+1] = max(0, conc[r, t] + delta_t * deriv[r, t])."""
-    g = torch.Generator().manual_seed(int(sim.seed))
-    net = build_network(sim, g)
-    gen = Generator(sim, net, g)
+    dc/dt at conc[r, t]; conc[r, t+1] = max(0, conc[r, t] + delta_t * deriv[r, t]).
+    `seeds`: one per STREAMS entry (default `stream_seeds(sim)`)."""
+    seeds = seeds if seeds is not None else stream_seeds(sim)
+    net = build_network(sim, torch.Generator().manual_seed(seeds["network"]))
+    gen = Generator(sim, net, torch.Generator().manual_seed(seeds["rates"]), seeds["types"])
+    g = torch.Generator().manual_seed(seeds["initial"])
     c = sim.c_init_min + (sim.c_init_max - sim.c_init_min) * torch.rand(n_runs, net.n_met, generator=g, dtype=DTYPE)
     conc = torch.empty(n_runs, sim.n_frames, net.n_met, dtype=DTYPE)
     deriv = torch.empty_like(conc)

@@ -1,6 +1,15 @@
-"""Training of the metabolism models and the training entry point.
+"""Training of the metabolism models and the training entry point (docs/contracts.md §2b).
 
-    python -m regimes.metabolism.train --config X.yaml --out DIR [--device auto|cpu|cuda]
+    python -m regimes.metabolism.train --config C --inputs IN --out OUT [--device auto|cpu|cuda]
+
+Reads ONLY the staged inputs directory IN (run 0, the graph support, the
+queries, and for homeostasis the phase-1 checkpoint; see data.py) and the
+config's graph_model / training sections; writes OUT/progress.jsonl,
+OUT/model.pt and OUT/predictions.pt (a flat data-only dict answering the
+queries: learned S, log k, MLP_sub and MLP_node on the query grid,
+embeddings, the rollout from the held-out start, loss history, timing). It
+computes no metric: the evaluation entry (regimes.metabolism.evaluate, a
+separate process) does, from the predictions, the truth and run 1.
 
 Phase 1 (`train_phase1`): derivative regression (or recurrent rollout) of the
 stoichiometry or kinetics model; S learnable or frozen. Phase 2
@@ -10,65 +19,48 @@ rollout. The agent may edit `train_phase1` (stoichiometry / rate-constant
 regimes) and the marker region ``phase2_loop`` inside `train_phase2`
 (homeostasis regime); keep their names and the markers stable.
 
-Exit codes: 0 success; 2 config error (one line on stderr); 3 training
-diverged (one line); 1 any other failure (traceback on stderr).
+Exit codes and failure.json: regimes.runtime (0 ok, 1 crash, 2 config,
+3 diverged, 5 bad inputs).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
-from regimes.metabolism.config import Config, ConfigError, load_config, simulation_hash
-from regimes.metabolism.data import TrainingData, load_or_generate
-from regimes.metabolism.model import KineticsModel, build_model
+from regimes import runtime
+from regimes.metabolism.config import Config, ConfigError, load_config
+from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
+from regimes.metabolism.model import KineticsModel, build_model, rollout
+from regimes.runtime import ProgressWriter, check_finite
+
+#: parameters phase 2 must leave bit-identical to the phase-1 checkpoint (the evaluation checks them)
+FROZEN_PREFIXES = ("log_k", "sto_all", "sto_sub", "mlp_sub.")
 
 
-class Diverged(RuntimeError):
-    """Loss became NaN or infinite."""
+class History:
+    """Per-step scalars in a preallocated tensor (memory stays flat; grows by doubling only when a loop
+    runs longer than planned)."""
 
+    def __init__(self, capacity: int):
+        self._buf = torch.empty(max(1, int(capacity)), dtype=torch.float64)
+        self.n = 0
 
-class Progress:
-    """Appends `{"step","total","loss","elapsed_s"}` lines to progress.jsonl, at most
-    every `every_s` seconds (and always when forced), flushed each time."""
+    def append(self, v: float) -> None:
+        if self.n == len(self._buf):
+            self._buf = torch.cat([self._buf, torch.empty_like(self._buf)])
+        self._buf[self.n] = v
+        self.n += 1
 
-    def __init__(self, path: Path | None, total: int, every_s: float = 0.5):
-        self.path, self.total, self.every_s = path, total, every_s
-        self.t0 = time.perf_counter()
-        self.last = -1e9
-        self.step = 0
-        self.base = 0  # steps done by earlier phases
-        self._f = open(path, "a") if path is not None else None
+    def __len__(self) -> int:
+        return self.n
 
-    def __call__(self, step: int, loss: float, force: bool = False) -> None:
-        self.step = step
-        now = time.perf_counter()
-        if self._f is None or (not force and now - self.last < self.every_s):
-            return
-        self.last = now
-        rec = {"step": int(step), "total": int(self.total), "loss": float(loss) if math.isfinite(loss) else None,
-               "elapsed_s": round(now - self.t0, 3)}
-        self._f.write(json.dumps(rec) + "\n")
-        self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
-def check_finite(loss: float, step: int) -> None:
-    if not math.isfinite(loss):
-        kind = "nan" if math.isnan(loss) else "inf"
-        raise Diverged(f"training diverged: loss is {kind} at step {step}")
+    def values(self) -> torch.Tensor:
+        return self._buf[: self.n].clone()
 
 
 def iterations_per_epoch(n_frames: int, data_augmentation_loop: int, batch_size: int) -> int:
@@ -92,23 +84,22 @@ def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
 
 
 def sub_grid(model: KineticsModel, data: TrainingData, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concentration grid over the training data range and the |s| values of the support ({1, 2} if learned)."""
-    c0 = data.conc[0]
-    c = torch.linspace(float(c0.min()), float(c0.max()), n, device=c0.device)
-    s = torch.unique(model.pair_s) if model.freeze_S else torch.tensor([1.0, 2.0], device=c0.device)
+    """Concentration grid over the 1-99 % quantiles of run 0 and the |s| values of the support ({1, 2} if learned)."""
+    c = query_grid(data.conc, n).to(data.conc.device)
+    s = torch.unique(model.pair_s) if model.freeze_S else torch.tensor([1.0, 2.0], device=data.conc.device)
     return c, s
 
 
-def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progress: Progress) -> dict:
+def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 1: fit dc/dt (or a `time_step` recurrent rollout) of run 0.
 
     Loss = MSE / ynorm^2 (+ the regularisers whose coefficient is non-zero).
-    Returns {"loss": [per step], "regul": [per step], "steps": n}."""
+    Returns {"loss": (steps,) tensor, "regul": (steps,) tensor, "steps": n}."""
     t = cfg.training
     dev = data.conc.device
     gen = torch.Generator().manual_seed(t.seed + 1)
     opt = torch.optim.Adam(param_groups(model, cfg))
-    conc0, deriv0 = data.conc[0], data.deriv[0]
+    conc0, deriv0 = data.conc, data.deriv  # run 0, (n_frames, n_met)
     ynorm2 = data.ynorm ** 2
     dt, T, B = data.delta_t, t.time_step, t.batch_size
     ipe = iterations_per_epoch(data.n_frames, t.data_augmentation_loop, B)
@@ -119,8 +110,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
         one = torch.ones(1, device=dev)
     k_center = data.log_k_center
     max_start = data.n_frames - (T if t.recurrent_training else 0)
-    losses: list[float] = []
-    reguls: list[float] = []
+    losses, reguls = History(t.n_epochs * ipe), History(t.n_epochs * ipe)
     step = 0
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
@@ -168,15 +158,15 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
             losses.append(lv)
             reguls.append(regul.item())
             progress(progress.base + step, lv)
-    return {"loss": losses, "regul": reguls, "steps": step}
+    return {"loss": losses.values(), "regul": reguls.values(), "steps": step}
 
 
-def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress: Progress) -> dict:
+def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 2 (homeostasis): freeze log_k, MLP_sub and S; train a fresh MLP_node
     (zero output) and embeddings with their own learning rates, by recurrent
     rollout of `homeostasis_time_step` Euler steps, for
     `iterations_per_epoch // homeostasis_time_step` steps per epoch.
-    Returns {"loss": [per step], "steps": n}."""
+    Returns {"loss": (steps,) tensor, "steps": n}."""
     t = cfg.training
     dev = data.conc.device
     torch.manual_seed(t.seed + 2)
@@ -187,12 +177,12 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
     for p in node_params + [model.a]:
         p.requires_grad_(True)
     gen = torch.Generator().manual_seed(t.seed + 3)
-    conc0 = data.conc[0]
+    conc0 = data.conc  # run 0, (n_frames, n_met)
     ynorm2 = data.ynorm ** 2
     dt, B = data.delta_t, t.batch_size
     T = t.homeostasis_time_step
     steps_per_epoch = max(1, iterations_per_epoch(data.n_frames, t.data_augmentation_loop, B) // T)
-    losses: list[float] = []
+    losses = History(t.n_epochs * steps_per_epoch)
     step = 0
     # >>> editable: phase2_loop
     opt = torch.optim.Adam([{"params": node_params, "lr": t.learning_rate_node_homeostasis},
@@ -217,7 +207,7 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
     # <<< editable
     for p in model.parameters():
         p.requires_grad_(False)
-    return {"loss": losses, "steps": step}
+    return {"loss": losses.values(), "steps": step}
 
 
 def phase_steps(cfg: Config, n_frames: int) -> tuple[int, int]:
@@ -229,63 +219,76 @@ def phase_steps(cfg: Config, n_frames: int) -> tuple[int, int]:
     return p1, p2
 
 
-def load_phase1_checkpoint(model: KineticsModel, cfg: Config, path: Path) -> dict:
-    """Load a phase-1 model.pt into `model`; ConfigError (one line) when it does not fit."""
-    key = "training.phase1_checkpoint"
+def load_phase1_checkpoint(model: KineticsModel, cfg: Config, path: Path, dataset_key: str) -> dict:
+    """Load the staged phase-1 model.pt into `model`; ConfigError (one line) when it does not fit."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable or not a torch file
-        raise ConfigError(f"config error: {key}: cannot read {path} ({type(e).__name__})") from None
-    if not isinstance(ck, dict) or "state_dict" not in ck or "config" not in ck:
-        raise ConfigError(f"config error: {key}: {path} is not a metabolism model.pt")
-    if ck.get("simulation_hash") != simulation_hash(cfg.simulation):
-        raise ConfigError(f"config error: {key}: {path} was trained on a different simulation section")
-    gm_ck, gm = ck["config"]["graph_model"], cfg.graph_model
-    for f in ("model", "hidden_dim", "embedding_dim", "use_mlp_node"):
-        if gm_ck.get(f) != getattr(gm, f):
-            raise ConfigError(f"config error: {key}: {path} has graph_model.{f}={gm_ck.get(f)!r}, "
-                              f"this config has {getattr(gm, f)!r}")
-    if not ck["config"]["training"].get("freeze_stoichiometry"):
-        raise ConfigError(f"config error: {key}: {path} was trained with a learned S (phase 1 needs freeze_stoichiometry)")
+        raise ConfigError(f"config error: training.phase1_checkpoint: cannot read the staged copy ({type(e).__name__})") from None
+    check_phase1_checkpoint(ck, cfg, dataset_key, "the staged checkpoint")
     model.load_state_dict(ck["state_dict"])
     return ck
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config error: --device: cuda requested but not available")
-    return device
+def predictions(model: torch.nn.Module, data: TrainingData, queries: dict, hist: dict, timing: dict,
+                tick=None) -> dict:
+    """The flat, data-only answers to the queries (docs/contracts.md §2b), computed on CPU."""
+    model = model.to("cpu").eval()
+    data = data.to("cpu")
+    p: dict = {"kind": model.kind, "log_k": model.log_k.detach().clone()}
+    if not model.freeze_S:
+        p["s_all"] = model.sto_all.detach().clone()
+        if model.sto_sub is not None:
+            p["s_sub"] = model.sto_sub.detach().clone()
+    c_grid = queries["c_grid"].float()
+    with torch.no_grad():
+        if isinstance(model, KineticsModel):
+            p["f_sub_grid"] = torch.stack([model.f_sub(c_grid, torch.full_like(c_grid, float(s)))
+                                           for s in queries["s_values"]])
+            one = torch.ones(1)
+            p["f_sub_11"] = model.f_sub(one, one)[0].clone()
+            if model.use_node:
+                n, G = model.n_met, len(c_grid)
+                p["node_grid"] = model.node_fn(c_grid.expand(n, -1), model.a.unsqueeze(1).expand(-1, G, -1))
+                p["embeddings"] = model.a.detach().clone()
+                frames = data.conc[queries["node_frame_idx"]]
+                p["node_on_frames"] = model.node(frames)
+        if isinstance(model, KineticsModel) and model.freeze_S:  # for the evaluation's frozen-parameter check
+            for k, v in model.state_dict().items():
+                if k.startswith(FROZEN_PREFIXES):
+                    p[f"param.{k}"] = v.detach().clone()
+    p["rollout"] = rollout(model, queries["rollout_c0"].float(), int(queries["rollout_frames"]), data.delta_t, tick=tick)
+    for name, h in hist.items():
+        p[f"loss.{name}"] = torch.as_tensor(h["loss"], dtype=torch.float64)
+        if h.get("regul") is not None:
+            p[f"regul.{name}"] = torch.as_tensor(h["regul"], dtype=torch.float64)
+    p.update({k: float(v) for k, v in timing.items()})
+    return p
 
 
-def run(cfg: Config, out: Path, device: str = "cpu", log=print, plots_on: bool = True) -> dict:
-    """Train, evaluate, plot and write everything into `out`; returns the metrics.
-    (`plots_on=False` skips the plots: tests only.)"""
-    from regimes.metabolism import evaluate, plots  # heavy imports only when training
-
+def run(cfg: Config, inputs_dir: Path, out: Path, device: str = "cpu", log=print) -> dict:
+    """Train from the staged inputs and write model.pt and predictions.pt into `out`; returns the predictions."""
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.training
+    data, queries, manifest = load_staged(inputs_dir)
+    if bool(manifest.get("given_stoichiometry")) != t.freeze_stoichiometry:
+        raise runtime.EntryError("inputs", "inputs: staged with given_stoichiometry="
+                                 f"{manifest.get('given_stoichiometry')} but training.freeze_stoichiometry={t.freeze_stoichiometry}")
     ck_path = None
     if t.skip_phase1:
-        if not t.phase1_checkpoint:
-            raise ConfigError("config error: training.phase1_checkpoint: required when skip_phase1 is true "
-                              "(the homeostasis regime's prepare() sets it)")
-        ck_path = Path(t.phase1_checkpoint).expanduser()
+        ck_path = Path(inputs_dir) / STAGED_PHASE1
         if not ck_path.is_file():
-            raise ConfigError(f"config error: training.phase1_checkpoint: no such file: {ck_path}")
-    p1, p2 = phase_steps(cfg, cfg.simulation.n_frames)
-    progress = Progress(out / "progress.jsonl", p1 + p2)
+            raise runtime.EntryError("inputs", f"inputs: skip_phase1 is true but no {STAGED_PHASE1} was staged")
+    p1, p2 = phase_steps(cfg, data.n_frames)
+    progress = ProgressWriter(out / runtime.PROGRESS_FILE, p1 + p2)
     progress(0, float("nan"), force=True)
-    data, truth_path = load_or_generate(cfg.simulation, given_stoichiometry=t.freeze_stoichiometry, log=log,
-                                        tick=lambda: progress(0, float("nan")))
     data = data.to(device)
     torch.manual_seed(t.seed)
     model = build_model(cfg.graph_model, data, t.freeze_stoichiometry).to(device)
     hist: dict = {}
     t0 = time.perf_counter()
     if ck_path is not None:
-        load_phase1_checkpoint(model, cfg, ck_path)
+        load_phase1_checkpoint(model, cfg, ck_path, manifest["dataset"])
         model.to(device)
     else:
         hist["phase1"] = train_phase1(model, data, cfg, progress)
@@ -296,46 +299,39 @@ def run(cfg: Config, out: Path, device: str = "cpu", log=print, plots_on: bool =
     t2 = time.perf_counter()
     steps = sum(h["steps"] for h in hist.values())
     last = (hist.get("phase2") or hist.get("phase1"))["loss"]
-    progress(steps, last[-1] if last else float("nan"), force=True)
-    torch.save({"state_dict": model.state_dict(), "config": cfg.dump(), "simulation_hash": simulation_hash(cfg.simulation),
-                "kind": model.kind}, out / "model.pt")
+    last_loss = float(last[-1]) if len(last) else float("nan")
+    progress(steps, last_loss, force=True)
+    torch.save({"state_dict": model.state_dict(), "config": cfg.dump(), "simulation_hash": manifest["dataset"],
+                "kind": model.kind}, out / runtime.MODEL_FILE)
     timing = {"training_time_min": (t2 - t0) / 60.0, "steps_per_second": steps / max(t2 - t0, 1e-9),
               "phase1_time_s": t1 - t0, "phase2_time_s": t2 - t1}
-    model.eval()
-    tick = lambda: progress(steps, last[-1] if last else float("nan"), force=True)  # noqa: E731
-    result = evaluate.evaluate_model(model, data, truth_path, cfg, hist, timing, tick=tick)
-    tick()
-    if plots_on:
-        plots.write_plots(out / "plots", result, tick=tick)
-    evaluate.write_outputs(out, result)
+    preds = predictions(model, data, queries, hist, timing, tick=lambda: progress(steps, last_loss, force=True))
+    runtime.save_predictions(out / runtime.PREDICTIONS_FILE, preds)
+    progress(steps, last_loss, force=True)
     progress.close()
-    return result.metrics
+    return preds
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m regimes.metabolism.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
-    args = ap.parse_args(argv)
+def _main(args) -> int:
     try:
         cfg = load_config(args.config)
-        device = resolve_device(args.device)
-        metrics = run(cfg, Path(args.out), device=device)
     except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except Diverged as e:
-        print(str(e), file=sys.stderr)
-        return 3
-    except Exception:
-        traceback.print_exc(file=sys.stderr)
-        return 1
-    print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("final_loss", "stoichiometry_R2", "rate_constants_R2",
-                                                                     "avg_slope_ratio", "test_R2", "training_time_min")))
+        raise runtime.config_error(str(e)) from None
+    device = runtime.resolve_device(args.device)
+    try:
+        preds = run(cfg, Path(args.inputs), Path(args.out), device=device)
+    except ConfigError as e:
+        raise runtime.config_error(str(e)) from None
+    print(f"trained: {preds.get('training_time_min', float('nan')):.3g} min, "
+          f"{preds.get('steps_per_second', float('nan')):.4g} steps/s; predictions in {args.out}")
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    ap = runtime.train_arg_parser("python -m regimes.metabolism.train", __doc__.split("\n\n")[0])
+    args = ap.parse_args(argv)
+    return runtime.run_entry(_main, args, args.out)
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("MPLBACKEND", "Agg")
     sys.exit(main())
