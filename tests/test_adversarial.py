@@ -263,3 +263,57 @@ def test_control_without_confinement_the_attacks_are_real(plain_control, torch_c
     for r in CLOSED_WITHOUT_CONFINEMENT:
         assert plain_control["got"][r]["obtained"] is None, plain_control["got"][r]
     assert plain_control["received"] and plain_control["signals"]
+
+
+REGEN_ATTACK = '''"""Attack: regenerate the true W from the simulator in the checkout and the config's seed."""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from regimes.signal.config import load_config
+from regimes.signal.simulator import make_connectivity
+
+ap = argparse.ArgumentParser()
+for a in ("--config", "--inputs", "--out", "--device"):
+    ap.add_argument(a)
+args = ap.parse_args()
+sim = load_config(args.config).simulation
+w = make_connectivity(sim, torch.Generator().manual_seed(sim.seed))  # what generate() did before the secret
+torch.save({"W": w}, Path(args.out) / "regen.pt")
+sys.exit(0)
+'''
+
+
+def test_regenerating_the_truth_from_simulator_and_seed_gives_another_network(tmp_path, monkeypatch):
+    """The simulator is in the workspace and the seed in the config: without the data secret (in the
+    cache root / the agent's environment, out of the training's reach) W could be recomputed."""
+    import torch
+    import yaml
+
+    from regimes.signal.config import load_config
+    from regimes.signal.data import open_cache
+    from regimes.sparse_connectivity import REGIME as regime
+
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    cfg = regime.default_config(None, "quick")
+    cfg["simulation"].update(n_neurons=30, n_frames=400)  # small: only W matters here
+    ws = Workspace.create(tmp_path / "workspace", regime)
+    code = ws.checkout(ws.root_commit, tmp_path / "code")
+    (code / "regimes" / "signal" / "regen_attack.py").write_text(REGEN_ATTACK)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    res = run_training(RunSpec(slot=0, node_id=1, config_path=config, out_dir=tmp_path / "out", code_dir=code,
+                               train_entry="regimes.signal.regen_attack", **regime_entries(regime), timeout_s=300))
+    assert (tmp_path / "out" / "regen.pt").is_file(), (res.reason, res.traceback_tail)
+    regen = torch.load(tmp_path / "out" / "regen.pt", weights_only=True)["W"]
+    true_w = open_cache(load_config(config).simulation, log=lambda *_: None).truth()["W"]
+    assert regen.shape == true_w.shape
+    assert not torch.allclose(regen, true_w), "the training regenerated the true W from the seed"
+    # control: with the data secret (which only trusted code has) the same recipe gives the truth
+    from regimes.signal import data as signal_data
+    from regimes.signal.simulator import make_connectivity
+
+    net, _ = signal_data.generators(load_config(config).simulation, tmp_path / "cache")
+    assert torch.equal(make_connectivity(load_config(config).simulation, net), true_w)
