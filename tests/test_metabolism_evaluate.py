@@ -257,6 +257,7 @@ def test_predictions_round_trip_and_malformed_predictions_exit_4(tmp_path, capsy
         "wrong shape": lambda p: {**p, "node_grid": p["node_grid"][:, :3]},
         "nan": lambda p: {**p, "log_k": p["log_k"] * float("nan")},
         "short rollout": lambda p: {**p, "rollout": p["rollout"][:5]},
+        "timing text": lambda p: {**p, "training_time_min": "fast"},
         "object": "object",
     }
     for what, breaking in breakages.items():

@@ -462,7 +462,14 @@ def evaluate(cfg: Config, out: Path, plots_on: bool = True, root: Path | None = 
     for name in ("phase1", "phase2"):
         if f"loss.{name}" in preds:
             hist[name] = {"loss": preds[f"loss.{name}"], "regul": preds.get(f"regul.{name}")}
-    timing = {k: preds[k] for k in ("training_time_min", "steps_per_second")}
+    timing = {}
+    for k in ("training_time_min", "steps_per_second"):
+        v = preds[k]
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = float(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise runtime.EntryError("predictions", f"predictions: {k} must be a number, not {type(v).__name__}")
+        timing[k] = float(v)
     result = compute_metrics(learned_from_predictions(preds), truth, data, heldout, cfg.graph_model, hist, timing)
     if ck_state is not None:
         try:
