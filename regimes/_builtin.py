@@ -75,13 +75,18 @@ METABOLISM_COMMON = LOSS_AND_DYNAMICS + [
 ]
 
 SIGNAL_METRICS = [
-    metric("connectivity_R2", "fit R2 of learned vs true W (off-diagonal), after the per-presynaptic gauge "
-           "correction W_ij*beta_j/g", "> 0.9"),
+    metric("connectivity_R2", "R2 of learned vs true W (off-diagonal) against the identity line, after the "
+           "per-presynaptic gauge correction W_ij*beta_j/g; sign-aware: -W scores about -3, a random or "
+           "untrained W about 0 (the score)", "> 0.9"),
+    metric("connectivity_R2_fit", "fit R2 (best line) of the gauge-corrected W vs the true W: comparable to "
+           "published figures, blind to sign and scale (-W scores 1.0 here)", "> 0.9"),
     metric("connectivity_R2_raw", "fit R2 of learned vs true W without gauge correction", "> 0.9"),
-    metric("connectivity_slope", "slope of the learned-vs-true W fit", "~1", None),
-    metric("support_auroc", "how well |W| separates true non-zeros from zeros (AUROC)", "> 0.9"),
-    metric("connectivity_R2_unsaturated", "connectivity_R2 over presynaptic neurons that are not saturated "
-           "(a saturated neuron sends a near-constant tanh(u_j): its column of W is not identifiable)", "> 0.9"),
+    metric("connectivity_slope", "slope of the learned-vs-true W fit (1 = right scale, -1 = negated)", "~1", None),
+    metric("support_auroc", "how well |W| separates true non-zeros from zeros (AUROC; sign-blind diagnostic)",
+           "> 0.9"),
+    metric("connectivity_R2_unsaturated", "connectivity_R2 (identity) over presynaptic neurons that are not "
+           "saturated (a saturated neuron sends a near-constant tanh(u_j): its column of W is not identifiable)",
+           "> 0.9"),
     metric("n_saturated_neurons", "neurons whose tanh(u) barely varies (data property: caps connectivity_R2)",
            "", None),
     *LOSS_AND_DYNAMICS,

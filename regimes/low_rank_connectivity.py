@@ -19,7 +19,7 @@ REGIME = SPARSE.model_copy(update=dict(
     title="Neural signal: low-rank connectivity recovery",
     description=("Recover W = U V / sqrt(20 n) (rank 20, no self-connections) of du/dt = -u + 7 W tanh(u) "
                  "from activity with few modes (effective rank ~12): high degeneracy risk. Variants n100 and "
-                 "n200. Primary: connectivity_R2; converged > 0.9."),
+                 "n200. Primary: connectivity_R2 (identity R2 after the gauge: sign-aware); converged > 0.9."),
     config_stem="low_rank",
     # proximal L1 pushes entries to zero: it does not match a dense low-rank W
     code_strategies=[c for c in SIGNAL_CODE_STRATEGIES if c.name != "proximal-L1"],

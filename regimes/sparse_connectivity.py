@@ -7,8 +7,10 @@ to compare them and keep the understanding of each apart.
 
 from __future__ import annotations
 
+import math
+
 from regimes import _builtin as B
-from regimes.base import CodeStrategy, EditableFile, ParamSpec, Profile, Regime
+from regimes.base import Classification, CodeStrategy, EditableFile, ParamSpec, Profile, Regime
 
 TRAIN = "regimes/signal/train.py"
 MODEL = "regimes/signal/model.py"
@@ -46,7 +48,8 @@ SIGNAL_LOG_CONFIG = {
     "first_coeff_L1": "training.first_coeff_L1", "batch_size": "training.batch_size",
     "recurrent": "training.recurrent_training", "time_step": "training.time_step",
 }
-SIGNAL_LOG_METRICS = ["test_R2", "test_pearson", "connectivity_R2", "cluster_accuracy", "final_loss",
+SIGNAL_LOG_METRICS = ["test_R2", "test_pearson", "connectivity_R2", "connectivity_R2_fit", "cluster_accuracy",
+                      "final_loss",
                       "kinograph_R2", "kinograph_SSIM", "kinograph_Wasserstein"]
 SIGNAL_METRIC_LABELS = {"kinograph_R2": "kino_R2", "kinograph_SSIM": "kino_SSIM", "kinograph_Wasserstein": "kino_WD"}
 SIGNAL_EDITABLE = [EditableFile(path=TRAIN, functions=["train_model"]), EditableFile(path=MODEL)]
@@ -133,13 +136,29 @@ class SignalRegime(Regime):
         v = self.resolve_variant(variant)
         return B.load_package_config(self, f"{self.config_stem}_{v}", profile)
 
+    def score(self, metrics: dict[str, float]) -> float:
+        """connectivity_R2 clipped to [0, 1]. It is the identity R2 after the gauge
+        correction (SCIENCE.md B4), so the data-free answers -W, a random W and an
+        untrained model all score 0 here; connectivity_R2_fit is never the score."""
+        v = metrics.get("connectivity_R2")
+        if v is None or not math.isfinite(float(v)):
+            return 0.0
+        return float(min(1.0, max(0.0, v)))
+
+    def classify(self, metrics: dict[str, float]) -> Classification:
+        """On the identity connectivity_R2: converged > 0.9, partial 0.1-0.9, failed < 0.1 (or missing)."""
+        v = metrics.get("connectivity_R2")
+        if v is None or not math.isfinite(float(v)):
+            return "failed"
+        return "converged" if v > 0.9 else "partial" if v >= 0.1 else "failed"
+
 
 REGIME = SignalRegime(
     name="sparse_connectivity",
     title="Neural signal: sparse connectivity recovery",
     description=("Recover W (n x n, N(0, 1/n), 50% of entries zeroed, no self-connections) of "
                  "du/dt = -u + 7 W tanh(u) from activity. Variants n100 and n200, compared side by side. "
-                 "Primary: connectivity_R2; converged > 0.9."),
+                 "Primary: connectivity_R2 (identity R2 after the gauge: sign-aware); converged > 0.9."),
     variants=["n100", "n200"],
     default_variant="n100",
     package="regimes.signal",

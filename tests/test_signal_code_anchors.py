@@ -11,7 +11,7 @@ import torch
 import regimes.signal.model as model_mod
 import regimes.signal.train as train_mod
 from regimes.signal.config import parse_config
-from regimes.signal.data import load_or_generate
+from regimes.signal.data import open_cache
 
 PKG = Path(model_mod.__file__).parent
 
@@ -38,7 +38,7 @@ def data(tmp_path, monkeypatch):
     monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path))
     cfg = parse_config({"simulation": {"connectivity_type": "sparse", "n_neurons": 16, "n_frames": 200},
                         "training": {"n_epochs": 2, "data_augmentation_loop": 1, "n_epochs_init": 1}})
-    return cfg, load_or_generate(cfg.simulation, log=lambda s: None)[0]
+    return cfg, open_cache(cfg.simulation, log=lambda s: None).training_data()
 
 
 def test_w_init_anchor_scales_the_init(data):

@@ -1,20 +1,23 @@
-"""Signal training: every B3 key has an effect, determinism, the entry's
-outputs and exit codes (tiny data)."""
+"""Signal training: every B3 key has an effect, determinism, memory flat in steps, and the
+stage -> train -> evaluate entries (outputs, predictions, exit codes, failure.json) on tiny data."""
 
+import gc
 import json
+import shutil
+import warnings
 
 import pytest
 import torch
 import yaml
 
+from _signal_tiny import BASE, SIM, run_chain, write_config
+from regimes import runtime
+from regimes.signal import evaluate as evaluate_mod
+from regimes.signal import train as train_mod
 from regimes.signal.config import parse_config
-from regimes.signal.data import load_or_generate
+from regimes.signal.data import open_cache, stage
 from regimes.signal.model import SignalGNN
-from regimes.signal.train import TrainingDiverged, iterations_per_epoch, main, train_model
-
-SIM = {"connectivity_type": "sparse", "n_neurons": 16, "n_frames": 200}
-BASE = {"n_epochs": 2, "data_augmentation_loop": 1, "batch_size": 8, "n_epochs_init": 1,
-        "coeff_W_L1": 1e-3, "first_coeff_L1": 0.0, "learning_rate_start": 1e-3}
+from regimes.signal.train import iterations_per_epoch, main, train_model
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +38,7 @@ def _train_cached(**training):
 
 def _train(graph_model=None, **training):
     cfg = parse_config({"simulation": SIM, "graph_model": graph_model or {}, "training": {**BASE, **training}})
-    data, _ = load_or_generate(cfg.simulation, log=lambda s: None)
+    data = open_cache(cfg.simulation, log=lambda s: None).training_data()
     torch.manual_seed(cfg.training.seed)
     model = SignalGNN(data.n_neurons, cfg.graph_model)
     res = train_model(model, data, cfg.training)
@@ -97,43 +100,105 @@ def test_edge_diff_makes_lin_edge_increasing():
     assert float(torch.relu(e[:-1] - e[1:]).sum()) < 1e-3
 
 
-def test_training_is_deterministic_and_needs_no_truth(tmp_path):
-    m1, r1 = _train()
-    cfg = parse_config({"simulation": SIM})
-    _, truth_path = load_or_generate(cfg.simulation, log=lambda s: None)
-    truth_path.unlink()  # training must not need the truth file
-    m2, r2 = _train()
-    assert torch.equal(_state(m1), _state(m2)) and torch.equal(r1.pred_losses, r2.pred_losses)
+def test_memory_is_flat_in_the_number_of_steps(monkeypatch):
+    """No per-step tensor survives its step (a list of per-step losses grew RSS ~55 KB per step)."""
+    counts = []
+
+    def progress(step, total, loss, elapsed):
+        gc.collect()
+        with warnings.catch_warnings():  # isinstance on some lazy torch module proxies warns
+            warnings.simplefilter("ignore")
+            counts.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
+
+    monkeypatch.setattr(train_mod, "PROGRESS_EVERY_S", 0.0)  # report (and count) at every step
+    cfg = parse_config({"simulation": SIM, "training": {**BASE, "n_epochs": 8}})
+    data = open_cache(cfg.simulation, log=lambda s: None).training_data()
+    res = train_model(SignalGNN(data.n_neurons), data, cfg.training, progress=progress)
+    assert res.n_steps == 40 and len(counts) == 40
+    assert counts[-1] - counts[2] <= 2, counts
 
 
-def _write_cfg(path, training=None, **sections):
-    cfg = {"simulation": SIM, "graph_model": {}, "training": {**BASE, **(training or {})},
-           "claude": {"n_epochs": 2, "data_augmentation_loop": 1, "n_iter_block": 4, "ucb_c": 1.414}}
-    cfg.update(sections)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def test_training_is_deterministic_and_needs_only_its_inputs(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml")
+    stage(cfg, tmp_path / "in")
+    shutil.rmtree(tmp_path / "cache")  # training must need nothing of the cache (truth, run 1)
+    for out in ("a", "b"):
+        assert main(["--config", str(cfg), "--inputs", str(tmp_path / "in"), "--out", str(tmp_path / out)]) == 0
+    assert not (tmp_path / "cache").exists()
+    pa, pb = (torch.load(tmp_path / o / "predictions.pt", weights_only=True) for o in ("a", "b"))
+    for k in ("W", "lin_edge", "lin_phi", "rollout", "pred_losses"):
+        assert torch.equal(pa[k], pb[k]), k
 
 
-def test_entry_writes_outputs_and_is_deterministic(tmp_path):
-    cfg = _write_cfg(tmp_path / "c.yaml")
-    assert main(["--config", str(cfg), "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
-    assert main(["--config", str(cfg), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
-    out = tmp_path / "a"
+def test_entries_write_outputs_and_are_deterministic(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml")
+    assert run_chain(cfg, tmp_path / "a", plots=True)[:2] == (0, 0)
+    assert run_chain(cfg, tmp_path / "b")[:2] == (0, 0)
+    out = tmp_path / "a" / "out"
     lines = [json.loads(x) for x in (out / "progress.jsonl").read_text().splitlines()]
     assert lines and set(lines[-1]) == {"step", "total", "loss", "elapsed_s"} and lines[-1]["step"] == lines[-1]["total"]
     metrics = json.loads((out / "metrics.json").read_text())
-    for k in ("connectivity_R2", "connectivity_R2_raw", "connectivity_slope", "support_auroc", "test_R2",
-              "test_pearson", "kinograph_R2", "kinograph_SSIM", "kinograph_Wasserstein", "cluster_accuracy",
-              "final_loss", "spectral_radius", "effective_rank_90", "effective_rank_99",
-              "training_time_min", "steps_per_second"):
+    for k in ("connectivity_R2", "connectivity_R2_fit", "connectivity_R2_raw", "connectivity_slope",
+              "support_auroc", "test_R2", "test_pearson", "kinograph_R2", "kinograph_SSIM",
+              "kinograph_Wasserstein", "cluster_accuracy", "final_loss", "spectral_radius", "effective_rank_90",
+              "effective_rank_99", "training_time_min", "steps_per_second"):
         assert isinstance(metrics[k], (int, float)), k
     log = (out / "analysis.log").read_text()
     assert "spectral radius:" in log and "effective rank (99% var):" in log and "connectivity_R2:" in log
-    assert "by construction" in log
+    assert "by construction" in log and "identity R2" in log
     assert len(list((out / "plots").glob("*.png"))) == 6 and (out / "model.pt").is_file()
-    other = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    other = json.loads((tmp_path / "b" / "out" / "metrics.json").read_text())
     timing = {"training_time_min", "steps_per_second"}
     assert {k: v for k, v in metrics.items() if k not in timing} == {k: v for k, v in other.items() if k not in timing}
+
+
+def test_predictions_round_trip(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml")
+    rc, _, inputs, out = run_chain(cfg, tmp_path)
+    assert rc == 0
+    n, steps = SIM["n_neurons"], 2 * iterations_per_epoch(SIM["n_frames"], 1, 8)
+    raw = runtime.load_predictions(out / "predictions.pt", evaluate_mod.required_shapes(n, 200, SIM["n_frames"]))
+    model = SignalGNN(n)
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    assert torch.equal(raw["W"], model.masked_W().detach()) and torch.all(torch.diagonal(raw["W"]) == 0)
+    assert raw["embeddings"].shape == (n, 2) and raw["n_steps"] == steps and raw["pred_losses"].shape == (steps,)
+    grid = torch.load(inputs / "queries.pt", weights_only=True)["grid"]
+    with torch.no_grad():
+        assert torch.allclose(raw["lin_edge"], model.edge(grid[:, None].expand(200, n)).T)
+    u0 = torch.load(inputs / "queries.pt", weights_only=True)["rollout_u0"]
+    assert torch.equal(raw["rollout"][0], u0)
+    answer = evaluate_mod.answer_from_predictions(raw)
+    assert answer.n_steps == steps and torch.equal(answer.W, raw["W"].double())
+
+
+class _NotData:
+    pass
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda p: p.pop("lin_edge"), "predictions: lin_edge is missing"),
+    (lambda p: p.update(W=p["W"][:, :3]), "predictions: W has shape"),
+    (lambda p: p.update(rollout=p["rollout"][:10]), "predictions: rollout has shape"),
+    (lambda p: p["lin_phi"].__setitem__((0, 0), float("nan")), "predictions: lin_phi holds nan or inf"),
+    (lambda p: p.update(n_steps="many"), "predictions: n_steps must be a finite number"),
+    (lambda p: p.update(pred_losses=p["pred_losses"][:1]), "the loss histories must hold n_steps"),
+    (lambda p: p.update(extra=_NotData()), "cannot be read safely"),
+])
+def test_malformed_predictions_exit_4_with_failure_json(tmp_path, capsys, mutate, needle):
+    cfg = write_config(tmp_path / "c.yaml")
+    rc, rc_eval, inputs, out = run_chain(cfg, tmp_path)
+    assert (rc, rc_eval) == (0, 0)
+    pred = torch.load(out / "predictions.pt", weights_only=True)
+    mutate(pred)
+    torch.save(pred, out / "predictions.pt")
+    capsys.readouterr()
+    assert evaluate_mod.main(["--config", str(cfg), "--inputs", str(inputs), "--out", str(out), "--no-plots"]) == 4
+    failure = json.loads((out / "failure.json").read_text())
+    assert failure["kind"] == "predictions" and needle in failure["message"], failure
+    assert needle in capsys.readouterr().err
+    (out / "predictions.pt").unlink()
+    assert evaluate_mod.main(["--config", str(cfg), "--inputs", str(inputs), "--out", str(out), "--no-plots"]) == 4
+    assert "predictions.pt is missing" in json.loads((out / "failure.json").read_text())["message"]
 
 
 @pytest.mark.parametrize("mutate,needle", [
@@ -145,27 +210,34 @@ def test_entry_writes_outputs_and_is_deterministic(tmp_path):
     (lambda c: c["training"].update(time_step=500), "training.time_step: must be smaller"),
 ])
 def test_config_errors_exit_2_with_one_line(tmp_path, capsys, mutate, needle):
+    stage(write_config(tmp_path / "good.yaml"), tmp_path / "in")
     cfg = {"simulation": dict(SIM), "graph_model": {}, "training": dict(BASE), "claude": {"n_epochs": 2}}
     mutate(cfg)
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    assert main(["--config", str(p), "--out", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    assert main(["--config", str(p), "--inputs", str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and err.startswith("config error:")
+    assert json.loads((tmp_path / "o" / "failure.json").read_text())["kind"] == "config"
 
 
 def test_missing_config_path_exits_2(tmp_path, capsys):
-    assert main(["--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["--config", str(tmp_path / "nope.yaml"), "--inputs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "nope.yaml: config file not found" in capsys.readouterr().err
 
 
+def test_missing_inputs_exit_5(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml")
+    assert main(["--config", str(cfg), "--inputs", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 5
+    assert json.loads((tmp_path / "o" / "failure.json").read_text())["kind"] == "inputs"
+
+
 def test_divergence_exits_3(tmp_path, capsys):
-    cfg = _write_cfg(tmp_path / "c.yaml", training={"learning_rate_W_start": 1e30})
-    assert main(["--config", str(cfg), "--out", str(tmp_path / "o")]) == 3
+    cfg = write_config(tmp_path / "c.yaml", training={"learning_rate_W_start": 1e30})
+    rc, _, _, out = run_chain(cfg, tmp_path)
+    assert rc == 3
     err = capsys.readouterr().err
     assert "training diverged: loss is" in err and "at step" in err
-    assert not (tmp_path / "o" / "metrics.json").exists()
-
-
-def test_diverged_exception_names_the_step():
-    assert "loss is nan at step 12" in str(TrainingDiverged(12))
+    assert json.loads((out / "failure.json").read_text())["kind"] == "diverged"
+    assert not (out / "predictions.pt").exists() and not (out / "metrics.json").exists()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from regimes.signal.config import GraphModelConfig, SimulationConfig, TrainingConfig
-from regimes.signal.data import TrainingData, load_or_generate
+from regimes.signal.data import TrainingData, open_cache
 from regimes.signal.model import MLP, SignalGNN
 from regimes.signal.simulator import make_connectivity, simulate
 from regimes.signal.train import batch_loss, make_optimizer
@@ -46,8 +46,7 @@ class NaiveSignalGNN(SignalGNN):
 
 
 def _data(n: int, kind: str) -> TrainingData:
-    data, _ = load_or_generate(SimulationConfig(connectivity_type=kind, n_neurons=n), log=lambda s: None)
-    return data
+    return open_cache(SimulationConfig(connectivity_type=kind, n_neurons=n), log=lambda s: None).training_data()
 
 
 def _setup(n: int, kind: str = "sparse", naive: bool = False):

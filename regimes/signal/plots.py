@@ -21,18 +21,17 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def connectivity_scatter(path: Path, w_true: np.ndarray, w_corr: np.ndarray) -> None:
-    """Learned (gauge-corrected) vs true W over off-diagonal entries, with fit R^2."""
+def connectivity_scatter(path: Path, w_true: np.ndarray, w_corr: np.ndarray, r2: float, r2_fit: float) -> None:
+    """Learned (gauge-corrected) vs true W over off-diagonal entries, with the identity and fit R^2."""
     off = ~np.eye(w_true.shape[0], dtype=bool)
     x, y = w_true[off], w_corr[off]
-    r = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else 0.0
     fig, ax = plt.subplots(figsize=(8, 7))
     ax.scatter(x, y, s=3, alpha=0.4, color="tab:blue", rasterized=True)
     lim = float(np.abs(x).max()) * 1.2 or 1.0
-    ax.plot([-lim, lim], [-lim, lim], "k--", lw=1, label="identity")
+    ax.plot([-lim, lim], [-lim, lim], "k--", lw=1, label="identity (the score's line)")
     ax.set_xlabel("true W_ij", fontsize=FONT)
     ax.set_ylabel("learned W_ij * beta_j / g", fontsize=FONT)
-    ax.set_title(f"connectivity: fit R2 = {r * r:.3f}  ({x.size} off-diagonal entries)", fontsize=FONT)
+    ax.set_title(f"connectivity R2 = {r2:.3f} (identity), fit R2 = {r2_fit:.3f}  ({x.size} entries)", fontsize=FONT)
     ax.legend(fontsize=FONT - 2)
     _save(fig, path)
 
@@ -95,14 +94,15 @@ def loss_curve(path: Path, pred_losses: np.ndarray, total_losses: np.ndarray) ->
     _save(fig, path)
 
 
-def write_all(out_dir: Path, arrays: dict, pred_losses: np.ndarray, total_losses: np.ndarray) -> list[Path]:
-    """Write every plot into out_dir; returns the paths in display order."""
+def write_all(out_dir: Path, arrays: dict, metrics: dict, pred_losses: np.ndarray, total_losses: np.ndarray) -> list[Path]:
+    """Write every plot into out_dir from arrays (evaluation side); returns the paths in display order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     g = float(arrays["gain"])
     grid = arrays["grid"]
     paths = [out_dir / n for n in ("01_connectivity_scatter.png", "02_connectivity_matrices.png",
                                    "03_lin_edge.png", "04_lin_phi.png", "05_kinograph.png", "06_loss.png")]
-    connectivity_scatter(paths[0], arrays["W_true"], arrays["W_corrected"])
+    connectivity_scatter(paths[0], arrays["W_true"], arrays["W_corrected"], metrics["connectivity_R2"],
+                         metrics["connectivity_R2_fit"])
     connectivity_matrices(paths[1], arrays["W_true"], arrays["W_corrected"])
     # lin_edge is shown divided by its fitted beta_j / g, so the gauge-corrected curves compare with g*tanh(u)
     beta = arrays["beta"][:, None]

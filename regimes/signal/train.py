@@ -1,10 +1,16 @@
-"""Training of the signal package and its command-line entry.
+"""Training of the signal package and its command-line entry (docs/contracts.md §2b).
 
-    python -m regimes.signal.train --config X.yaml --out DIR [--device auto|cpu|cuda]
+    python -m regimes.signal.train --config C --inputs IN --out OUT [--device auto|cpu|cuda]
 
-Writes DIR/progress.jsonl (at least once per second of work), model.pt,
-metrics.json, analysis.log and plots/*.png. Exit 2 on a broken config (one
-line naming the dotted key), 3 when the loss becomes NaN/inf.
+Reads only the staged inputs directory IN (run 0's activity and the queries,
+`regimes.signal.data.load_staged`) and the config's graph_model / training
+sections. Writes OUT/progress.jsonl (at least once per second of work),
+OUT/model.pt and OUT/predictions.pt: the learned W (diagonal masked), the
+embeddings, lin_edge and lin_phi of every neuron on the query grid, the free
+rollout from the held-out start, the loss history and timing. Metrics and
+plots are written by the evaluation entry (`regimes.signal.evaluate`), in
+another process that reads the truth. Exit codes and failure.json:
+regimes/runtime.py (2 config, 3 diverged, 5 bad inputs).
 
 `train_model` (with `batch_loss`, `edge_decrease_penalty`, `rollout_loss`,
 `make_optimizer` and model.py) is the code the agent may edit. The regimes'
@@ -17,8 +23,6 @@ model.py. Change them only together with those strategies
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,20 +32,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from regimes.signal.config import Config, ConfigError, TrainingConfig, load_config
-from regimes.signal.data import TrainingData, load_or_generate
+from regimes import runtime
+from regimes.signal.config import ConfigError, TrainingConfig, load_config
+from regimes.signal.data import Queries, TrainingData, load_staged
 from regimes.signal.model import SignalGNN
 
 #: seconds between two progress reports (the contract asks for >= 1 per second)
 PROGRESS_EVERY_S = 0.5
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite at `step`."""
-
-    def __init__(self, step: int, what: str = "nan"):
-        super().__init__(f"loss is {what} at step {step}")
-        self.step = step
 
 
 @dataclass
@@ -142,6 +139,10 @@ def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, devic
     on. Recurrent rollout loss from epoch recurrent_training_start_epoch on
     when recurrent_training is set. Embeddings are frozen when
     training_single_type. See `batch_loss` for the loss.
+
+    The loss history lives in two buffers preallocated on the device: memory
+    stays flat in the number of steps (a Python list of per-step 0-d tensors
+    pinned ~7 KB of fragmented heap per entry, 2.5 GB over the quick profile).
     """
     u, du = data.u.to(device), data.du.to(device)
     n_frames = u.shape[0]
@@ -151,8 +152,8 @@ def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, devic
     total = n_iter * cfg.n_epochs
     ynorm2 = data.ynorm ** 2
     delta = data.xnorm / 150
-    pred_losses: list[torch.Tensor] = []
-    total_losses: list[torch.Tensor] = []
+    pred_losses = torch.zeros(total, device=device)
+    total_losses = torch.zeros(total, device=device)
     optimizer = make_optimizer(model, cfg)
     scheduler = None  # no LR schedule by default; a code strategy may create one here (it steps after optimizer.step())
     t0, c0 = time.monotonic(), time.process_time()
@@ -172,96 +173,94 @@ def train_model(model: SignalGNN, data: TrainingData, cfg: TrainingConfig, devic
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            pred_losses.append(loss_pred.detach())
-            total_losses.append(loss.detach())
+            pred_losses[step] = loss_pred.detach()  # in place: no per-step allocation survives the step
+            total_losses[step] = loss.detach()
             step += 1
             now = time.monotonic()
             if now >= next_report or step == total:
-                _check_finite(torch.stack(total_losses[checked:step]), checked)
+                _check_finite(total_losses[checked:step], checked)
                 checked = step
                 if progress is not None:
-                    progress(step, total, float(pred_losses[-1]), now - t0)
+                    progress(step, total, float(pred_losses[step - 1]), now - t0)
                 next_report = now + PROGRESS_EVERY_S
-    return TrainResult(pred_losses=torch.stack(pred_losses).cpu(), total_losses=torch.stack(total_losses).cpu(),
+    return TrainResult(pred_losses=pred_losses[:step].cpu(), total_losses=total_losses[:step].cpu(),
                        n_steps=step, elapsed_s=time.monotonic() - t0, cpu_s=time.process_time() - c0)
 
 
 def _check_finite(chunk: torch.Tensor, start: int) -> None:
-    """Raise TrainingDiverged at the first non-finite loss of `chunk` (steps start+1 ...)."""
+    """Raise runtime.EntryError("diverged") at the first non-finite loss of `chunk` (steps start+1 ...)."""
     bad = ~torch.isfinite(chunk)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise TrainingDiverged(start + i + 1, "nan" if torch.isnan(chunk[i]) else "inf")
+        raise runtime.diverged(start + i + 1, float(chunk[i]))
 
 
 # ---------------------------------------------------------------- entry point
 
-def resolve_device(name: str) -> str:
-    """auto -> cuda when available else cpu; cuda without a GPU is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device: cuda requested but no CUDA device is available")
-    return name
+@torch.no_grad()
+def rollout(model: SignalGNN, u0: torch.Tensor, n_frames: int, delta_t: float) -> tuple[torch.Tensor, int]:
+    """Free Euler rollout of the model from u0 (n,) for n_frames frames (frame 0 = u0).
+
+    Returns (frames (n_frames, n) on the CPU, first frame that became
+    non-finite or -1). Non-finite states are frozen at +-1e6 so the
+    predictions stay finite numbers and a diverging rollout scores badly.
+    """
+    device = model.W.device
+    out = torch.empty(n_frames, u0.shape[0], device=device)
+    x = u0.to(device).float().unsqueeze(0)
+    bad = -1
+    for t in range(n_frames):
+        out[t] = x[0]
+        x = x + delta_t * model(x)
+        if bad < 0 and not torch.isfinite(x).all():
+            bad = t + 1
+        x = torch.nan_to_num(x, nan=1e6, posinf=1e6, neginf=-1e6).clamp(-1e6, 1e6)
+    return out.cpu(), bad
 
 
-class ProgressWriter:
-    """Appends `{"step","total","loss","elapsed_s"}` lines to progress.jsonl, flushed."""
+@torch.no_grad()
+def predictions(model: SignalGNN, data: TrainingData, queries: Queries, res: TrainResult) -> dict:
+    """The answers to the queries (predictions.pt, docs/contracts.md §2b): data only, no code."""
+    n = model.n_neurons
+    grid = queries.grid.to(model.W.device)
+    ug = grid.unsqueeze(1).expand(len(grid), n)  # (G, n): every neuron at every grid value
+    roll, bad = rollout(model, queries.rollout_u0, queries.rollout_frames, data.delta_t)
+    return {"W": model.masked_W(), "embeddings": model.a, "lin_edge": model.edge(ug).T, "lin_phi": model.phi(ug).T,
+            "grid": queries.grid, "rollout": roll, "rollout_diverged_at": int(bad),
+            "pred_losses": res.pred_losses[:res.n_steps], "total_losses": res.total_losses[:res.n_steps],
+            "n_steps": int(res.n_steps), "elapsed_s": float(res.elapsed_s), "cpu_s": float(res.cpu_s)}
 
-    def __init__(self, path: Path):
-        self.f = open(path, "a", buffering=1)
 
-    def __call__(self, step: int, total: int, loss: float, elapsed: float) -> None:
-        self.f.write(json.dumps({"step": step, "total": total, "loss": loss, "elapsed_s": round(elapsed, 3)}) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def run(cfg: Config, out: Path, device: str = "cpu", log=print) -> dict:
-    """Generate/load data, train, evaluate, write every output; returns the metrics."""
-    from regimes.signal import evaluate as ev_mod  # evaluation (and its truth access) only after training
-    from regimes.signal import plots
-
+def _entry(args) -> int:
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, truth_path = load_or_generate(cfg.simulation, log=log)
-    torch.manual_seed(cfg.training.seed)  # model init independent of whether data came from the cache
-    model = SignalGNN(data.n_neurons, cfg.graph_model).to(device)
-    writer = ProgressWriter(out / "progress.jsonl")
     try:
-        res = train_model(model, data, cfg.training, device=device, progress=writer)
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        raise runtime.config_error(str(e)) from None
+    device = runtime.resolve_device(args.device)
+    data, queries = load_staged(args.inputs)
+    torch.manual_seed(cfg.training.seed)  # model init
+    model = SignalGNN(data.n_neurons, cfg.graph_model).to(device)
+    writer = runtime.ProgressWriter(out / runtime.PROGRESS_FILE, total=0, every_s=0.0)  # train_model paces it
+
+    def progress(step: int, total: int, loss: float, elapsed: float) -> None:
+        writer.total = total
+        writer(step, loss, force=True)
+
+    try:
+        res = train_model(model, data, cfg.training, device=device, progress=progress)
     finally:
         writer.close()
-    torch.save(model.state_dict(), out / "model.pt")
-    ev = ev_mod.evaluate(ev_mod.LearnedView(model), data, truth_path, final_loss=res.final_loss,
-                         training_time_s=res.elapsed_s, n_steps=res.n_steps)
-    (out / "metrics.json").write_text(json.dumps(ev.metrics, indent=1) + "\n")
-    (out / "analysis.log").write_text(ev_mod.format_analysis_log(ev))
-    plots.write_all(out / "plots", ev.arrays, res.pred_losses[: res.n_steps].numpy(),
-                    res.total_losses[: res.n_steps].numpy())
-    return ev.metrics
+    torch.save(model.state_dict(), out / runtime.MODEL_FILE)
+    runtime.save_predictions(out / runtime.PREDICTIONS_FILE, predictions(model, data, queries, res))
+    print(f"trained {res.n_steps} steps in {res.elapsed_s:.1f} s; final_loss={res.final_loss:.4g}", flush=True)
+    return runtime.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m regimes.signal.train", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        device = resolve_device(args.device)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    try:
-        metrics = run(cfg, args.out, device=device, log=lambda s: print(s, flush=True))
-    except TrainingDiverged as e:
-        print(f"training diverged: {e}", file=sys.stderr)
-        return 3
-    print(" ".join(f"{k}={metrics[k]:.4g}" for k in ("connectivity_R2", "support_auroc", "test_pearson") if k in metrics))
-    return 0
+    args = runtime.train_arg_parser("python -m regimes.signal.train", __doc__.splitlines()[0]).parse_args(argv)
+    return runtime.run_entry(_entry, args, args.out)
 
 
 if __name__ == "__main__":
