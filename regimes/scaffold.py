@@ -1,9 +1,15 @@
 """`agent new-regime NAME --dir DIR`: write a working regime plugin to start from.
 
 The template (regimes/scaffold_template/toyregime/) is a complete plugin and
-science package: a linear network ODE as toy simulator, a small model, a
-training entry honouring the contract (progress.jsonl, metrics.json,
-analysis.log, plots, model.pt), default configs, instructions and a README.
+science package: a linear network ODE as toy simulator, a small model, and
+the two-process contract of docs/contracts.md §2b: a stage function (run 0 and
+the queries into a private inputs directory), a training entry that reads
+only those (progress.jsonl, model.pt, predictions.pt) and a trusted
+evaluation entry (metrics.json, analysis.log, plots from the predictions, the
+truth and the held-out run), all on `regimes.runtime`; default configs,
+instructions and a README. The scaffolded plugin lives outside this
+repository: its stage and evaluation import the installed `regimes.runtime`,
+its confined training the copy every workspace holds.
 Scaffolding copies it to DIR/NAME/ and renames the package to NAME, so the
 package is importable with DIR on PYTHONPATH (as the sandbox runs it) and the
 registry finds it with `--regime-path DIR`.

@@ -32,7 +32,11 @@ REGIME = ToyRegimeRegime(
     description="dx/dt = -0.05 x + W x (damped oscillators) on 8 nodes; learn W and a node function. Primary: connectivity_R2 (> 0.9).",
     package="toyregime",
     package_dir=HERE,
+    # the two-process contract (gnn-agent docs/contracts.md §2b): stage (runner, trusted) ->
+    # train (workspace copy, confined) -> evaluate (this installed copy, reads the truth)
     train_entry="toyregime.train",
+    eval_entry="toyregime.evaluate",
+    stage_entry="toyregime.data:stage",
     mutable=[
         ParamSpec(key="training.learning_rate", type="float", low=1e-4, high=1e-1, log=True,
                   description="Adam learning rate"),
@@ -45,7 +49,10 @@ REGIME = ToyRegimeRegime(
     ],
     frozen=["simulation.*", "graph_model.*", "training.*"],
     metrics=[
-        MetricSpec(name="connectivity_R2", description="fit R2 of learned vs true W (off-diagonal)", good="> 0.9"),
+        MetricSpec(name="connectivity_R2", description="R2 of learned vs true W (off-diagonal) against the identity "
+                   "line: a negated or rescaled W scores badly", good="> 0.9"),
+        MetricSpec(name="connectivity_R2_fit", description="fit R2 (best line) of learned vs true W: blind to "
+                   "sign and scale, a diagnostic", good="> 0.9"),
         MetricSpec(name="test_R2", description="R2 of a free rollout on the held-out run", good="> 0.9"),
         MetricSpec(name="test_pearson", description="Pearson correlation of that rollout", good="> 0.95"),
         MetricSpec(name="final_loss", description="mean prediction loss, last 10% of steps", good="lower",
@@ -64,5 +71,5 @@ REGIME = ToyRegimeRegime(
     plots=["plots/W_scatter.png", "plots/loss.png"],
     instructions=HERE / "instructions.md",
     strategies=["exploit", "explore", "failure-probe", "switch-dimension", "code-modification"],
-    truth_identifiers=["truth", "true_W", "w_true", "load_or_generate"],
+    truth_identifiers=["truth", "true_W", "w_true", "ensure_cache", "cache_dir", "load_heldout"],
 )
