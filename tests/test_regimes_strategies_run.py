@@ -1,7 +1,10 @@
 """Slow: every built-in code strategy, applied to a copy of its science package, still trains
-(a tiny dataset, a few steps) to metrics.json. Run with `pytest -m slow`."""
+(a tiny dataset, a few steps) through the contract of docs/contracts.md §2b: stage (trusted, in
+this process), train (the edited workspace copy: the package and regimes/{__init__,runtime}.py
+only), evaluate (the installed code) to metrics.json. Run with `pytest -m slow`."""
 
 import copy
+import importlib
 import os
 import shutil
 import subprocess
@@ -24,25 +27,41 @@ def _tiny(regime_name: str, variant=None) -> dict:
         sim.update(n_metabolites=12, n_reactions=12, n_frames=120)
         cfg["graph_model"]["test_rollout_frames"] = 50
     else:
-        sim.update(n_neurons=12, n_frames=200)
+        sim.update(n_neurons=12, n_frames=200, connectivity_rank=4)
     cfg["training"].update(n_epochs=1, data_augmentation_loop=4, batch_size=8)
     return cfg
 
 
-def _run(workspace: Path, cfg: dict, out: Path, cache: Path, entry: str) -> subprocess.CompletedProcess:
-    (out.parent).mkdir(parents=True, exist_ok=True)
+def _env(pythonpath: Path, cache: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "GNN_AGENT_DATA_SECRET")}
+    env.update(PYTHONPATH=str(pythonpath), GNN_AGENT_CACHE=str(cache), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    return env
+
+
+def _run(regime, workspace: Path, cfg: dict, out: Path, cache: Path, monkeypatch) -> tuple:
+    """stage -> train (workspace) -> evaluate (installed): the two CompletedProcess."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     cfg_path = out.parent / f"{out.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    env.update(PYTHONPATH=str(workspace), GNN_AGENT_CACHE=str(cache), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", entry, "--config", str(cfg_path), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    inputs = out.parent / f"{out.name}_inputs"
+    module, _, fn = regime.stage_entry.partition(":")
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(cache))
+    getattr(importlib.import_module(module), fn)(cfg_path, inputs)
+    args = ["--config", str(cfg_path), "--inputs", str(inputs), "--out", str(out)]
+    train = subprocess.run([sys.executable, "-P", "-m", regime.train_entry, *args, "--device", "cpu"],
+                           env=_env(workspace, out.parent / "no-cache"), capture_output=True, text=True, timeout=600)
+    if train.returncode != 0:
+        return train, None
+    evaluate = subprocess.run([sys.executable, "-P", "-m", regime.eval_entry, *args, "--no-plots"],
+                              env=_env(ROOT, cache), capture_output=True, text=True, timeout=600)
+    return train, evaluate
 
 
 def _workspace(tmp: Path, regime, strategy) -> Path:
     ws = tmp / f"ws_{regime.name}_{strategy.name.replace('/', '_')}"
     (ws / "regimes").mkdir(parents=True)
-    shutil.copy(ROOT / "regimes" / "__init__.py", ws / "regimes" / "__init__.py")
+    for name in ("__init__.py", "runtime.py"):  # what a run's workspace holds besides the package
+        shutil.copy(ROOT / "regimes" / name, ws / "regimes" / name)
     shutil.copytree(regime.package_dir, ws / Path(*regime.package.split(".")),
                     ignore=shutil.ignore_patterns("__pycache__"))
     f = ws / strategy.file
@@ -50,12 +69,13 @@ def _workspace(tmp: Path, regime, strategy) -> Path:
     return ws
 
 
-CASES = [(n, s.name) for n in ("stoichiometry", "rate_constants", "homeostasis", "sparse_connectivity")
+CASES = [(n, s.name) for n in ("stoichiometry", "rate_constants", "homeostasis", "sparse_connectivity",
+                                "low_rank_connectivity")
          for s in get_regime(n).code_strategies]
 
 
 @pytest.mark.parametrize("regime_name,strategy_name", CASES)
-def test_strategy_trains(tmp_path_factory, regime_name, strategy_name):
+def test_strategy_trains(tmp_path_factory, monkeypatch, regime_name, strategy_name):
     regime = get_regime(regime_name)
     strategy = next(s for s in regime.code_strategies if s.name == strategy_name)
     tmp = tmp_path_factory.mktemp("strategy")
@@ -74,6 +94,8 @@ def test_strategy_trains(tmp_path_factory, regime_name, strategy_name):
         path, _ = ensure_phase1_checkpoint(cfg["simulation"], p1, "cpu", cache, log=lambda *_: None)
         cfg["training"]["phase1_checkpoint"] = str(path)
     ws = _workspace(tmp, regime, strategy)
-    proc = _run(ws, cfg, tmp / "out", cache, regime.train_entry)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train, evaluate = _run(regime, ws, cfg, tmp / "out", cache, monkeypatch)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (tmp / "out" / "predictions.pt").is_file() and not (tmp / "no-cache").exists()
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert (tmp / "out" / "metrics.json").is_file()
