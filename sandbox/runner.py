@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -67,9 +68,15 @@ POLL_S = 0.1
 EVAL_MIN_S = 30.0
 #: files a previous attempt may have left in the out dir (a re-run must not read them)
 STALE_FILES = ("metrics.json", "analysis.log", "predictions.pt", "failure.json", "progress.jsonl", "eval.log",
-               "processes.jsonl")
-#: one line per process started for a training (launcher, eval)
-PROCESSES_FILE = "processes.jsonl"
+               "stage.log")
+
+
+def processes_file(out_dir: Path) -> Path:
+    """One line per process started for a training (launcher, eval): `<out_dir>.processes.jsonl`
+    NEXT TO out_dir, not in it - the training can write its out dir, and a forged line could
+    make a resume kill another process."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}.processes.jsonl"
 #: files only the evaluation may write: removed after the training, before the evaluation
 EVAL_OUTPUTS = ("metrics.json", "analysis.log", "failure.json")
 
@@ -214,15 +221,24 @@ def import_trusted(module: str, trusted_root: Path):
     return mod
 
 
-def stage_inputs(spec: RunSpec, trusted_root: Path, config_path: Path, dest: Path) -> None:
+def stage_inputs(spec: RunSpec, trusted_root: Path, config_path: Path, dest: Path,
+                 log_path: Path | None = None) -> None:
     """Call the regime's stage function (trusted code, this process) to fill `dest`."""
     module, _, fn = spec.stage_entry.partition(":")
     func = getattr(import_trusted(module, trusted_root), fn, None)
     if not callable(func):
         raise ValueError(f"stage_entry {spec.stage_entry}: {module} has no function {fn}")
     dest.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if log_path is not None and "log" in inspect.signature(func).parameters:
+        # its messages go to a file: printing would garble the agent's live view
+        def log(*parts) -> None:
+            with open(log_path, "a") as f:
+                f.write(" ".join(str(p) for p in parts) + "\n")
+
+        kwargs["log"] = log
     with _STAGE_LOCK:
-        func(config_path, dest)
+        func(config_path, dest, **kwargs)
 
 
 def _thread_env(threads: int) -> dict[str, str]:
@@ -632,7 +648,7 @@ class _Proc:
         return self.proc.returncode
 
     def record(self, out_dir: Path, role: str) -> None:
-        """Append {pid, pgid, start_time, role} to out_dir/processes.jsonl (a resume after a crash
+        """Append {pid, pgid, start_time, role} to processes_file(out_dir) (a resume after a crash
         ends a run's leftover processes by it; start_time guards against pid reuse)."""
         pid = self.proc.pid
         try:
@@ -641,7 +657,7 @@ class _Proc:
         except (OSError, ValueError, IndexError):
             start = None
         try:
-            with open(out_dir / PROCESSES_FILE, "a") as f:
+            with open(processes_file(out_dir), "a") as f:
                 f.write(json.dumps({"pid": pid, "pgid": pid, "start_time": start, "role": role}) + "\n")
         except OSError:
             pass
@@ -673,6 +689,7 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in STALE_FILES:  # a re-run must not read the last attempt's files
         (out_dir / stale).unlink(missing_ok=True)
+    processes_file(out_dir).unlink(missing_ok=True)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     deadline = t0 + spec.timeout_s
@@ -703,7 +720,7 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
         shutil.copyfile(config, staged_config)
         os.chmod(staged_config, 0o400)
         try:
-            stage_inputs(spec, trusted_root, staged_config, private / "inputs")
+            stage_inputs(spec, trusted_root, staged_config, private / "inputs", out_dir / "stage.log")
         except Exception as e:  # noqa: BLE001 - the stage function's failure fails this training only
             tail = traceback.format_exc().splitlines()[-TRACEBACK_LINES:]
             msg = " ".join(str(getattr(e, "message", "") or e).split())[:300]

@@ -41,12 +41,12 @@ PLAIN_ROUTES = [
     "project_sources", "import_trusted_modules", "write_outside_out", "write_run_dir", "write_inputs",
     "write_config", "symlink_in_out", "hardlink_in_out", "shell_subprocess", "shell_execv", "fork_exec_alias",
     "tcp_connect", "tcp_bind", "udp_send", "proc_parent_environ", "proc_parent_cwd_cmdline", "os_environ_key",
-    "signal_agent", "setsid_child",
+    "signal_agent", "setsid_child", "plant_module_for_eval",
 ]
 #: routes through torch (the aliases the guard missed in issue 11): a second training
 TORCH_ROUTES = ["torch_load_alias", "torch_from_file", "shell_cpp_extension", "torch_serialization_os"]
 #: closed by construction even without confinement (scrubbed environment, the launcher's reaper)
-CLOSED_WITHOUT_CONFINEMENT = {"os_environ_key", "setsid_child"}
+CLOSED_WITHOUT_CONFINEMENT = {"os_environ_key", "setsid_child", "plant_module_for_eval"}
 #: need root to work unconfined (the staged config is read-only to its owner)
 ROOT_ONLY = {"write_config"}
 
@@ -240,6 +240,14 @@ def test_setsid_child_does_not_outlive_the_training(plain, plain_control):
         while _alive(pid) and time.time() - t0 < 3:
             time.sleep(0.05)
         assert not _alive(pid), f"setsid child {pid} outlived its training"
+
+
+def test_modules_planted_in_the_out_dir_never_run_in_the_evaluation(plain, plain_control):
+    """The evaluation runs with cwd = the out dir; -P keeps that dir off its sys.path."""
+    for run in (plain, plain_control):
+        assert (run["world"].out / "json.py").is_file()  # planted...
+        assert not (run["world"].out / "hijacked").exists()  # ...and never imported
+    assert plain["res"].status == "ok"
 
 
 def test_a_symlinked_answer_never_makes_the_evaluation_read_the_truth(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.runner import RunSpec, build_env, build_eval_env, regime_entries, run_training
+from sandbox.runner import RunSpec, build_env, build_eval_env, processes_file, regime_entries, run_training
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sandbox" / "fakesci"
 TRUSTED = FIXTURE.parent  # the trusted copy: fakesci.data (stage) and fakesci.evaluate run from here
@@ -139,7 +139,7 @@ def test_no_process_of_the_group_is_left(tmp_path, code_dir):
     assert res.status == "timeout"
     assert len(pids) == 2  # the launcher of the training and the waiting evaluation
     assert all(_gone(p, group=True) for p in pids)  # os.killpg(pgid, 0) raises ProcessLookupError
-    records = [json.loads(l) for l in (res.out_dir / "processes.jsonl").read_text().splitlines()]
+    records = [json.loads(l) for l in processes_file(res.out_dir).read_text().splitlines()]
     assert sorted(r["role"] for r in records) == ["eval", "launcher"] and {r["pid"] for r in records} == set(pids)
     assert all(isinstance(r["start_time"], int) for r in records)
 
