@@ -312,6 +312,8 @@ SYSTEM_READ = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib", "/u
 #: devices a training may read, write and ioctl
 SYSTEM_DEVICES = ("/dev/null", "/dev/zero", "/dev/full")
 GPU_DEVICE_GLOBS = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri")
+#: what the CUDA driver and runtime read besides the shared libraries (PCI topology, the toolkit)
+GPU_READ_GLOBS = ("/sys", "/usr/local/cuda*", "/usr/share/nvidia", "/etc/nvidia", "/opt/nvidia")
 
 
 def confine_policy(spec: RunSpec, code_dir: Path, private: Path, out_dir: Path) -> dict:
@@ -319,11 +321,13 @@ def confine_policy(spec: RunSpec, code_dir: Path, private: Path, out_dir: Path) 
     import glob
 
     devices = list(SYSTEM_DEVICES)
+    read = _interpreter_paths() + list(SYSTEM_READ) + [str(code_dir), str(private / "inputs"),
+                                                       str(private / "config.yaml")]
     if spec.device != "cpu":
         for g in GPU_DEVICE_GLOBS:
             devices += glob.glob(g)
-    read = _interpreter_paths() + list(SYSTEM_READ) + [str(code_dir), str(private / "inputs"),
-                                                       str(private / "config.yaml")]
+        for g in GPU_READ_GLOBS:
+            read += glob.glob(g)
     return {"confine": spec.confine, "requested": spec.confine, "parent_pid": os.getpid(),
             "read": read, "write": [str(out_dir), str(private / "home"), str(private / "tmp")],
             "devices": devices, "report": str(private / "confinement.txt")}

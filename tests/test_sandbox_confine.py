@@ -126,3 +126,20 @@ def test_confinement_error_fails_before_exec(tmp_path):
     res = _run(bad, "print('should not run')")
     assert res.returncode == confine.EXIT_CONFINE_FAILED
     assert "confinement error:" in res.stderr and "should not run" not in res.stdout
+
+
+def test_policy_grants_only_what_the_training_needs(tmp_path):
+    from sandbox.runner import RunSpec, confine_policy
+
+    spec = RunSpec(slot=0, node_id=0, config_path=tmp_path / "c.yaml", out_dir=tmp_path / "out", code_dir=tmp_path,
+                   train_entry="p.train", eval_entry="p.evaluate", stage_entry="p.data:stage")
+    pol = confine_policy(spec, tmp_path / "code", tmp_path / "priv", tmp_path / "out")
+    assert pol["write"] == [str(tmp_path / "out"), str(tmp_path / "priv" / "home"), str(tmp_path / "priv" / "tmp")]
+    assert str(tmp_path / "code") in pol["read"] and str(tmp_path / "priv" / "inputs") in pol["read"]
+    assert str(tmp_path / "priv") not in pol["read"]  # not the private dir as a whole
+    home = os.path.expanduser("~")
+    assert home not in pol["read"] and "/" not in pol["read"] and "/proc" not in pol["read"]
+    assert not any(p.startswith("/dev/nvidia") for p in pol["devices"]) and "/sys" not in pol["read"]
+    gpu = confine_policy(spec.model_copy(update={"device": "cuda"}), tmp_path / "code", tmp_path / "priv",
+                         tmp_path / "out")
+    assert "/sys" in gpu["read"]  # the CUDA driver reads the PCI topology
