@@ -86,6 +86,7 @@ PR_SET_NO_NEW_PRIVS = 38
 
 NONE_LABEL = "none: process separation only"
 OFF_LABEL = "off (--no-confine): process separation only"
+NS_ONLY_LABEL = "pid/net namespaces only (no Landlock: files are not confined)"
 EXIT_CONFINE_FAILED = 126  # the training never started: confinement could not be applied
 
 _libc = None
@@ -181,10 +182,13 @@ def describe(confine: bool = True) -> str:
     """The confinement a training gets here: "landlock ABI N" (+ namespaces) or "none: ..."."""
     if not confine:
         return OFF_LABEL
-    abi = landlock_abi()
-    if abi < 1:
-        return NONE_LABEL
-    return f"landlock ABI {abi}" + (" + pid/net namespaces" if namespaces_available() else "")
+    return _label(landlock_abi(), namespaces_available())
+
+
+def _label(abi: int, ns: bool) -> str:
+    if abi >= 1:
+        return f"landlock ABI {abi}" + (" + pid/net namespaces" if ns else "")
+    return NS_ONLY_LABEL if ns else NONE_LABEL
 
 
 # ----- Landlock -----
@@ -308,11 +312,15 @@ def _exec_training(policy: dict, cmd: list[str], report_fd: int | None) -> None:
     """In the training's own process: die with the parent, confine, exec. Never returns."""
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        label = "none: process separation only"
+        label = NONE_LABEL
         if policy.get("confine"):
-            read = list(policy.get("read", [])) + [own_proc_dir()]
-            abi = apply_landlock(read, list(policy.get("write", [])), list(policy.get("devices", [])))
-            label = f"landlock ABI {abi}" + (" + pid/net namespaces" if policy.get("_ns") else "")
+            abi = landlock_abi()
+            if abi >= 1:  # without Landlock (old kernel, LSM off) the training still runs, and says so
+                read = list(policy.get("read", [])) + [own_proc_dir()]
+                apply_landlock(read, list(policy.get("write", [])), list(policy.get("devices", [])))
+            else:
+                _prctl(PR_SET_NO_NEW_PRIVS, 1)
+            label = _label(abi, bool(policy.get("_ns")))
         elif not policy.get("requested", True):
             label = OFF_LABEL
         if report_fd is not None:

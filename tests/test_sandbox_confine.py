@@ -81,7 +81,8 @@ def test_setsid_grandchildren_die_with_the_training(tmp_path, namespaces):
 def test_training_dies_with_the_runner(tmp_path):
     """PR_SET_PDEATHSIG: SIGKILL the process that started the launcher; the training goes too."""
     pid_file = tmp_path / "t.pid"
-    inner = f"import os,time; open({str(pid_file)!r},'w').write(os.readlink('/proc/self')); time.sleep(60)"
+    inner = (f"import os,time; open({str(pid_file)!r}+'.t','w').write(os.readlink('/proc/self')); "
+             f"os.replace({str(pid_file)!r}+'.t', {str(pid_file)!r}); time.sleep(60)")
     parent = ("import json, subprocess, sys, time\n"
               "from sandbox import confine\n"
               f"pol = json.loads({json.dumps(json.dumps(_policy(tmp_path)))})\n"
