@@ -79,6 +79,41 @@ def processes_file(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.processes.jsonl"
 #: files only the evaluation may write: removed after the training, before the evaluation
 EVAL_OUTPUTS = ("metrics.json", "analysis.log", "failure.json")
+#: the loop's records in a slot dir (= the out dir): the training can write there, so the runner
+#: keeps a copy and puts back any it changed (a resume re-reads them: commit, config)
+PROTECTED_FILES = ("launch.json", "config.yaml", "result.json")
+PROTECTED_MAX_BYTES = 1 << 20
+
+
+def _snapshot(out_dir: Path, names: set[str]) -> dict[str, bytes]:
+    snap = {}
+    for name in names:
+        p = out_dir / name
+        try:
+            if p.is_file() and not p.is_symlink() and p.stat().st_size <= PROTECTED_MAX_BYTES:
+                snap[name] = p.read_bytes()
+        except OSError:
+            pass
+    return snap
+
+
+def _restore(out_dir: Path, snap: dict[str, bytes]) -> list[str]:
+    """Put back every snapshotted file the training changed or removed; returns their names."""
+    changed = []
+    for name, data in snap.items():
+        p = out_dir / name
+        try:
+            same = p.is_file() and not p.is_symlink() and p.read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
+            changed.append(name)
+            if p.is_symlink() or p.is_dir():
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            tmp = out_dir / f".{name}.restore"
+            tmp.write_bytes(data)
+            os.replace(tmp, p)
+    return sorted(changed)
 
 
 def _dotted(v: str, what: str) -> str:
@@ -745,12 +780,15 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
         ev = _Proc(eval_cmd, build_eval_env(spec, trusted_root), out_dir, private / "eval.log", spec.log_cap_bytes,
                    stdin_pipe=True)
         ev.record(out_dir, "eval")
+        protected = set(PROTECTED_FILES) | ({config.name} if config.parent == out_dir else set())
+        snapshot = _snapshot(out_dir, protected)
         t_train = time.monotonic()
         proc = _Proc(cmd, build_env(spec, private=private), out_dir, out_dir / "train.log", spec.log_cap_bytes,
                      preexec)
         proc.record(out_dir, "launcher")
         status = proc.wait(deadline, spec.grace_s, cancel, tick=lambda: deliver(progress.poll()))
         timings["train_s"] = time.monotonic() - t_train
+        tampered = _restore(out_dir, snapshot)
         deliver(progress.poll())
         code = proc.code
         tail = list(proc.err_tail)
@@ -764,6 +802,9 @@ def run_training(spec: RunSpec, on_progress: Callable[[int, dict], None] | None 
             return result("timeout", f"wall-clock timeout after {spec.timeout_s:g} s: process group terminated")
         if code != 0:
             return result("failed", _failure_reason(code, tail, spec.memory_limit_mb, _read_failure(out_dir)))
+        if tampered:
+            return result("failed", f"the training changed {', '.join(tampered)} in its out dir (restored); "
+                                    "those are the loop's records")
         last = progress.last
         if last is not None and isinstance(last.get("loss"), (int, float)) and not math.isfinite(last["loss"]):
             return result("failed", f"NaN loss at step {last.get('step')} (progress.jsonl)")

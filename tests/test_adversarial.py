@@ -154,7 +154,8 @@ def _attack(base: Path, routes: list[str], confined: bool, torch_truth: bool = F
                            "late_marker": str(world.late),
                            "sources": [str(REPO_ROOT / "sandbox" / "confine.py"), str(ADV / "evaluate.py"),
                                        str(REPO_ROOT / "README.md")]}}
-        config = world.run / "config.yaml"
+        world.out.mkdir(parents=True, exist_ok=True)
+        config = world.out / "config.yaml"  # where the loop keeps it: in the slot dir
         config.write_text(json.dumps(cfg))
         spec = RunSpec(slot=1, node_id=2, config_path=config, out_dir=world.out, code_dir=world.code,
                        train_entry="advsci.train", **world.entries, confine=confined, timeout_s=120, grace_s=1)
@@ -229,7 +230,7 @@ def test_no_secret_reached_the_out_dir_or_anything_outside(plain, with_torch):
         # the shells never ran
         assert not any((w.out / m).exists() for m in ("shell_ran", "execv_ran", "cpp_ran", "ts_ran"))
         # the staged config is untouched: the evaluation read what the runner wrote
-        assert "planted" not in (w.run / "config.yaml").read_text()
+        assert "planted" not in (w.out / "config.yaml").read_text()
 
 
 def test_setsid_child_does_not_outlive_the_training(plain, plain_control):
@@ -240,6 +241,24 @@ def test_setsid_child_does_not_outlive_the_training(plain, plain_control):
         while _alive(pid) and time.time() - t0 < 3:
             time.sleep(0.05)
         assert not _alive(pid), f"setsid child {pid} outlived its training"
+
+
+def test_the_loops_records_in_the_out_dir_are_put_back(tmp_path):
+    """launch.json / config.yaml / result.json live in the slot dir, which the training may write:
+    the runner restores them and fails the training (confined or not)."""
+    for confined in (True, False):
+        base = tmp_path / ("on" if confined else "off")
+        base.mkdir()
+        out = base / "run" / "iterations" / "iter_001" / "slot_01"
+        out.mkdir(parents=True)
+        records = {"launch.json": b'{"commit": "abc"}\n', "result.json": b'{"status": "ok"}\n'}
+        for name, data in records.items():
+            (out / name).write_bytes(data)
+        run = _attack(base, ["rewrite_loop_records"], confined)
+        assert run["got"]["rewrite_loop_records"]["obtained"] is not None  # the writes themselves work...
+        for name, data in records.items():
+            assert (out / name).read_bytes() == data  # ...and are undone
+        assert run["res"].status == "failed" and "changed" in run["res"].reason and "restored" in run["res"].reason
 
 
 def test_modules_planted_in_the_out_dir_never_run_in_the_evaluation(plain, plain_control):
