@@ -309,13 +309,24 @@ def build_env(spec: RunSpec, parent: dict[str, str] | None = None, private: Path
     return env
 
 
+def project_root() -> Path:
+    """The directory holding the `regimes` package this process runs (regimes.runtime and the
+    built-in regimes): a plugin's evaluation imports regimes.runtime from here, not from whatever
+    copy the interpreter would find."""
+    import regimes
+
+    return Path(regimes.__file__).resolve().parent.parent
+
+
 def build_eval_env(spec: RunSpec, trusted_root: Path, parent: dict[str, str] | None = None) -> dict[str, str]:
-    """The evaluation's environment: the allow-list plus the cache root, PYTHONPATH = the trusted root."""
+    """The evaluation's environment: the allow-list plus the cache root; PYTHONPATH = the trusted
+    root, then this process's own project root (for a plugin: regimes.runtime)."""
     parent = os.environ if parent is None else parent
     env = {k: parent[k] for k in EVAL_INHERITED_ENV if k in parent}
     env.setdefault("PATH", os.defpath)
     env.update(_thread_env(spec.threads))
-    env["PYTHONPATH"] = str(trusted_root)
+    roots = [str(trusted_root)] + ([str(project_root())] if project_root() != trusted_root else [])
+    env["PYTHONPATH"] = os.pathsep.join(roots)
     env.update(_gpu_env(spec, parent))
     env.update(spec.extra_env)  # e.g. GNN_AGENT_RUN, by which a resume finds a run's leftover processes
     return env

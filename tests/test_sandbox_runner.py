@@ -97,7 +97,9 @@ def test_extra_env_refuses_credentials(tmp_path, code_dir):
     env = build_env(spec, parent={"ANTHROPIC_API_KEY": "x", "HOME": "/h", "GNN_AGENT_CACHE": "/c"})
     assert env["GNN_AGENT_DEBUG"] == "1" and "HOME" not in env and "GNN_AGENT_CACHE" not in env
     ev = build_eval_env(spec, TRUSTED, parent={"ANTHROPIC_API_KEY": "x", "HOME": "/h", "GNN_AGENT_CACHE": "/c"})
-    assert ev["PYTHONPATH"] == str(TRUSTED) and ev["GNN_AGENT_CACHE"] == "/c" and "ANTHROPIC_API_KEY" not in ev
+    # the plugin's trusted root, then this project's root (regimes.runtime of the agent's own version)
+    assert ev["PYTHONPATH"].split(os.pathsep) == [str(TRUSTED), str(Path(__file__).resolve().parent.parent)]
+    assert ev["GNN_AGENT_CACHE"] == "/c" and "ANTHROPIC_API_KEY" not in ev
 
 
 def _gone(pid_or_pgid: int, group: bool) -> bool:
@@ -293,3 +295,25 @@ def test_confinement_is_reported(tmp_path, code_dir):
     assert res.confinement == confine.describe(True)
     off = run_training(_spec(tmp_path, code_dir, name="off", confine=False))
     assert off.status == "ok" and off.confinement == confine.OFF_LABEL
+
+
+def test_scaffolded_plugin_trains_and_evaluates_through_the_runner(tmp_path, monkeypatch):
+    """A --regime-path plugin (the new-regime template): staged from the plugin dir, trained confined
+    from a workspace checkout, evaluated with the plugin dir + this project's regimes.runtime."""
+    import yaml
+
+    from regimes.registry import get_regime
+    from regimes.scaffold import scaffold_regime
+    from sandbox.workspace import Workspace
+
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    scaffold_regime("plug_reg", tmp_path / "plugins")
+    regime = get_regime("plug_reg", [tmp_path / "plugins"])
+    ws = Workspace.create(tmp_path / "workspace", regime)
+    code = ws.checkout(ws.root_commit, tmp_path / "code")
+    conf = tmp_path / "config.yaml"
+    conf.write_text(yaml.safe_dump(regime.default_config(None, "quick")))
+    res = run_training(RunSpec(slot=0, node_id=1, config_path=conf, out_dir=tmp_path / "out", code_dir=code,
+                               train_entry=regime.train_entry, **regime_entries(regime), timeout_s=300))
+    assert res.status == "ok", (res.reason, res.traceback_tail)
+    assert regime.primary_metric in res.metrics
