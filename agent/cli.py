@@ -465,7 +465,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if holder is not None:
         raise UsageError(f"run {run_dir} is already driven by {f'pid {holder}' if holder else 'another process'}",
                          hint=_LOCK_HINT)
-    from agent.live import PID_FILE, read_run_yaml, read_status
+    from agent.live import PID_FILE, read_status
     from agent.status_view import liveness
 
     alive, why = liveness(run_dir, read_status(run_dir))
@@ -475,9 +475,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     console = _console()
     console.print(f"gnn-agent resume: {run_dir}", highlight=False, markup=False, soft_wrap=True)
-    confine = False if args.no_confine else None  # None: the run's own setting
-    run_confine = bool(read_run_yaml(run_dir).get("confine", True)) if confine is None else False
-    console.print(f"  confinement {_confinement_label(run_confine)}", highlight=False, markup=False, soft_wrap=True)
+    confine = not args.no_confine  # per invocation: a debugging --no-confine does not stick to the run
+    console.print(f"  confinement {_confinement_label(confine)}", highlight=False, markup=False, soft_wrap=True)
     return _drive(lambda stop, kill, on_event: resume_run(run_dir, stop=stop, kill=kill, on_event=on_event,
                                                           iterations=args.iterations,
                                                           max_cost_usd=args.max_cost_usd, confine=confine),

@@ -40,6 +40,11 @@ def test_confinement_in_run_yaml_header_status_resume_and_replay(tmp_path, capsy
     assert main(["replay", str(run), str(nodes[0]["id"]), "--no-confine"]) == 0
     assert f"confinement {confine.OFF_LABEL}" in capsys.readouterr().out
 
+    # the flag does not stick: a plain resume confines again
+    assert main(["resume", str(run), "--iterations", "3", "--no-live"]) == 0
+    assert f"confinement {here}" in capsys.readouterr().out
+    assert yaml.safe_load((run / "run.yaml").read_text())["confinement"] == here
+
 
 def test_no_confine_at_start_is_recorded(tmp_path, capsys):
     run = tmp_path / "run"
