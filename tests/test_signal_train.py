@@ -105,6 +105,8 @@ def test_memory_is_flat_in_the_number_of_steps(monkeypatch):
     counts = []
 
     def progress(step, total, loss, elapsed):
+        if step not in (3, total):  # two heap scans: early and at the end
+            return
         gc.collect()
         with warnings.catch_warnings():  # isinstance on some lazy torch module proxies warns
             warnings.simplefilter("ignore")
@@ -114,8 +116,8 @@ def test_memory_is_flat_in_the_number_of_steps(monkeypatch):
     cfg = parse_config({"simulation": SIM, "training": {**BASE, "n_epochs": 8}})
     data = open_cache(cfg.simulation, log=lambda s: None).training_data()
     res = train_model(SignalGNN(data.n_neurons), data, cfg.training, progress=progress)
-    assert res.n_steps == 40 and len(counts) == 40
-    assert counts[-1] - counts[2] <= 2, counts
+    assert res.n_steps == 40 and len(counts) == 2
+    assert counts[1] - counts[0] <= 2, counts  # the old per-step lists: +74 here
 
 
 def test_training_is_deterministic_and_needs_only_its_inputs(tmp_path):
@@ -175,6 +177,19 @@ class _NotData:
     pass
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """One staged and trained tiny run (its own cache), shared by the malformed-predictions cases."""
+    root = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GNN_AGENT_CACHE", str(root / "cache"))
+    cfg = write_config(root / "c.yaml")
+    rc, rc_eval, inputs, out = run_chain(cfg, root)
+    assert (rc, rc_eval) == (0, 0)
+    yield cfg, inputs, out
+    mp.undo()
+
+
 @pytest.mark.parametrize("mutate,needle", [
     (lambda p: p.pop("lin_edge"), "predictions: lin_edge is missing"),
     (lambda p: p.update(W=p["W"][:, :3]), "predictions: W has shape"),
@@ -184,10 +199,10 @@ class _NotData:
     (lambda p: p.update(pred_losses=p["pred_losses"][:1]), "the loss histories must hold n_steps"),
     (lambda p: p.update(extra=_NotData()), "cannot be read safely"),
 ])
-def test_malformed_predictions_exit_4_with_failure_json(tmp_path, capsys, mutate, needle):
-    cfg = write_config(tmp_path / "c.yaml")
-    rc, rc_eval, inputs, out = run_chain(cfg, tmp_path)
-    assert (rc, rc_eval) == (0, 0)
+def test_malformed_predictions_exit_4_with_failure_json(trained_once, tmp_path, capsys, mutate, needle):
+    cfg, inputs, good = trained_once
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
     pred = torch.load(out / "predictions.pt", weights_only=True)
     mutate(pred)
     torch.save(pred, out / "predictions.pt")
