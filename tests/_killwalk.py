@@ -263,7 +263,12 @@ def main() -> int:
         shutil.rmtree(run_dir.parent)
         run_dir.parent.mkdir()
 
-    for k in range(0, len(ops), a.stride):
+    # every stride-th point, plus the first point of each kind: a sample that hits every kind even
+    # when another part (e.g. the runner) adds file operations and shifts the stride
+    firsts = {}
+    for i, op in enumerate(ops):
+        firsts.setdefault(op.split()[0], i)
+    for k in sorted(set(range(0, len(ops), a.stride)) | set(firsts.values())):
         variants = [False] + ([True] if ops[k].startswith("open a ") and ops[k].endswith(("nodes.jsonl", "analysis.md"))
                               else [])
         for torn in variants:
