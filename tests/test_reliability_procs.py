@@ -24,7 +24,8 @@ TOY = ROOT / "tests" / "fixtures" / "toy_regime"
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
 
-#: a training that, started while HOLD exists, forks a setsid child and ignores its parent's death
+#: a training that, started while HOLD exists, forks a setsid child and ignores its parent's death;
+#: pids are the host's (/proc/self: the runner starts trainings in their own PID namespace)
 STUB_TRAIN = '''
 import argparse, json, os, subprocess, sys, time
 from pathlib import Path
@@ -33,14 +34,28 @@ ap.add_argument("--config"); ap.add_argument("--out"); ap.add_argument("--device
 a, _ = ap.parse_known_args()
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
+me = os.readlink("/proc/self")
 with open(out / "starts.log", "a") as f:
-    f.write(f"{os.getpid()}\\n")
+    f.write(f"{me}\\n")
 if Path(HOLD).exists():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
-    (out / "pids.txt").write_text(f"{os.getpid()} {child.pid}\\n")
+    code = "import os, sys, time; open(sys.argv[1], 'w').write(os.readlink('/proc/self')); time.sleep(300)"
+    subprocess.Popen([sys.executable, "-c", code, str(out / "child.pid")], start_new_session=True)
+    while not (out / "child.pid").exists() or not (out / "child.pid").read_text():
+        time.sleep(0.01)
+    (out / "pids.txt").write_text(f"{me} {(out / 'child.pid').read_text()}\\n")
     time.sleep(300)  # stubborn: neither HOLD nor a dead parent stops it
-(out / "metrics.json").write_text(json.dumps({"fit_R2": 0.5, "test_pearson": 0.6, "test_R2": 0.4,
-                                              "final_loss": 0.5}))
+(out / "predictions.pt").write_text(json.dumps({"fit_R2": 0.5, "test_pearson": 0.6, "test_R2": 0.4,
+                                                "final_loss": 0.5}))
+'''
+STUB_STAGE = "def stage(config_path, dest_dir):\n    pass\n"
+STUB_EVAL = '''
+import argparse
+from pathlib import Path
+ap = argparse.ArgumentParser()
+ap.add_argument("--config"); ap.add_argument("--inputs"); ap.add_argument("--out")
+a = ap.parse_args()
+if __name__ == "__main__":
+    (Path(a.out) / "metrics.json").write_text((Path(a.out) / "predictions.pt").read_text())
 '''
 
 
@@ -50,6 +65,8 @@ def _stub_regime(tmp: Path, hold: Path) -> Path:
     (pkg / "__init__.py").write_text("")
     # the runner passes only its environment allow-list: the HOLD path is written into the code
     (pkg / "train.py").write_text(f"HOLD = {str(hold)!r}\n" + STUB_TRAIN)
+    (pkg / "data.py").write_text(STUB_STAGE)
+    (pkg / "evaluate.py").write_text(STUB_EVAL)
     plugins = tmp / "plugins"
     plugins.mkdir()
     (plugins / "stub.py").write_text(textwrap.dedent(f'''
@@ -72,7 +89,7 @@ def _wait_for(cond, timeout=60.0) -> bool:
     return False
 
 
-def test_resume_ends_a_dead_drivers_training_and_its_setsid_child(tmp_path):
+def test_a_dead_drivers_training_and_its_setsid_child_do_not_outlive_it(tmp_path):
     run_dir, hold = tmp_path / "run", tmp_path / "HOLD"
     plugins = _stub_regime(tmp_path, hold)
     hold.touch()
@@ -93,9 +110,11 @@ def test_resume_ends_a_dead_drivers_training_and_its_setsid_child(tmp_path):
         train_pid, child_pid = map(int, pids_file.read_text().split())
         os.kill(drv.pid, signal.SIGKILL)
         drv.wait(timeout=30)
-        time.sleep(0.5)
-        assert _alive(train_pid) and _alive(child_pid), "orphans expected after kill -9 (the runner is not ours)"
-        assert set(find_trainings(run_dir)) >= {train_pid, child_pid}
+        # the runner's launcher dies with the driver (PR_SET_PDEATHSIG) and takes the training's PID
+        # namespace with it: no orphan is left, setsid or not
+        assert _wait_for(lambda: not _alive(train_pid) and not _alive(child_pid), timeout=10), \
+            "the training or its setsid child outlived the driver"
+        assert find_trainings(run_dir) == []
         hold.unlink()
         resume_run(run_dir)  # the real local executor
     finally:
@@ -105,8 +124,6 @@ def test_resume_ends_a_dead_drivers_training_and_its_setsid_child(tmp_path):
             if p and _alive(p):
                 os.kill(p, signal.SIGKILL)
     assert not _alive(train_pid) and not _alive(child_pid)
-    log = (run_dir / "reasoning.log").read_text()
-    assert "resume: ending 2 process(es) of this run's trainings still running" in log
     starts = (run_dir / "iterations" / "iter_001" / "slot_00" / "starts.log").read_text().split()
     assert len(starts) == 2 and int(starts[0]) == train_pid  # re-run once, after the orphan was gone
     assert [n.id for n in Store(run_dir / "nodes.jsonl").nodes()] == [1, 2]
