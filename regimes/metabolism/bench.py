@@ -17,9 +17,11 @@ from regimes.metabolism.config import Config, parse_config
 SIM_CYCLES = {"network": "cycles", "generator": "mass_action", "n_metabolites": 100, "n_reactions": 256,
               "n_frames": 2880, "delta_t": 0.1, "log_k_min": -2.0, "log_k_max": -1.0,
               "c_init_min": 1.0, "c_init_max": 9.0, "homeostasis": True, "seed": 42}
+#: the stoichiometry (tied) dataset of configs/stoichiometry_tied_*.yaml
 SIM_RANDOM = {"network": "random", "generator": "mlp_rates", "n_metabolites": 100, "n_reactions": 256,
-              "n_frames": 2880, "delta_t": 1.0, "log_k_min": -3.0, "log_k_max": -1.0,
-              "c_init_min": 2.5, "c_init_max": 7.5, "flux_limiter": True, "seed": 42}
+              "n_frames": 2880, "delta_t": 0.1, "log_k_min": -3.0, "log_k_max": -1.0,
+              "c_init_min": 2.5, "c_init_max": 7.5, "flux_limiter": False, "segment_frames": 48,
+              "generator_weight_gain": 3.0, "seed": 42}
 
 
 #: fixed generator seeds: a benchmark needs some dataset of the right sizes, not the cache's secret one
@@ -36,7 +38,7 @@ def _data(sim: dict, freeze: bool, device: str):
     net, gen, conc, deriv = simulate(s, seeds=_SEEDS)
     return TrainingData(conc=conc[0], deriv=deriv[0], met_sub=net.met_sub, rxn_sub=net.rxn_sub, met_all=net.met_all,
                         rxn_all=net.rxn_all, sub_to_all=net.sub_to_all, delta_t=s.delta_t, n_met=net.n_met,
-                        n_rxn=net.n_rxn, log_k_center=s.log_k_center,
+                        n_rxn=net.n_rxn, log_k_center=s.log_k_center, segment_frames=s.frames_per_segment,
                         s_sub=net.s_sub if freeze else None, s_all=net.s_all if freeze else None).to(device)
 
 

@@ -45,8 +45,14 @@ class SimulationConfig(_Strict):
     log_k_max: float
     c_init_min: float = Field(ge=0)
     c_init_max: float = Field(gt=0)
-    #: flux limiter of the mlp_rates generator (one step never consumes more than exists)
+    #: flux limiter of the mlp_rates generator (one step never consumes more than exists). The learned
+    #: model has none, so a limited dataset is outside the model family: the stoichiometry configs keep it off
     flux_limiter: bool = False
+    #: frames per trajectory segment: every run restarts from a fresh initial state every segment_frames
+    #: frames (None: one trajectory of n_frames). The mlp_rates rate never vanishes at c = 0, so one long
+    #: trajectory drains metabolites to 0; short segments from many initial states keep c > 0 and explore
+    #: many states (activity rank)
+    segment_frames: int | None = Field(None, ge=2)
     #: homeostasis term -lambda_t (c_i - b_t); the types split the metabolites in equal parts, assigned by a
     #: random permutation drawn from `seed` (stored only in the truth file, never index blocks)
     homeostasis: bool = False
@@ -55,6 +61,10 @@ class SimulationConfig(_Strict):
     #: hidden width of the generator's random msg_mlp / rate_mlp (mlp_rates) and message width
     generator_hidden: int = Field(64, ge=1)
     generator_msg_dim: int = Field(16, ge=1)
+    #: scale of the mlp_rates generator's random weights and biases, U(+-gain/sqrt(fan_in)); 1 is PyTorch's
+    #: default init, whose rate changes by < 1% over the concentration range (then dc/dt is a constant
+    #: vector and S is not identifiable beyond its signs)
+    generator_weight_gain: float = Field(1.0, gt=0)
     seed: int = 42
 
     @model_validator(mode="after")
@@ -71,7 +81,16 @@ class SimulationConfig(_Strict):
             raise ValueError("n_metabolites: cycles need at least 3 metabolites")
         if self.network == "random" and self.n_metabolites < 6:
             raise ValueError("n_metabolites: random reactions need at least 6 metabolites")
+        if self.segment_frames is not None and self.n_frames % self.segment_frames:
+            raise ValueError(f"segment_frames: must divide n_frames ({self.n_frames})")
+        if self.generator != "mlp_rates" and self.generator_weight_gain != 1.0:
+            raise ValueError("generator_weight_gain: only acts with generator: mlp_rates")
         return self
+
+    @property
+    def frames_per_segment(self) -> int:
+        """Frames of one trajectory segment (n_frames when the runs are not segmented)."""
+        return self.segment_frames or self.n_frames
 
     @property
     def log_k_center(self) -> float:
@@ -91,6 +110,11 @@ class GraphModelConfig(_Strict):
     embedding_dim: int = Field(2, ge=1)
     #: kinetics: include MLP_node([c, a]) (homeostasis) in dc/dt
     use_mlp_node: bool = True
+    #: learned S at the start, plus N(0, init_S_std^2) noise: random (zero), sign (-1 on substrate edges, +1 on
+    #: product edges) or balanced (-1 on substrates, n_sub/n_prod on products: columns sum to zero). The roles
+    #: come with the support; |sto_sub| starts at 1 in untied. `balanced` is the better data-free answer, so a
+    #: training that starts there starts at skill 0, never below it
+    init_S: Literal["random", "sign", "balanced"] = "random"
     init_S_std: float = Field(0.1, ge=0)
     init_log_k_min: float = -2.0
     init_log_k_max: float = 1.0
@@ -157,6 +181,9 @@ class TrainingConfig(_Strict):
             raise ValueError("time_step: has no effect without recurrent_training: true")
         if self.first_coeff_L1 > 0 and self.n_epochs_init == 0:
             raise ValueError("first_coeff_L1: has no effect with n_epochs_init: 0")
+        if self.n_epochs_init > 0 and self.first_coeff_L1 == self.coeff_S_L1:
+            raise ValueError("n_epochs_init: has no effect while first_coeff_L1 equals coeff_S_L1 "
+                             "(the two phases differ only in the L1 weight)")
         return self
 
     def lr(self, name: str) -> float:
@@ -227,11 +254,13 @@ class Config(_Strict):
                     inert.setdefault(k, "phase 1 is skipped (skip_phase1: true)")
             if t.recurrent_training:
                 inert.setdefault("recurrent_training", "phase 1 is skipped (skip_phase1: true)")
+        if g.init_S != "random" and t.freeze_stoichiometry:
+            inert.setdefault("__init_S", "graph_model.init_S: has no effect with freeze_stoichiometry: true")
         if g.variant == "untied" and t.freeze_stoichiometry:
             inert.setdefault("__variant", "graph_model.variant: untied has no effect with a frozen S")
         if inert:
             k, why = sorted(inert.items())[0]
-            if k == "__variant":
+            if k.startswith("__"):
                 raise ValueError(why)
             raise ValueError(f"training.{k}: {why}")
         return self

@@ -40,7 +40,8 @@ from regimes.metabolism.config import DATA_FORMAT, PACKAGE, Config, ConfigError,
     simulation_hash
 from regimes.metabolism.simulator import activity_rank, simulate, stream_seeds
 
-SUPPORT_KEYS = ("met_sub", "rxn_sub", "met_all", "rxn_all", "sub_to_all", "delta_t", "n_met", "n_rxn", "log_k_center")
+SUPPORT_KEYS = ("met_sub", "rxn_sub", "met_all", "rxn_all", "sub_to_all", "delta_t", "n_met", "n_rxn", "log_k_center",
+                "segment_frames")
 INPUT_KEYS = ("conc", "deriv") + SUPPORT_KEYS
 #: names of the staged files
 STAGED_INPUTS, STAGED_QUERIES, STAGED_PHASE1, STAGED_MANIFEST = "inputs.pt", "queries.pt", "phase1_model.pt", "manifest.json"
@@ -71,12 +72,18 @@ class TrainingData:
     n_met: int
     n_rxn: int
     log_k_center: float  # centre of the configured log10 k range (prior, from the simulation config)
+    segment_frames: int  # frames per trajectory segment (each segment starts from a fresh state); n_frames if one
     s_sub: torch.Tensor | None = None  # |s| on substrate edges, only when S is given
     s_all: torch.Tensor | None = None  # signed S on all edges, only when S is given
 
     @property
     def n_frames(self) -> int:
         return int(self.conc.shape[0])
+
+    def window_starts(self, span: int) -> torch.Tensor:
+        """Frames t of a run such that t..t+span lie in one trajectory segment (span 0: every frame)."""
+        t = torch.arange(self.n_frames - span)
+        return t[(t % self.segment_frames) + span < self.segment_frames]
 
     @property
     def ynorm(self) -> float:
@@ -122,12 +129,14 @@ def generate(sim: SimulationConfig, out: Path, log=print, tick=None) -> dict:
     """Simulate the dataset and write its five files into `out`; returns info."""
     t0 = time.perf_counter()
     # seeds mixed with the data secret of the cache root this dataset is written to (out = root/metabolism/key)
-    net, gen, conc, deriv = simulate(sim, tick=tick, seeds=stream_seeds(sim, out.parent.parent))
+    stats: list = []
+    net, gen, conc, deriv = simulate(sim, tick=tick, seeds=stream_seeds(sim, out.parent.parent), stats=stats)
     gen_s = time.perf_counter() - t0
     r90, r99 = activity_rank(conc[0])
+    limited = stats[0].limited_fraction
     support = {"met_sub": net.met_sub, "rxn_sub": net.rxn_sub, "met_all": net.met_all, "rxn_all": net.rxn_all,
                "sub_to_all": net.sub_to_all, "delta_t": float(sim.delta_t), "n_met": net.n_met, "n_rxn": net.n_rxn,
-               "log_k_center": float(sim.log_k_center)}
+               "log_k_center": float(sim.log_k_center), "segment_frames": sim.frames_per_segment}
     inputs = {"conc": conc[0].clone(), "deriv": deriv[0].clone(), **support}
     heldout = {"conc": conc[1].clone(), "deriv": deriv[1].clone()}
     given = {"s_sub": net.s_sub, "s_all": net.s_all}
@@ -135,14 +144,17 @@ def generate(sim: SimulationConfig, out: Path, log=print, tick=None) -> dict:
              "n_sub": gen.n_sub, "types": gen.types, "lambda": gen.lam, "baseline": gen.base,
              "homeostasis": bool(sim.homeostasis), "generator": sim.generator,
              "msg_layers": gen.msg_layers, "rate_layers": gen.rate_layers,
-             "simulation": sim.model_dump(mode="json")}
+             "simulation": sim.model_dump(mode="json"), "limited_fraction": limited}
     info = {"simulation": sim.model_dump(mode="json"), "format": DATA_FORMAT, "activity_rank_90": r90,
-            "activity_rank_99": r99, "generation_s": round(gen_s, 3), "n_sub_edges": int(len(net.met_sub)),
-            "n_edges": int(len(net.met_all)), "conc_min": float(conc[0].min()), "conc_max": float(conc[0].max()),
-            "ynorm": float(deriv[0].std())}
+            "activity_rank_99": r99, "limited_fraction": limited, "generation_s": round(gen_s, 3),
+            "n_sub_edges": int(len(net.met_sub)), "n_edges": int(len(net.met_all)), "conc_min": float(conc[0].min()),
+            "conc_max": float(conc[0].max()), "ynorm": float(deriv[0].std())}
     note = ""
     if sim.generator == "mass_action" and not (40 <= r99 <= 60):
         note = f" (expected a rank near 50 for mass action; got {r99})"
+    elif sim.network == "random" and (limited >= 0.05 or r99 < 20):
+        note = (f" (the stoichiometry datasets aim at limited reaction-frames < 5% and a rank >= 20;"
+                f" got {limited:.1%} and {r99})")
     info["note"] = note.strip()
     # everything else first: inputs.pt is the "dataset complete" marker
     atomic_save(truth, out / "truth.pt")
@@ -151,7 +163,8 @@ def generate(sim: SimulationConfig, out: Path, log=print, tick=None) -> dict:
     atomic_save(info, out / "info.json")
     atomic_save(inputs, out / "inputs.pt")
     log(f"generated metabolism dataset {out.name} in {gen_s:.2f}s: {sim.network}/{sim.generator}, "
-        f"{len(net.met_sub)} substrate edges, {len(net.met_all)} edges, activity rank 90%={r90} 99%={r99}{note}")
+        f"{len(net.met_sub)} substrate edges, {len(net.met_all)} edges, activity rank 90%={r90} 99%={r99}, "
+        f"limited reaction-frames {limited:.2%}{note}")
     return info
 
 
@@ -218,13 +231,28 @@ def node_frame_idx(n_frames: int) -> torch.Tensor:
     return torch.arange(0, n_frames, max(1, n_frames // NODE_FRAMES))
 
 
+def rollout_shape(test_rollout_frames: int, n_frames: int, segment_frames: int, n_met: int) -> tuple[int, ...]:
+    """Shape of the test rollout: (frames, n_met) from run 1's first frame, or, when the runs are made of
+    trajectory segments, (n_segments, segment_frames, n_met): one rollout from each of the first segments
+    of run 1 that fit in test_rollout_frames (at least one)."""
+    n = min(test_rollout_frames, n_frames)
+    if segment_frames >= n_frames:
+        return (n, n_met)
+    return (max(1, n // segment_frames), segment_frames, n_met)
+
+
 def make_queries(cfg: Config, inputs: dict, heldout: dict) -> dict:
-    """What the training's predictions must answer (no truth: run 0's quantiles, run 1's first frame)."""
+    """What the training's predictions must answer (no truth: run 0's quantiles, run 1's first frame, or
+    the first frame of each of run 1's first segments when the runs are segmented)."""
     gm = cfg.graph_model
-    n_frames = int(inputs["conc"].shape[0])
+    n_frames, n_met = int(inputs["conc"].shape[0]), int(inputs["conc"].shape[1])
+    shape = rollout_shape(gm.test_rollout_frames, n_frames, int(inputs["segment_frames"]), n_met)
+    if len(shape) == 2:
+        c0, frames = heldout["conc"][0].clone(), shape[0]
+    else:
+        c0, frames = heldout["conc"][0:shape[0] * shape[1]:shape[1]].clone(), shape[1]
     return {"c_grid": query_grid(inputs["conc"], gm.eval_grid), "s_values": torch.tensor(S_VALUES),
-            "rollout_c0": heldout["conc"][0].clone(), "rollout_frames": int(min(gm.test_rollout_frames, n_frames)),
-            "node_frame_idx": node_frame_idx(n_frames)}
+            "rollout_c0": c0, "rollout_frames": int(frames), "node_frame_idx": node_frame_idx(n_frames)}
 
 
 def check_phase1_checkpoint(ck: Any, cfg: Config, dataset_key: str, where: str) -> None:

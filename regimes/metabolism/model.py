@@ -48,6 +48,20 @@ def padded_layout(rxn_of_item: torch.Tensor, n_rxn: int, pad_value: int) -> torc
     return out
 
 
+def data_free_S(kind: str, data: TrainingData) -> torch.Tensor:
+    """S on the support (E_all,) from the substrate/product roles alone: `sign` is -1 on substrate edges and
+    +1 on product edges; `balanced` is -1 on substrates and n_sub/n_prod on products, so every column sums
+    to zero (up to each column's scale, the per-entry mean of S given the roles)."""
+    e_all = len(data.met_all)
+    is_sub = torch.zeros(e_all, dtype=torch.bool).index_fill_(0, data.sub_to_all, True)
+    s = torch.where(is_sub, -1.0, 1.0)
+    if kind == "balanced":
+        n_sub = torch.bincount(data.rxn_all[is_sub], minlength=data.n_rxn).float()
+        n_prod = torch.bincount(data.rxn_all[~is_sub], minlength=data.n_rxn).float()
+        s = torch.where(is_sub, -1.0, (n_sub / n_prod.clamp_min(1.0))[data.rxn_all])
+    return s
+
+
 class _Stoichiometry(nn.Module):
     """The S part shared by both models."""
 
@@ -69,9 +83,13 @@ class _Stoichiometry(nn.Module):
             S = torch.zeros(self.n_met * self.n_rxn).index_put((self.lin_all,), self.sto_all).view(self.n_met, self.n_rxn)
             self.register_buffer("S_frozen_T", S.T.contiguous(), persistent=False)
         else:
-            self.sto_all = nn.Parameter(torch.randn(e_all) * gm.init_S_std)
+            all0, sub0 = torch.zeros(e_all), torch.zeros(e_sub)
+            if gm.init_S != "random":  # the roles come with the support: the data-free answers
+                all0 = data_free_S(gm.init_S, data)
+                sub0 = torch.ones(e_sub)
+            self.sto_all = nn.Parameter(all0 + torch.randn(e_all) * gm.init_S_std)
             if gm.variant == "untied":
-                self.sto_sub = nn.Parameter(torch.randn(e_sub) * gm.init_S_std)
+                self.sto_sub = nn.Parameter(sub0 + torch.randn(e_sub) * gm.init_S_std)
             else:
                 self.sto_sub = None
         self.log_k = nn.Parameter(gm.init_log_k_min + (gm.init_log_k_max - gm.init_log_k_min) * torch.rand(self.n_rxn))

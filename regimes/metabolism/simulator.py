@@ -118,11 +118,11 @@ def build_network(sim: SimulationConfig, g: torch.Generator) -> Network:
     return cycles_network(sim.n_metabolites, sim.n_reactions, g)
 
 
-def _tanh_mlp(sizes: list[int], g: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Random weights of a tanh MLP (PyTorch's default uniform(+-1/sqrt(fan_in)) init)."""
+def _tanh_mlp(sizes: list[int], g: torch.Generator, gain: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random weights of a tanh MLP: uniform(+-gain/sqrt(fan_in)) (gain 1 = PyTorch's default init)."""
     layers = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        bound = 1.0 / math.sqrt(a)
+        bound = gain / math.sqrt(a)
         W = (torch.rand(b, a, generator=g, dtype=DTYPE) * 2 - 1) * bound
         bias = (torch.rand(b, generator=g, dtype=DTYPE) * 2 - 1) * bound
         layers.append((W, bias))
@@ -172,8 +172,9 @@ class Generator:
         self.S = net.dense_S()  # (n_met, n_rxn)
         self.msg_layers = self.rate_layers = None
         if sim.generator == "mlp_rates":
-            self.msg_layers = _tanh_mlp([2, sim.generator_hidden, sim.generator_msg_dim], g)
-            self.rate_layers = _tanh_mlp([sim.generator_msg_dim, sim.generator_hidden, 1], g)
+            gain = sim.generator_weight_gain
+            self.msg_layers = _tanh_mlp([2, sim.generator_hidden, sim.generator_msg_dim], g, gain)
+            self.rate_layers = _tanh_mlp([sim.generator_msg_dim, sim.generator_hidden, 1], g, gain)
         self.types = metabolite_types(n, len(sim.homeostasis_lambda), types_seed)
         self.lam = torch.tensor(sim.homeostasis_lambda, dtype=DTYPE)
         self.base = torch.tensor(sim.homeostasis_baseline, dtype=DTYPE)
@@ -201,13 +202,20 @@ class Generator:
 
     def dcdt(self, c: torch.Tensor) -> torch.Tensor:
         """The exact dc/dt of the generator at states c (B, n_met)."""
+        return self.dcdt_and_limited(c)[0]
+
+    def dcdt_and_limited(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """dc/dt at states c (B, n_met) and, per reaction (B, n_rxn), whether one Euler step of the
+        unlimited rates would consume more of a substrate than there is (limiter scale < 1), whether
+        or not the flux limiter is on."""
         v = self.rates(c)
+        scale = self.limiter(c, v)
         if self.sim.flux_limiter:
-            v = v * self.limiter(c, v)
+            v = v * scale
         d = v @ self.S.T
         if self.sim.homeostasis:
             d = d - self.lam[self.types] * (c - self.base[self.types])
-        return d
+        return d, scale < 1.0
 
     def limiter(self, c: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Per reaction scale in (0, 1]: min over its substrates of available/consumed (<= 1)."""
@@ -219,28 +227,50 @@ class Generator:
         return scale
 
 
-def simulate(sim: SimulationConfig, n_runs: int = 2, tick=None, seeds: dict[str, int] | None = None
-             ) -> tuple[Network, Generator, torch.Tensor, torch.Tensor]:
+@dataclass
+class SimStats:
+    """Properties of a generated dataset that are not ground truth (reported in info.json / analysis.log)."""
+
+    #: fraction of (run, frame, reaction) where one Euler step would consume more substrate than exists
+    #: (the flux limiter's scale < 1, whether it is on or not)
+    limited_fraction: float
+
+
+def simulate(sim: SimulationConfig, n_runs: int = 2, tick=None, seeds: dict[str, int] | None = None,
+             stats: list | None = None) -> tuple[Network, Generator, torch.Tensor, torch.Tensor]:
     """Generate a dataset: returns (network, generator, conc, deriv) with conc and
     deriv of shape (n_runs, n_frames, n_met). deriv[r, t] is the generator's exact
-    dc/dt at conc[r, t]; conc[r, t+1] = max(0, conc[r, t] + delta_t * deriv[r, t]).
-    `seeds`: one per STREAMS entry (default `stream_seeds(sim)`)."""
+    dc/dt at conc[r, t]; conc[r, t+1] = max(0, conc[r, t] + delta_t * deriv[r, t]),
+    except at segment starts (t a multiple of `segment_frames`), where every run
+    restarts from a fresh initial state (drawn from the "initial" stream).
+    `seeds`: one per STREAMS entry (default `stream_seeds(sim)`). `stats` (a list) receives a SimStats."""
     seeds = seeds if seeds is not None else stream_seeds(sim)
     net = build_network(sim, torch.Generator().manual_seed(seeds["network"]))
     gen = Generator(sim, net, torch.Generator().manual_seed(seeds["rates"]), seeds["types"])
     g = torch.Generator().manual_seed(seeds["initial"])
-    c = sim.c_init_min + (sim.c_init_max - sim.c_init_min) * torch.rand(n_runs, net.n_met, generator=g, dtype=DTYPE)
+    seg = sim.frames_per_segment
     conc = torch.empty(n_runs, sim.n_frames, net.n_met, dtype=DTYPE)
     deriv = torch.empty_like(conc)
+    n_limited = 0
     with torch.no_grad():
         for t in range(sim.n_frames):
-            d = gen.dcdt(c)
+            if t % seg == 0:
+                c = sim.c_init_min + (sim.c_init_max - sim.c_init_min) * torch.rand(n_runs, net.n_met, generator=g, dtype=DTYPE)
+            d, limited = gen.dcdt_and_limited(c)
+            n_limited += int(limited.sum())
             conc[:, t] = c
             deriv[:, t] = d
             if tick is not None and t % 100 == 99:
                 tick()
             c = (c + sim.delta_t * d).clamp_min_(0.0)
+    if stats is not None:
+        stats.append(SimStats(limited_fraction=n_limited / float(n_runs * sim.n_frames * net.n_rxn)))
     return net, gen, conc, deriv
+
+
+def segment_starts(n_frames: int, segment_frames: int) -> torch.Tensor:
+    """First frame of each trajectory segment."""
+    return torch.arange(0, n_frames, segment_frames)
 
 
 def activity_rank(conc: torch.Tensor) -> tuple[int, int]:

@@ -109,13 +109,14 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
         c_grid, s_grid = sub_grid(model, data)
         one = torch.ones(1, device=dev)
     k_center = data.log_k_center
-    max_start = data.n_frames - (T if t.recurrent_training else 0)
+    # frames whose rollout window stays inside one trajectory segment (all frames for derivative regression)
+    starts = data.window_starts(T if t.recurrent_training else 0).to(dev)
     losses, reguls = History(t.n_epochs * ipe), History(t.n_epochs * ipe)
     step = 0
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
         for _ in range(ipe):
-            idx = torch.randint(0, max_start, (B,), generator=gen).to(dev)
+            idx = starts[torch.randint(0, len(starts), (B,), generator=gen).to(dev)]
             c = conc0[idx]
             if t.recurrent_training:
                 x = c
@@ -257,7 +258,11 @@ def predictions(model: torch.nn.Module, data: TrainingData, queries: dict, hist:
             for k, v in model.state_dict().items():
                 if k.startswith(FROZEN_PREFIXES):
                     p[f"param.{k}"] = v.detach().clone()
-    p["rollout"] = rollout(model, queries["rollout_c0"].float(), int(queries["rollout_frames"]), data.delta_t, tick=tick)
+    c0, n_roll = queries["rollout_c0"].float(), int(queries["rollout_frames"])
+    if c0.dim() == 2:  # segmented runs: one rollout from the first frame of each of run 1's first segments
+        p["rollout"] = torch.stack([rollout(model, c, n_roll, data.delta_t, tick=tick) for c in c0])
+    else:
+        p["rollout"] = rollout(model, c0, n_roll, data.delta_t, tick=tick)
     for name, h in hist.items():
         p[f"loss.{name}"] = torch.as_tensor(h["loss"], dtype=torch.float64)
         if h.get("regul") is not None:
