@@ -29,15 +29,23 @@ COLUMNS = ["limited_fraction", "activity_rank_99", "stoichiometry_R2_sign_baseli
 
 
 def run_one(variant: str, profile: str, seed: int, out: Path) -> dict[str, float]:
+    """One training as the runner drives it, in this process: stage, train entry, evaluation entry."""
     import yaml
 
-    from regimes.metabolism import train
-    from regimes.metabolism.config import parse_config
+    from regimes.metabolism import data, evaluate, train
     from regimes.metabolism.phase1 import CONFIG_DIR
 
     raw = yaml.safe_load((CONFIG_DIR / f"stoichiometry_{variant}_{profile}.yaml").read_text())
     raw["training"]["seed"] = seed
-    return train.run(parse_config(raw), out, plots_on=False, log=lambda *a: None)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    inputs, run_dir = out / "inputs", out / "run"
+    data.stage(cfg_path, inputs, log=lambda *a: None)
+    common = ["--config", str(cfg_path), "--inputs", str(inputs), "--out", str(run_dir)]
+    if train.main(common) != 0 or evaluate.main(common + ["--no-plots"]) != 0:
+        raise RuntimeError(f"{variant} seed {seed}: training or evaluation failed (see {run_dir})")
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
