@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-COLUMNS = ["limited_fraction", "activity_rank_99", "stoichiometry_R2_sign_baseline", "stoichiometry_R2_gauged",
+COLUMNS = ["limited_fraction", "activity_rank_99", "stoichiometry_R2_sign_baseline", "stoichiometry_R2_gauged_baseline",
+           "stoichiometry_R2_gauged",
            "stoichiometry_skill", "stoichiometry_exact_frac", "stoichiometry_R2", "test_R2", "final_loss",
            "steps_per_second"]
 
