@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,9 @@ KEY_CASES = [
     (kinetics_cfg, "coeff_MLP_sub_norm", 10.0),
     (kinetics_cfg, "coeff_MLP_node_L1", 10.0),
     (kinetics_cfg, "coeff_k_center", 20.0),
+    (kinetics_cfg, "coeff_k_prior", 1.0),
+    (kinetics_cfg, "coeff_MLP_sub_zero", 10.0),
+    (kinetics_cfg, "lr_schedule", "cosine"),
     (kinetics_cfg, "batch_size", 8),
     (kinetics_cfg, "n_epochs", 2),
     (kinetics_cfg, "data_augmentation_loop", 3),
@@ -249,3 +253,51 @@ def test_entry_subprocesses_write_everything(tmp_path):
     assert set(prog[-1]) == {"step", "total", "loss", "elapsed_s"} and prog[-1]["step"] == prog[-1]["total"]
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"stoichiometry.png", "loss.png", "rollout.png"}
     assert (out / "model.pt").is_file() and not (out / runtime.FAILURE_FILE).exists()
+
+
+def test_cosine_schedule_decays_every_group_to_zero(monkeypatch):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append([g["lr"] for g in self.param_groups])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    _phase1(kinetics_cfg(lr_schedule="cosine", data_augmentation_loop=10))
+    first, last = seen[0], seen[-1]
+    assert first == pytest.approx([5e-3, 5e-4, 1e-3, 1e-3])  # step 0: log_k, MLP_sub, MLP_node, embedding
+    assert all(0 < lr < 0.01 * f for lr, f in zip(last, first))
+    seen.clear()
+    _phase1(kinetics_cfg(data_augmentation_loop=10))
+    assert seen[0] == seen[-1]  # constant (the default)
+
+
+def test_k_prior_acts_on_the_gauge_corrected_log_k():
+    """coeff_k_prior pulls log k + n_sub log10 f(1,1) (what rate_constants_R2 scores) to the centre: raw
+    log k at the centre with f(1,1) != 1 is still pulled, toward centre - n_sub log10 f(1,1)."""
+    cfg = parse_config(kinetics_cfg(coeff_k_prior=1.0))
+    data, _ = load_or_generate(cfg.simulation, given_stoichiometry=True)
+    torch.manual_seed(0)
+    model = build_model(cfg.graph_model, data, True)
+    with torch.no_grad():
+        model.log_k.fill_(data.log_k_center)
+    one = torch.ones(1)
+    alpha = float(model.f_sub(one, one).detach())
+    assert abs(alpha - 1.0) > 0.05  # a fresh MLP_sub: f(1,1) about softplus(0)
+    corrected = model.log_k + model.n_sub * torch.log10(model.f_sub(one, one))
+    ((corrected - data.log_k_center) ** 2).mean().backward()
+    # the gradient pushes raw log k against the gauge offset n_sub log10 alpha
+    assert torch.all(torch.sign(model.log_k.grad) == math.copysign(1.0, math.log10(alpha)))
+
+
+@pytest.mark.parametrize("key,value", [("coeff_k_prior", 1e-3), ("coeff_MLP_sub_zero", 1.0), ("lr_schedule", "cosine")])
+def test_phase1_recipe_keys_are_config_errors_where_they_cannot_act(key, value):
+    h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint="/x/model.pt",
+                     learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0,
+                     **{key: value})
+    with pytest.raises(ValueError, match=f"training.{key}: phase 1 is skipped"):
+        parse_config(h)
+    if key != "lr_schedule":  # the schedule acts on the stoichiometry model too
+        with pytest.raises(ValueError, match=f"training.{key}: only acts on graph_model.model: kinetics"):
+            parse_config(stoich_cfg(**{key: value}))

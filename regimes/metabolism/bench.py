@@ -45,7 +45,7 @@ def _data(sim: dict, freeze: bool, device: str):
 def make_step(cfg: Config, device: str = "cpu", data=None) -> Callable[[], float]:
     """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it."""
     from regimes.metabolism.model import KineticsModel, build_model
-    from regimes.metabolism.train import param_groups, sub_grid
+    from regimes.metabolism.train import SubPenaltyInputs, param_groups, sub_penalties
 
     t = cfg.training
     data = data if data is not None else _data(cfg.simulation.model_dump(), t.freeze_stoichiometry, device)
@@ -55,16 +55,16 @@ def make_step(cfg: Config, device: str = "cpu", data=None) -> Callable[[], float
     gen = torch.Generator().manual_seed(1)
     conc0, deriv0, ynorm2, B = data.conc, data.deriv, data.ynorm ** 2, t.batch_size
     kin = isinstance(model, KineticsModel)
-    if kin:
-        c_grid, s_grid = sub_grid(model, data)
+    sub_terms = kin and bool(t.coeff_MLP_sub_diff or t.coeff_MLP_sub_norm or t.coeff_MLP_sub_zero or t.coeff_k_prior)
+    if sub_terms:
+        sub_inputs = SubPenaltyInputs(model, data)
 
     def step() -> float:
         idx = torch.randint(0, data.n_frames, (B,), generator=gen).to(device)
         c = conc0[idx]
         loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2
-        if kin and t.coeff_MLP_sub_diff:
-            f = model.f_sub(c_grid.unsqueeze(0), s_grid.unsqueeze(1))
-            loss = loss + t.coeff_MLP_sub_diff * torch.relu(f[:, :-1] - f[:, 1:]).mean()
+        if sub_terms:
+            loss = loss + sub_penalties(model, t, sub_inputs, data.log_k_center)
         if t.coeff_k_center:
             loss = loss + t.coeff_k_center * (model.log_k.mean() - data.log_k_center) ** 2
         opt.zero_grad(set_to_none=True)
@@ -81,8 +81,16 @@ def _cfg(sim: dict, model: str, variant: str = "tied", **training) -> Config:
 
 
 def _kinetics(device: str):
-    cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, learning_rate_k=5e-3, learning_rate_sub=5e-4,
-               learning_rate_node=1e-3, coeff_k_center=5.0, coeff_MLP_sub_diff=3.0)
+    """The rate_constants default recipe's step (configs/rate_constants_quick.yaml's training section,
+    minus the schedule, which only sets the lr once per step)."""
+    import yaml
+
+    from regimes.metabolism.phase1 import CONFIG_DIR
+
+    t = yaml.safe_load((CONFIG_DIR / "rate_constants_quick.yaml").read_text())["training"]
+    keep = ("learning_rate_start", "learning_rate_k", "learning_rate_sub", "learning_rate_node", "coeff_k_center",
+            "coeff_MLP_sub_diff", "coeff_MLP_sub_norm", "coeff_MLP_node_L1", "coeff_k_prior", "coeff_MLP_sub_zero")
+    cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, **{k: t[k] for k in keep if k in t})
     return make_step(cfg, device), "step"
 
 

@@ -153,6 +153,17 @@ class TrainingConfig(_Strict):
     coeff_MLP_sub_norm: float = Field(0.0, ge=0)
     coeff_MLP_node_L1: float = Field(0.0, ge=0)
     coeff_k_center: float = Field(0.0, ge=0)
+    #: mean over reactions of (log10 k_j + n_sub(j) log10 f(1,1) - centre)^2: a weak prior on each
+    #: gauge-corrected log k (the quantity rate_constants_R2 scores), so it cannot fight the k / MLP_sub
+    #: gauge the way coeff_k_center on the raw mean does; it decides only what the data leave open
+    #: (reactions sharing a substrate set, reactions that are never active)
+    coeff_k_prior: float = Field(0.0, ge=0)
+    #: sum over |s| of (f(0, s) / f(1, s))^2: no substrate, no rate (mass action has f(0) = 0); without
+    #: it the softplus output keeps a floor at c -> 0 that the k of weakly active reactions absorb
+    coeff_MLP_sub_zero: float = Field(0.0, ge=0)
+    #: phase-1 learning-rate schedule: constant, or cosine (every group's lr times
+    #: 0.5 (1 + cos(pi step / steps)) over the phase-1 steps, so the last steps settle instead of jitter)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     freeze_stoichiometry: bool = False
     batch_size: int = Field(8, ge=1)
     n_epochs: int = Field(1, ge=0)
@@ -207,7 +218,7 @@ class ClaudeConfig(_Strict):
 #: with their neutral values; a non-neutral value on the other model is an error
 _KINETICS_ONLY = {"learning_rate_sub": None, "learning_rate_node": None, "learning_rate_embedding": None,
                   "coeff_MLP_sub_diff": 0.0, "coeff_MLP_sub_norm": 0.0, "coeff_MLP_node_L1": 0.0,
-                  "homeostasis_training": False}
+                  "coeff_k_prior": 0.0, "coeff_MLP_sub_zero": 0.0, "homeostasis_training": False}
 _LEARNED_S_ONLY = {"learning_rate_S_start": 0.0, "coeff_S_L1": 0.0, "coeff_S_L2": 0.0, "coeff_S_integer": 0.0,
                    "coeff_mass_conservation": 0.0, "n_epochs_init": 0, "first_coeff_L1": 0.0}
 _NODE_ONLY = {"learning_rate_node": None, "learning_rate_embedding": None, "coeff_MLP_node_L1": 0.0,
@@ -249,9 +260,12 @@ class Config(_Strict):
             for k in ("learning_rate_k", "learning_rate_sub", "learning_rate_node", "learning_rate_embedding"):
                 if getattr(t, k) is not None:
                     inert.setdefault(k, "phase 1 is skipped (skip_phase1: true)")
-            for k in ("coeff_MLP_sub_diff", "coeff_MLP_sub_norm", "coeff_k_center", "coeff_MLP_node_L1"):
+            for k in ("coeff_MLP_sub_diff", "coeff_MLP_sub_norm", "coeff_k_center", "coeff_MLP_node_L1",
+                      "coeff_k_prior", "coeff_MLP_sub_zero"):
                 if getattr(t, k) != 0:
                     inert.setdefault(k, "phase 1 is skipped (skip_phase1: true)")
+            if t.lr_schedule != "constant":
+                inert.setdefault("lr_schedule", "phase 1 is skipped (skip_phase1: true)")
             if t.recurrent_training:
                 inert.setdefault("recurrent_training", "phase 1 is skipped (skip_phase1: true)")
         if g.init_S != "random" and t.freeze_stoichiometry:

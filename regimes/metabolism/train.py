@@ -90,6 +90,40 @@ def sub_grid(model: KineticsModel, data: TrainingData, n: int = 32) -> tuple[tor
     return c, s
 
 
+class SubPenaltyInputs:
+    """The MLP_sub inputs of the phase-1 penalties, stacked so that ONE forward pass serves them all
+    (a tiny MLP is overhead-bound: three calls cost about three times one): the grid for each |s|
+    (monotonicity), f(0, s) and f(1, s) for each |s| (coeff_MLP_sub_zero), and f(1, 1) (the gauge)."""
+
+    def __init__(self, model: KineticsModel, data: TrainingData):
+        c_grid, s_grid = sub_grid(model, data)
+        self.n_s, self.n_c = len(s_grid), len(c_grid)
+        dev = c_grid.device
+        c = torch.cat([c_grid.repeat(self.n_s), torch.zeros(self.n_s, device=dev), torch.ones(self.n_s + 1, device=dev)])
+        s = torch.cat([s_grid.repeat_interleave(self.n_c), s_grid, s_grid, torch.ones(1, device=dev)])
+        self.c, self.s = c, s
+
+
+def sub_penalties(model: KineticsModel, t, inp: SubPenaltyInputs, k_center: float) -> torch.Tensor:
+    """coeff_MLP_sub_diff (f must not decrease in c on the grid), coeff_MLP_sub_norm ((f(1,1) - 1)^2),
+    coeff_MLP_sub_zero ((f(0,s) / f(1,s))^2: no substrate, no rate) and coeff_k_prior (mean of
+    (log k + n_sub log10 f(1,1) - centre)^2, the gauge-corrected log k that rate_constants_R2 scores)."""
+    f = model.f_sub(inp.c, inp.s)
+    n = inp.n_s * inp.n_c
+    grid, f0, f1, f11 = f[:n].view(inp.n_s, inp.n_c), f[n:n + inp.n_s], f[n + inp.n_s:n + 2 * inp.n_s], f[-1]
+    regul = f.new_zeros(())
+    if t.coeff_MLP_sub_diff:
+        regul = regul + t.coeff_MLP_sub_diff * torch.relu(grid[:, :-1] - grid[:, 1:]).mean()
+    if t.coeff_MLP_sub_norm:
+        regul = regul + t.coeff_MLP_sub_norm * (f11 - 1.0).pow(2)
+    if t.coeff_MLP_sub_zero:
+        regul = regul + t.coeff_MLP_sub_zero * (f0 / f1).pow(2).sum()
+    if t.coeff_k_prior:
+        corrected = model.log_k + model.n_sub * torch.log10(f11)
+        regul = regul + t.coeff_k_prior * (corrected - k_center).pow(2).mean()
+    return regul
+
+
 def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 1: fit dc/dt (or a `time_step` recurrent rollout) of run 0.
 
@@ -105,9 +139,12 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     ipe = iterations_per_epoch(data.n_frames, t.data_augmentation_loop, B)
     kinetic = isinstance(model, KineticsModel)
     learned_S = not model.freeze_S
-    if kinetic and (t.coeff_MLP_sub_diff or t.coeff_MLP_sub_norm):
-        c_grid, s_grid = sub_grid(model, data)
-        one = torch.ones(1, device=dev)
+    sub_terms = kinetic and bool(t.coeff_MLP_sub_diff or t.coeff_MLP_sub_norm or t.coeff_MLP_sub_zero or t.coeff_k_prior)
+    if sub_terms:
+        sub_inputs = SubPenaltyInputs(model, data)
+    total_steps = max(1, t.n_epochs * ipe)
+    for g in opt.param_groups:
+        g["lr_base"] = g["lr"]
     k_center = data.log_k_center
     # frames whose rollout window stays inside one trajectory segment (all frames for derivative regression)
     starts = data.window_starts(T if t.recurrent_training else 0).to(dev)
@@ -116,6 +153,9 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
         for _ in range(ipe):
+            if t.lr_schedule == "cosine":
+                for g in opt.param_groups:
+                    g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             idx = starts[torch.randint(0, len(starts), (B,), generator=gen).to(dev)]
             c = conc0[idx]
             if t.recurrent_training:
@@ -140,11 +180,8 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
                     col = s.new_zeros(model.n_rxn).index_add_(0, model.rxn_all, s)
                     regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
             if kinetic:
-                if t.coeff_MLP_sub_diff:
-                    f = model.f_sub(c_grid.unsqueeze(0), s_grid.unsqueeze(1))  # (n_s, n_c)
-                    regul = regul + t.coeff_MLP_sub_diff * torch.relu(f[:, :-1] - f[:, 1:]).mean()
-                if t.coeff_MLP_sub_norm:
-                    regul = regul + t.coeff_MLP_sub_norm * (model.f_sub(one, one) - 1.0).pow(2).sum()
+                if sub_terms:
+                    regul = regul + sub_penalties(model, t, sub_inputs, k_center)
                 if t.coeff_MLP_node_L1 and model.use_node:
                     regul = regul + t.coeff_MLP_node_L1 * model.node(c).abs().mean()
             if t.coeff_k_center:
