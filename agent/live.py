@@ -438,6 +438,17 @@ def confinement_note(run_cfg: dict) -> tuple[str, str]:
     return label, ""
 
 
+def phase1_note(run_dir: Path) -> str:
+    """The phase-1 figures a regime's prepare step wrote (prepare/phase1.json: homeostasis), or ''."""
+    try:
+        figures = json.loads((Path(run_dir) / "prepare" / "phase1.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(figures, dict):
+        return ""
+    return "  ".join(f"{k}={v:.3f}" for k, v in figures.items() if isinstance(v, (int, float)))
+
+
 def profile_note(profile: str | None, device: str | None = None, reason: str | None = None) -> str:
     """The profile and why it is the one in use (run.yaml's profile_reason when the loop wrote one)."""
     if reason:
@@ -524,6 +535,10 @@ def _header(run_dir: Path, st: RunStatus, run_cfg: dict, now: datetime | None) -
         t.append(f"{run_cfg['timeout_min']:g} min/training, " + (f"{mem} MB" if mem else "no memory limit"))
     t.append("\nconfinement ", style="dim")
     t.append(*confinement_note(run_cfg))
+    phase1 = phase1_note(run_dir)
+    if phase1:
+        t.append("\nphase 1 ", style="dim")
+        t.append(phase1)
     return Panel(t, title=f"gnn-agent · {st.run_id or Path(run_dir).name}", title_align="left",
                  border_style="blue")
 

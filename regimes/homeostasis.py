@@ -9,6 +9,7 @@ a block end.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -26,7 +27,8 @@ PHASE1_KEYS = ["training.learning_rate_start", "training.learning_rate_k", "trai
                "training.coeff_S_L1", "training.coeff_S_L2", "training.coeff_S_integer",
                "training.coeff_mass_conservation", "training.coeff_MLP_sub_diff", "training.coeff_MLP_sub_norm",
                "training.coeff_MLP_node_L1", "training.coeff_k_center", "training.n_epochs_init",
-               "training.first_coeff_L1", "training.recurrent_training", "training.time_step"]
+               "training.first_coeff_L1", "training.recurrent_training", "training.time_step",
+               "training.coeff_k_prior", "training.coeff_MLP_sub_zero", "training.lr_schedule"]
 
 
 # ----- the seed's literature strategies, as exact edits inside the phase2_loop region -----
@@ -241,12 +243,53 @@ class HomeostasisRegime(Regime):
         # trained inside the run directory (prepare/phase1/) so its progress is visible, then cached
         path, metrics = ensure_phase1_checkpoint(phase1["simulation"], phase1, device, None, log,
                                                  work_dir=Path(run_dir) / "prepare" / "phase1")
-        def fmt(name: str) -> str:
-            v = metrics.get(name) if isinstance(metrics, dict) else None
-            return f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"
+        figures = phase1_figures(metrics)
+        (Path(run_dir) / "prepare").mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "prepare" / "phase1.json").write_text(json.dumps(figures, indent=1))
         log(f"homeostasis: phase-1 checkpoint {path} (rate_constants {profile} config, S frozen): "
-            f"rate_constants_R2={fmt('rate_constants_R2')}, test_R2={fmt('test_R2')}")
+            + ", ".join(f"{k}={_fmt4(v)}" for k, v in figures.items()))
+        why = phase1_refusal(figures)
+        if why:
+            raise Phase1Refused(f"phase-1 model refused: {why}; phase 2 on it would fit reaction error, not "
+                                f"homeostasis ({path}). Give a better one with --phase1-checkpoint PATH "
+                                "(the model.pt of a rate_constants training, S frozen, on this simulation)")
         return {"training.phase1_checkpoint": str(path)}
+
+
+class Phase1Refused(RuntimeError):
+    """The phase-1 model is too poor to start phase 2 (SCIENCE.md A5)."""
+
+
+#: SCIENCE.md A5: refuse a phase-1 model below these (k recovery, held-out dynamics)
+PHASE1_MIN_R2 = 0.5
+PHASE1_MIN_TEST_R2 = 0.5
+
+
+def _fmt4(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
+def phase1_figures(metrics: dict) -> dict:
+    """The phase-1 figures the run header and the refusal use. k: rate_constants_R2 on the identifiable
+    reactions where the network has shared substrate sets (the others' k are not determined by any data,
+    so they say nothing about the reaction model phase 2 builds on). Dynamics: test_R2_short, the first
+    250 frames of the held-out rollout (over 2000 frames the chaotic cycles decorrelate even for a
+    near-exact law: see regimes/metabolism/evaluate.py TEST_SHORT_FRAMES)."""
+    m = metrics if isinstance(metrics, dict) else {}
+    keys = ["rate_constants_R2", "rate_constants_R2_identifiable", "test_R2", "test_R2_short"]
+    return {k: float(m[k]) for k in keys if isinstance(m.get(k), (int, float))}
+
+
+def phase1_refusal(figures: dict) -> str | None:
+    """Why a phase-1 model must not start phase 2 (None: it may)."""
+    k_name = "rate_constants_R2_identifiable" if "rate_constants_R2_identifiable" in figures else "rate_constants_R2"
+    t_name = "test_R2_short" if "test_R2_short" in figures else "test_R2"
+    bad = []
+    for name, lo in ((k_name, PHASE1_MIN_R2), (t_name, PHASE1_MIN_TEST_R2)):
+        v = figures.get(name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
+            bad.append(f"{name} {_fmt4(v)} < {lo}")
+    return " and ".join(bad) if bad else None
 
 
 def phase1_config(config: dict, profile: Profile) -> dict:

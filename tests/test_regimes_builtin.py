@@ -175,7 +175,8 @@ def test_homeostasis_prepare_trains_phase1_with_rate_constants_config(tmp_path, 
     def fake_ensure(sim_cfg, phase1_cfg, device, cache_root, log, work_dir=None):
         calls.append((sim_cfg, phase1_cfg, device))
         assert work_dir == tmp_path / "prepare" / "phase1"  # inside the run: the live view shows its progress
-        return tmp_path / "phase1" / "model.pt", {"rate_constants_R2": 0.8712}
+        return tmp_path / "phase1" / "model.pt", {"rate_constants_R2": 0.8712, "rate_constants_R2_identifiable": 0.95,
+                                                  "test_R2": -0.4, "test_R2_short": 0.9}
 
     monkeypatch.setattr(phase1, "ensure_phase1_checkpoint", fake_ensure)
     logged = []
@@ -186,7 +187,41 @@ def test_homeostasis_prepare_trains_phase1_with_rate_constants_config(tmp_path, 
     assert sim_cfg == cfg["simulation"] and device == "cpu"
     assert p1["training"] == {**rc["training"], "freeze_stoichiometry": True}
     assert p1["graph_model"] == rc["graph_model"]
-    assert any("rate_constants_R2=0.8712" in line for line in logged)
+    assert any("rate_constants_R2=0.8712" in line and "test_R2_short=0.9000" in line for line in logged)
+    # the run header shows the phase-1 figures
+    from agent.live import phase1_note
+    assert "rate_constants_R2_identifiable=0.950" in phase1_note(tmp_path) and "test_R2_short=0.900" in phase1_note(tmp_path)
+
+
+@pytest.mark.parametrize("metrics,why", [
+    ({"rate_constants_R2": 0.3, "rate_constants_R2_identifiable": 0.31, "test_R2_short": 0.9},
+     "rate_constants_R2_identifiable 0.3100 < 0.5"),
+    ({"rate_constants_R2": 0.9, "test_R2": -1.2, "test_R2_short": 0.2}, "test_R2_short 0.2000 < 0.5"),
+    ({"rate_constants_R2": float("nan"), "test_R2_short": float("nan")}, "rate_constants_R2 n/a < 0.5 and test_R2_short n/a"),
+    ({"rate_constants_R2": 0.9}, "test_R2 n/a < 0.5"),  # a figure that is missing counts as failed
+], ids=["k", "dynamics", "nan", "missing"])
+def test_homeostasis_prepare_refuses_a_poor_phase1(tmp_path, monkeypatch, metrics, why):
+    import regimes.metabolism.phase1 as phase1
+    from regimes.homeostasis import Phase1Refused
+
+    h, cfg = _homeo_cfg()
+    (tmp_path / "run.yaml").write_text("regime: homeostasis\nprofile: full\n")
+    monkeypatch.setattr(phase1, "ensure_phase1_checkpoint", lambda *a, **k: (tmp_path / "model.pt", metrics))
+    with pytest.raises(Phase1Refused) as e:
+        h.prepare(tmp_path, cfg, "cpu", lambda *a: None)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and why in msg and "--phase1-checkpoint" in msg, msg
+    assert (tmp_path / "prepare" / "phase1.json").is_file()  # the figures are shown even when refused
+
+
+def test_phase1_refusal_thresholds():
+    from regimes.homeostasis import phase1_figures, phase1_refusal
+
+    ok = phase1_figures({"rate_constants_R2": 0.2, "rate_constants_R2_identifiable": 0.5, "test_R2": -3.0,
+                         "test_R2_short": 0.5, "final_loss": 1.0})
+    assert set(ok) == {"rate_constants_R2", "rate_constants_R2_identifiable", "test_R2", "test_R2_short"}
+    assert phase1_refusal(ok) is None  # 0.5 passes; the unidentifiable pairs and the chaotic 2000-frame test do not count
+    assert phase1_refusal({**ok, "rate_constants_R2_identifiable": 0.4999}) is not None
 
 
 def test_homeostasis_prepare_uses_user_checkpoint(tmp_path, monkeypatch):
