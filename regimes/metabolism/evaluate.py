@@ -327,7 +327,7 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_c
             notes.append(f"{int(shared.sum())} reactions share their substrate set with another reaction: their rates "
                          "differ only by k, so only the sum (same S column) or difference (opposite S) of their k is "
                          "identifiable; rate_constants_R2_identifiable leaves them out")
-        pd["log_k"] = (_np(truth["log_k"]), corr)
+        pd["log_k"] = (_np(truth["log_k"]), corr, True, shared)
     elif learned.log_k is not None:
         pd["log_k_raw"] = (_np(truth["log_k"]), _np(learned.log_k))
 

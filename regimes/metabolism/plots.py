@@ -46,9 +46,18 @@ def plot_stoichiometry(path: Path, s_true: np.ndarray, s_learned: np.ndarray, sk
     _save(fig, path)
 
 
-def plot_rate_constants(path: Path, true_log_k: np.ndarray, learned: np.ndarray, corrected: bool) -> None:
+def plot_rate_constants(path: Path, true_log_k: np.ndarray, learned: np.ndarray, corrected: bool,
+                        shared: np.ndarray | None = None) -> None:
+    """Learned vs true log10 k; `shared` (bool per reaction) marks the reactions whose k no data determine
+    alone (they share their substrate set with another: only sums / differences are identifiable)."""
     fig, ax = plt.subplots(figsize=SIZE)
-    ax.scatter(true_log_k, learned, s=10, alpha=0.6)
+    if shared is not None and shared.any():
+        ax.scatter(true_log_k[~shared], learned[~shared], s=10, alpha=0.6, label="identifiable")
+        ax.scatter(true_log_k[shared], learned[shared], s=14, alpha=0.8, color="tab:red",
+                   label=f"shared substrate set ({int(shared.sum())}): only sums / differences identifiable")
+        ax.legend(fontsize=7, loc="upper left")
+    else:
+        ax.scatter(true_log_k, learned, s=10, alpha=0.6)
     lo, hi = min(true_log_k.min(), learned.min()), max(true_log_k.max(), learned.max())
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set_xlabel("true log10 k")
@@ -167,7 +176,7 @@ def write_plots(out_dir: Path, result: EvalResult, tick=None) -> list[Path]:
     if "S" in pd:
         go("stoichiometry.png", plot_stoichiometry, *pd["S"])
     if "log_k" in pd:
-        go("rate_constants.png", plot_rate_constants, *pd["log_k"], True)
+        go("rate_constants.png", plot_rate_constants, *pd["log_k"])
     elif "log_k_raw" in pd:
         go("rate_constants.png", plot_rate_constants, *pd["log_k_raw"], False)
     if "MLP_sub" in pd:
