@@ -34,7 +34,24 @@ SEED_RANGE = (0, 2**31 - 1)
 
 def seed_param() -> ParamSpec:
     return ParamSpec(key="training.seed", type="int", low=SEED_RANGE[0], high=SEED_RANGE[1],
-                     description="seeds model init and batch sampling (the data are fixed by simulation.seed)")
+                     description="seeds model init and batch sampling only (the system is simulation.seed)")
+
+
+def system_seed_param(what: str) -> ParamSpec:
+    """simulation.seed, the one simulation key the seed documents let change: a new value
+    simulates another system (another `what`) with the same frozen simulation parameters."""
+    return ParamSpec(key="simulation.seed", type="int", low=SEED_RANGE[0], high=SEED_RANGE[1],
+                     description=f"selects the simulated system: a new value generates a DIFFERENT {what} with the "
+                                 "same frozen simulation parameters (data generated once per seed and cached); use "
+                                 "it to test a recipe's robustness across systems")
+
+
+#: data properties of a signal system (not of the training): shown next to its scores
+SIGNAL_IDENTIFIABILITY = ["effective_rank_90", "effective_rank_99", "n_saturated_neurons", "spectral_radius",
+                          "system_degenerate"]
+#: data properties of a metabolic system
+METABOLISM_IDENTIFIABILITY = ["activity_rank_90", "activity_rank_99", "n_inactive_reactions",
+                              "n_shared_substrate_reactions", "system_degenerate"]
 
 
 def lr(key: str, low: float, high: float, what: str) -> ParamSpec:
@@ -72,6 +89,12 @@ METABOLISM_COMMON = LOSS_AND_DYNAMICS + [
     metric("training_time_min", "wall-clock training time in minutes", "", None),
     metric("steps_per_second", "gradient steps per second", "", None),
     metric("activity_rank_99", "components for 99% of the concentration variance (SVD)", "", None),
+    metric("n_shared_substrate_reactions", "reactions whose substrate set equals another's: only sums of their "
+           "rates are identifiable (data property)", "", None),
+    metric("n_inactive_reactions", "reactions with a depleted substrate (no flux in run 0: nothing to learn; "
+           "data property)", "", None),
+    metric("system_degenerate", "1 when half the reactions are inactive or the activity rank (90%) is <= 2: "
+           "S and k are poorly identifiable from this seed (data property)", "0", None),
 ]
 
 SIGNAL_METRICS = [
@@ -98,6 +121,8 @@ SIGNAL_METRICS = [
     metric("spectral_radius", "spectral radius of the true W (data property)", "", None),
     metric("effective_rank_90", "activity effective rank, 90% variance (data property)", "", None),
     metric("effective_rank_99", "activity effective rank, 99% variance (data property)", "", None),
+    metric("system_degenerate", "1 when the system settled near a fixed point (half the neurons saturated or "
+           "effective rank (90%) <= 2): W is poorly identifiable from this seed (data property)", "0", None),
 ]
 
 

@@ -31,6 +31,7 @@ def signal_mutable() -> list[ParamSpec]:
         B.boolean("training_single_type", "one neuron type: embeddings frozen at ones"),
         B.integer("data_augmentation_loop", 1, 2000, "iterations-per-epoch multiplier"),
         B.seed_param(),
+        B.system_seed_param("connectivity matrix W"),
         B.boolean("recurrent_training", "multi-step rollout training"),
         B.choice("time_step", [1, 4, 16, 32, 64], "rollout depth (1 = single step)"),
         B.coeff("noise_recurrent_level", 0.0, 0.1, "Gaussian noise per rollout step"),
@@ -42,7 +43,7 @@ def signal_mutable() -> list[ParamSpec]:
 
 
 SIGNAL_LOG_CONFIG = {
-    "seed": "training.seed", "lr_W": "training.learning_rate_W_start", "lr": "training.learning_rate_start",
+    "seed": "simulation.seed", "train_seed": "training.seed", "lr_W": "training.learning_rate_W_start", "lr": "training.learning_rate_start",
     "lr_emb": "training.learning_rate_embedding_start", "coeff_W_L1": "training.coeff_W_L1",
     "coeff_edge_diff": "training.coeff_edge_diff", "n_epochs_init": "training.n_epochs_init",
     "first_coeff_L1": "training.first_coeff_L1", "batch_size": "training.batch_size",
@@ -181,4 +182,6 @@ REGIME = SignalRegime(
     strategies=SIGNAL_STRATEGIES,
     import_allowlist=B.IMPORT_ALLOWLIST,
     truth_identifiers=list(B.SIGNAL_TRUTH),
+    identifiability_metrics=list(B.SIGNAL_IDENTIFIABILITY),
+    degenerate_metric="system_degenerate",
 )

@@ -47,9 +47,17 @@ def test_declared_contract_per_regime():
     assert homeo.slot_fixed == {"training.homeostasis_time_step": [4, 16, 32, 64]}
     assert [homeo.slot_value("training.homeostasis_time_step", s) for s in range(5)] == [4, 16, 32, 64, 4]
     for key in ("training.freeze_stoichiometry", "training.learning_rate_S_start", "training.coeff_S_L1",
-                "training.coeff_S_integer", "training.coeff_mass_conservation", "simulation.seed",
-                "graph_model.hidden_dim"):
+                "training.coeff_S_integer", "training.coeff_mass_conservation", "graph_model.hidden_dim"):
         assert rate.is_frozen(key), key
+    # the seed documents: only simulation.seed may change (a new system), except in homeostasis,
+    # whose phase-1 checkpoint fixes the system
+    for r in (stoich, rate, sparse, low):
+        assert r.system_mutable() and r.param("simulation.seed").type == "int", r.name
+        sim_keys = [k for k in flatten(r.default_config()) if k.startswith("simulation.")]
+        assert len(sim_keys) > 3 and all(r.is_frozen(k) for k in sim_keys if k != "simulation.seed"), r.name
+    assert not homeo.system_mutable() and homeo.is_frozen("simulation.seed")
+    assert sparse.log_config["seed"] == "simulation.seed" and sparse.log_config["train_seed"] == "training.seed"
+    assert stoich.log_config["seed"] == "simulation.seed" and rate.log_config["seed"] == "training.seed"
     for key in ("training.learning_rate_k", "training.skip_phase1", "training.homeostasis_training",
                 "training.freeze_stoichiometry", "training.phase1_checkpoint"):
         assert homeo.is_frozen(key), key

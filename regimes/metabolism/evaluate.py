@@ -59,7 +59,8 @@ ORDER = ["final_loss", "stoichiometry_skill", "stoichiometry_R2", "stoichiometry
          "MLP_node_offset_1", "MLP_node_gt_offset_1", "MLP_node_offset_ratio_1",
          "embedding_cluster_acc", "embedding_cluster_acc_chance", "embedding_n_clusters", "embedding_silhouette",
          "phase2_loss", "phase2_node_magnitude", "test_R2", "test_pearson", "test_R2_short",
-         "training_time_min", "steps_per_second", "activity_rank_90", "activity_rank_99", "limited_fraction"]
+         "training_time_min", "steps_per_second", "activity_rank_90", "activity_rank_99", "limited_fraction",
+         "n_shared_substrate_reactions", "n_inactive_reactions", "system_degenerate"]
 
 
 @dataclass
@@ -213,6 +214,33 @@ def shared_substrate_reactions(data: TrainingData, truth: dict) -> np.ndarray:
     for k in sig:
         count[k] = count.get(k, 0) + 1
     return np.array([count[k] > 1 for k in sig])
+
+
+#: a substrate whose largest concentration over run 0 stays below this fraction of the median
+#: metabolite's largest one is depleted: every reaction consuming it carries (almost) no flux
+DEPLETED_FRAC = 1e-3
+
+
+def system_identifiability(data: TrainingData, truth: dict, rank_90: int) -> dict:
+    """Data properties of the system (issue 15): reactions that share their substrate set with
+    another (only sums of their rates are identifiable), inactive reactions (a depleted substrate:
+    no flux, nothing to learn from), and whether the system is degenerate (half the reactions
+    inactive, or activity rank (90 %) <= 2)."""
+    shared = shared_substrate_reactions(data, truth)
+    cmax = data.conc.detach().cpu().double().max(0).values  # (n_met,)
+    depleted = cmax < DEPLETED_FRAC * float(torch.quantile(cmax, 0.5))
+    inactive = np.zeros(data.n_rxn, dtype=bool)
+    dep = depleted.numpy()
+    for mi, ri in zip(data.met_sub.cpu().tolist(), data.rxn_sub.cpu().tolist()):
+        if dep[mi]:
+            inactive[ri] = True
+    reasons = []
+    if inactive.sum() >= 0.5 * data.n_rxn:
+        reasons.append(f"{int(inactive.sum())} of {data.n_rxn} reactions inactive")
+    if rank_90 <= 2:
+        reasons.append(f"activity rank (90% var) {rank_90}")
+    return {"n_shared_substrate_reactions": int(shared.sum()), "n_inactive_reactions": int(inactive.sum()),
+            "system_degenerate": int(bool(reasons)), "degenerate_reason": "; ".join(reasons)}
 
 
 # ----- homeostasis -----
@@ -413,6 +441,11 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_c
     if "limited_fraction" in truth:
         # reaction-frames where one Euler step would consume more substrate than exists (SCIENCE.md A2)
         m["limited_fraction"] = float(truth["limited_fraction"])
+    ident = system_identifiability(data, truth, r90)
+    m.update({k: float(v) for k, v in ident.items() if k != "degenerate_reason"})
+    if ident["system_degenerate"]:
+        notes.append(f"degenerate system ({ident['degenerate_reason']}): S and k are poorly identifiable from this "
+                     "seed; a low score here measures the seed, not the recipe")
     if truth.get("generator") == "mass_action" and not 40 <= r99 <= 60:
         notes.append(f"activity rank (99% variance) of run 0 is {r99}; SCIENCE.md expects a rank near 50 for mass action")
     return EvalResult(metrics=m, notes=notes, plot_data=pd)

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 
 from regimes.signal.config import ConfigError, SimulationConfig, load_config
-from regimes.signal.simulator import effective_rank, make_connectivity, simulate, spectral_radius
+from regimes.signal.simulator import identifiability, make_connectivity, simulate, spectral_radius
 
 PACKAGE = "signal"
 #: bump when the generator changes meaning, so stale caches are not reused
@@ -162,7 +162,8 @@ def generate(sim: SimulationConfig, directory: Path, log: Callable[[str], None] 
     if not (torch.isfinite(u).all() and torch.isfinite(du).all()):
         raise RuntimeError("simulation produced non-finite values")
     rho = spectral_radius(w)
-    er90, er99 = effective_rank(u[0])
+    ident = identifiability(u[0])  # flagged at generation: a degenerate system is said so before any training
+    er90, er99 = ident["effective_rank_90"], ident["effective_rank_99"]
     truth = {"W": w, "gain": sim.gain, "connectivity_type": sim.connectivity_type,
              "spectral_radius": rho, "simulation": sim.model_dump(mode="json")}
     run0 = {"u": u[0].contiguous(), "du": du[0].contiguous(), "delta_t": sim.delta_t, "effective_rank_90": er90,
@@ -173,8 +174,12 @@ def generate(sim: SimulationConfig, directory: Path, log: Callable[[str], None] 
     _atomic_save(run1, directory / RUN1)
     _atomic_save(make_queries(u[0], u[1, 0], u.shape[1]), directory / QUERIES)
     _atomic_save(run0, directory / RUN0)
-    log(f"generated {sim.connectivity_type} n={sim.n_neurons}: spectral radius: {rho:.3f}, "
-        f"effective rank (90% var): {er90}, effective rank (99% var): {er99} -> {directory}")
+    log(f"generated {sim.connectivity_type} n={sim.n_neurons} seed {sim.seed}: spectral radius: {rho:.3f}, "
+        f"effective rank (90% var): {er90}, effective rank (99% var): {er99}, "
+        f"saturated neurons: {ident['n_saturated_neurons']}/{sim.n_neurons}"
+        + (f"; DEGENERATE system (near a fixed point: {ident['degenerate_reason']}): W is poorly identifiable "
+           "from this seed's activity, scores on it measure the seed, not the recipe" if ident["system_degenerate"]
+           else "") + f" -> {directory}")
 
 
 def _complete(d: Path) -> bool:

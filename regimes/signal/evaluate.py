@@ -36,6 +36,7 @@ from sklearn.metrics import roc_auc_score
 from regimes import runtime
 from regimes.signal.config import ConfigError, load_config
 from regimes.signal.data import CacheEntry, Queries, TrainingData, open_cache
+from regimes.signal.simulator import SATURATION_STD, identifiability  # one definition for data and metrics
 
 MAX_PCS = 20
 
@@ -107,9 +108,6 @@ def mode_wasserstein(truth: torch.Tensor, pred: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------- metrics
 
-#: a presynaptic neuron whose tanh(u) varies less than this (std over the
-#: training run) is "saturated": its column of W is nearly unidentifiable
-SATURATION_STD = 0.2
 
 
 def identity_r2(x: np.ndarray, y: np.ndarray) -> float:
@@ -284,6 +282,8 @@ def evaluate(answer: Answer, data: TrainingData, queries: Queries, truth: dict, 
     m["spectral_radius"] = float(truth["spectral_radius"])
     m["effective_rank_90"] = int(data.effective_rank_90)
     m["effective_rank_99"] = int(data.effective_rank_99)
+    ident = identifiability(data.u)
+    m["system_degenerate"] = int(ident["system_degenerate"])
     if answer.elapsed_s is not None:
         m["training_time_min"] = answer.elapsed_s / 60
         if answer.n_steps:
@@ -295,6 +295,9 @@ def evaluate(answer: Answer, data: TrainingData, queries: Queries, truth: dict, 
         notes.append("support_auroc not defined: the true W has no zero off-diagonal entry")
     if answer.rollout_diverged_at >= 0:
         notes.append(f"rollout left finite values at frame {answer.rollout_diverged_at} (clamped to 1e6)")
+    if ident["system_degenerate"]:
+        notes.append(f"degenerate system (near a fixed point: {ident['degenerate_reason']}): W is poorly "
+                     "identifiable from this seed; a low connectivity_R2 here measures the seed, not the recipe")
     return Evaluation(metrics=m, arrays=arrays, notes=notes)
 
 
@@ -303,7 +306,11 @@ def format_analysis_log(ev: Evaluation) -> list[str]:
     m = ev.metrics
     lines = [f"spectral radius: {m['spectral_radius']:.3f}", "--- activity ---",
              f"  effective rank (90% var): {m['effective_rank_90']}",
-             f"  effective rank (99% var): {m['effective_rank_99']}", "--- metrics ---"]
+             f"  effective rank (99% var): {m['effective_rank_99']}",
+             *([f"  saturated neurons (tanh(u) std < {SATURATION_STD}): {m['n_saturated_neurons']}"]
+               if "n_saturated_neurons" in m else []),
+             f"  system: {'DEGENERATE (near a fixed point)' if m.get('system_degenerate') else 'identifiable'}",
+             "--- metrics ---"]
     for k, v in m.items():
         lines.append(f"{k}: {v}" if isinstance(v, int) else f"{k}: {v:.6g}")
     return lines + [f"note: {n}" for n in ev.notes]
