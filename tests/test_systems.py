@@ -202,3 +202,24 @@ def test_live_view_shows_each_slots_system(tmp_path):
     console.print(render(d, width=140))
     text = console.export_text()
     assert "system" in text and " 42 " in text
+
+
+def test_variance_reduction_and_cross_seed_mutate_the_tables_keys(tmp_path):
+    d = tmp_path / "run"
+    start_run(toy_options(d, regime="toy_systems", iterations=2))
+    ctx = open_ctx(d, iteration=1)
+    env = ctx.env
+    for slot, strategy in ((0, "variance-reduction"), (1, "cross-seed-optimize")):
+        env.save_plan(env.load_plan(slot).model_copy(update={"parent": 1, "strategy": strategy,
+                                                             "commit": ctx.workspace.root_commit}))
+        env.save_slot_config(slot, ctx.store.get(1).config)
+    tools = ToolBox(env, "mutate", [0, 1])
+    HeuristicPolicy(seed=0).act(ctx.step_context("mutate", [0, 1], [], {"block": 1, "iter_in_block": 2,
+                                                                       "iterations_done": 2}), tools)
+    assert tools.done()
+    # variance-reduction: longer training (aug/epochs up), on the same system
+    vr = env.load_plan(0).mutation
+    assert vr.split(":")[0] in ("data_augmentation_loop", "n_epochs") and env.slot_config(0)["simulation"]["seed"] == 42
+    assert float(vr.split("->")[1].split()[0]) > float(vr.split(":")[1].split("->")[0])
+    # cross-seed-optimize: the toy has batch_size of the table's keys (n_epochs_init, batch_size, lr_W)
+    assert env.load_plan(1).mutation.startswith("batch_size: ")
