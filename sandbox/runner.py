@@ -594,7 +594,16 @@ def find_links(out_dir: Path) -> list[str]:
 #: all - while the training runs, then wait for "go" on stdin and run it as __main__. Without
 #: the head start every training paid a second interpreter + torch import (seconds) after it.
 EVAL_BOOT = """
-import importlib, runpy, sys, warnings
+import importlib, os, runpy, sys, warnings
+# die with the runner: a driver killed while this waits for 'go' must not leave it behind (importing
+# torch can take seconds, and the closed stdin is only read after that)
+try:
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+except Exception:
+    pass
+if os.getppid() == 1:
+    sys.exit(0)  # the runner died before the line above
 entry = sys.argv[1]
 try:
     importlib.import_module(entry)
