@@ -136,7 +136,7 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -197,9 +197,9 @@ def find_trainings(run_dir: Path) -> list[int]:
                 continue
             if start is not None and _start_time(pid) != int(start):
                 continue
-            if _alive(pid):
+            if pid_alive(pid):
                 found.add(pid)
-    return sorted(p for p in found if _alive(p))
+    return sorted(p for p in found if pid_alive(p))
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -219,7 +219,7 @@ def _signal_all(pids: list[int], sig: int) -> None:
 def _wait_gone(pids: list[int], seconds: float) -> list[int]:
     t0 = time.monotonic()
     while True:
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if pid_alive(p)]
         if not pids or time.monotonic() - t0 >= seconds:
             return pids
         time.sleep(0.05)

@@ -466,14 +466,10 @@ def profile_note(profile: str | None, device: str | None = None, reason: str | N
 # ----------------------------------------------------------------------------- render
 
 def pid_alive(pid: int) -> bool:
-    """True when process `pid` exists (possibly owned by another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """True when process `pid` exists (possibly owned by another user); a zombie is dead."""
+    from agent.driver import pid_alive as alive  # one liveness rule for the run lock, resume and the view
+
+    return alive(pid)
 
 
 def owner_pid(run_dir: Path) -> int | None:

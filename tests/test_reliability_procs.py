@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.driver import RUN_ENV, _alive, end_trainings, find_trainings
+from agent.driver import RUN_ENV, end_trainings, find_trainings
+from agent.driver import pid_alive as _alive
 from agent.run import resume_run
 from agent.store import Store
 from tests._killwalk import FakeExecutor
