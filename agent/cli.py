@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-POLICIES = ("auto", "claude", "heuristic", "optuna", "random")
+POLICIES = ("auto", "claude", "heuristic", "optuna", "cmaes", "random")
 DEFAULT_MODEL = "claude-sonnet-4-6"  # 4-5 is deprecated (end of life 2026-11-30, per the SDK)
 
 

@@ -42,7 +42,7 @@ class RunOptions(BaseModel):
     slots: int = 4
     iterations: int | None = None  # None: one block
     profile: Literal["quick", "full"] | None = None  # None: full with CUDA, quick on CPU
-    policy: Literal["auto", "claude", "heuristic", "optuna", "random", "scripted"] = "auto"
+    policy: Literal["auto", "claude", "heuristic", "optuna", "cmaes", "random", "scripted"] = "auto"
     model: str = DEFAULT_MODEL
     max_cost_usd: float | None = None
     executor: Literal["local", "ray"] = "local"

@@ -1,4 +1,4 @@
-"""The optuna and random baselines: ranges, frozen and slot-fixed keys, determinism."""
+"""The optuna, cmaes and random baselines: ranges, frozen and slot-fixed keys, determinism."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.policies.base import StepContext
-from agent.policies.baselines import OptunaPolicy, RandomPolicy, search_space
+from agent.policies.baselines import CmaesPolicy, OptunaPolicy, RandomPolicy, search_space
 from regimes.base import MetricSpec, ParamSpec, Regime, get_dotted, set_dotted
 
 
@@ -91,7 +91,7 @@ def test_search_space_excludes_seed_frozen_slot_fixed_and_applies_caps(tmp_path)
     assert space["training.lr"].log
 
 
-@pytest.mark.parametrize("policy_cls", [RandomPolicy, OptunaPolicy])
+@pytest.mark.parametrize("policy_cls", [RandomPolicy, OptunaPolicy, CmaesPolicy])
 def test_proposals_stay_in_range_and_never_touch_frozen_or_slot_fixed(tmp_path, policy_cls):
     r = _regime(tmp_path)
     _write_history(tmp_path, r, 12, [0.05 * i for i in range(12)])
@@ -133,7 +133,7 @@ def test_same_seed_same_sequence_different_seed_differs(tmp_path, policy_cls):
 
 
 def test_first_batch_starts_from_the_default_config(tmp_path):
-    for cls in (RandomPolicy, OptunaPolicy):
+    for cls in (RandomPolicy, OptunaPolicy, CmaesPolicy):
         r = _regime(tmp_path)
         tb = RecordingToolBox({s: _config(s) for s in range(2)})
         cls(r, seed=0).act(_ctx(tmp_path, "prepare", [0, 1]), tb)
@@ -171,3 +171,70 @@ def test_mutation_line_uses_the_seed_number_format():
     assert mutation_line({"training.learning_rate_k": 1e-3}, {"training.learning_rate_k": 5e-3}) == \
         "learning_rate_k: 1E-3 -> 5E-3"
     assert mutation_line({"training.batch_size": 8}, {"training.batch_size": 8}) == "no change (default config)"
+
+
+def _cma_run(run_dir, seed, batches, score, slots=(0, 1, 2, 3), start_id=1, policy=None):
+    """Drive CmaesPolicy like the loop does: mutate, 'train' (score the config), append the node."""
+    r = _regime(run_dir)
+    policy = policy or CmaesPolicy(r, seed=seed)
+    nodes_path = run_dir / "nodes.jsonl"
+    node_id, proposals = start_id, []
+    for b in range(batches):
+        tb = RecordingToolBox({s: _config(s) for s in slots})
+        policy.act(_ctx(run_dir, "prepare" if b == 0 and start_id == 1 else "mutate", list(slots),
+                        iterations_done=node_id - 1), tb)
+        with open(nodes_path, "a") as f:
+            for s in slots:
+                cfg = tb.env.configs[s]
+                proposals.append(cfg["training"]["lr"])
+                f.write(json.dumps({"id": node_id, "config": cfg, "score": score(cfg), "status": "ok"}) + "\n")
+                node_id += 1
+    return policy, proposals
+
+
+def _lr_score(cfg):
+    # best at lr = 3e-2, on the log scale
+    import math
+    return max(0.0, 1.0 - abs(math.log10(cfg["training"]["lr"]) - math.log10(3e-2)) / 3)
+
+
+def test_cmaes_starts_at_default_and_moves_towards_the_better_region(tmp_path):
+    _, lrs = _cma_run(tmp_path, seed=1, batches=8, score=_lr_score)
+    assert lrs[0] == 1e-3  # the default config is the first trial
+    import math
+    early = sorted(math.log10(v) for v in lrs[:8])
+    late = sorted(math.log10(v) for v in lrs[-8:])
+    # the later generations sit closer to the optimum than the first ones
+    dist = lambda xs: sorted(abs(x - math.log10(3e-2)) for x in xs)[len(xs) // 2]
+    assert dist(late) < dist(early)
+
+
+def test_cmaes_tells_every_trained_node_once_and_fails_trials_never_trained(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    policy, _ = _cma_run(tmp_path, seed=2, batches=3, score=_lr_score)
+    # one more mutate whose batch is never trained (the run is killed), then a resumed policy
+    tb = RecordingToolBox({s: _config(s) for s in range(4)})
+    policy.act(_ctx(tmp_path, "mutate", [0, 1, 2, 3], iterations_done=12), tb)
+    resumed = CmaesPolicy(_regime(tmp_path), seed=2)  # a new process: the study comes from the journal
+    _cma_run(tmp_path, seed=2, batches=1, score=_lr_score, start_id=13, policy=resumed)
+    tb = RecordingToolBox({s: _config(s) for s in range(4)})
+    resumed.act(_ctx(tmp_path, "mutate", [0, 1, 2, 3], iterations_done=16), tb)
+    study = resumed._study(tmp_path, {})
+    trials = study.get_trials(deepcopy=False)
+    told = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(told) == 16 and study.user_attrs["last_node"] == 16
+    assert sum(t.state == TrialState.FAIL for t in trials) == 4  # the batch that never trained
+    assert sum(t.state == TrialState.RUNNING for t in trials) == 4  # the batch just asked
+    nodes = [json.loads(x) for x in (tmp_path / "nodes.jsonl").read_text().splitlines()]
+    assert sorted(t.value for t in told) == sorted(n["score"] for n in nodes)
+    assert [t.params for t in trials if t.state == TrialState.COMPLETE][0]["training.lr"] == 1e-3
+
+
+def test_cmaes_same_seed_same_proposals_in_fresh_runs(tmp_path):
+    runs = {}
+    for name, seed in (("a", 4), ("b", 4), ("c", 5)):
+        (tmp_path / name).mkdir()
+        runs[name] = _cma_run(tmp_path / name, seed=seed, batches=3, score=_lr_score)[1]
+    assert runs["a"] == runs["b"] and runs["a"] != runs["c"]

@@ -1,4 +1,4 @@
-"""Baseline policies: Optuna TPE and uniform random search (DESIGN.md §9).
+"""Baseline policies: Optuna TPE, Optuna CMA-ES and random search (docs/contracts.md §5).
 
 They answer the same graph steps through the same tools as the heuristic and
 Claude policies, on the same executor and budget, so their runs write the
@@ -11,15 +11,19 @@ hyperparameters; changing the dataset or init seed is not a hyperparameter)
 and minus slot-fixed and frozen keys (never mutable by contract). The
 `claude:` budget caps of the config bound n_epochs and data_augmentation_loop.
 
-Both policies are stateless between steps: each mutate step rebuilds what it
-needs from nodes.jsonl, so a resumed run continues the same search and the
-proposals are a deterministic function of (run seed, history).
+TPE and random are stateless between steps: each mutate step rebuilds what
+it needs from nodes.jsonl, so a resumed run continues the same search and the
+proposals are a deterministic function of (run seed, history). CMA-ES keeps
+an evolving mean and covariance that is not a function of the told values
+alone, so its study lives in a journal file in the run directory
+(`policy/cmaes.journal`) and is reloaded on resume.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -217,9 +221,89 @@ class OptunaPolicy(_SearchPolicy):
         return out
 
 
+def _matches(params: dict[str, Any], config: dict, dists: dict) -> bool:
+    """Whether a finished node's config holds these trial params (float-tolerant)."""
+    for k, v in params.items():
+        c = get_dotted(config, k)
+        if isinstance(v, float) and isinstance(c, (int, float)) and not isinstance(c, bool):
+            if not math.isclose(float(c), v, rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif c != v:
+            return False
+    return True
+
+
+class CmaesPolicy(_SearchPolicy):
+    """Optuna's CMA-ES sampler, started at the default config.
+
+    - Float and integer keys are searched by CMA-ES in Optuna's [0, 1]
+      transformed space (log keys on the log scale); integers are rounded to
+      their step when a trial is asked (Optuna's `transform_step`).
+    - Boolean and choice keys are outside CMA-ES: Optuna samples them with
+      the independent sampler, here a seeded uniform `RandomSampler`.
+    - The search starts at the default config (`x0`, and the default itself
+      is the first trial) with Optuna's default step size (1/6 of each range)
+      and population (4 + 3 ln d).
+    - A batch of slots is asked from one generation; the told values are
+      the nodes' scores (0 for a failed training, as the UCB sees it). A
+      trial asked but never trained (a batch killed before it ran) is marked
+      failed at the next mutate step, so it does not hold a generation.
+    """
+
+    name = "cmaes"
+
+    def _study(self, run_dir: Path, x0: dict[str, Any]):
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        path = Path(run_dir) / "policy" / "cmaes.journal"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        with warnings.catch_warnings():
+            # x0 is deprecated from Optuna 4.9 (removal in 6, hence the <6 pin) with no
+            # replacement yet; without it the search would start at the middle of each range
+            warnings.simplefilter("ignore", FutureWarning)
+            sampler = optuna.samplers.CmaEsSampler(
+                x0=x0 or None, seed=self.seed % (2**31), n_startup_trials=0,
+                independent_sampler=optuna.samplers.RandomSampler(seed=(self.seed + 1) % (2**31)),
+                warn_independent_sampling=False)
+        return optuna.create_study(study_name="cmaes", storage=storage, sampler=sampler,
+                                   direction="maximize", load_if_exists=True)
+
+    def propose(self, ctx, space, history, slots, defaults):
+        from optuna.trial import TrialState
+
+        dists = {p.key: _distribution(p) for p in space}
+        numeric = {p.key: defaults[p.key] for p in space if p.type in ("int", "float") and defaults.get(p.key) is not None}
+        study = self._study(ctx.run_dir, numeric)
+        # tell the trainings of the last batch: a running trial is matched to a finished node newer
+        # than the last one told; a running trial no such node holds was never trained
+        last = int(study.user_attrs.get("last_node", 0))
+        pending = sorted((n for n in history if int(n.get("id", 0)) > last), key=lambda n: int(n["id"]))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            node = next((n for n in pending if _matches(t.params, n["config"], dists)), None)
+            if node is None:
+                study.tell(t.number, state=TrialState.FAIL)
+                continue
+            pending.remove(node)
+            study.tell(t.number, float(node.get("score") or 0.0))
+        if history:
+            study.set_user_attr("last_node", max(last, *(int(n.get("id", 0)) for n in history)))
+        if not study.trials:
+            study.enqueue_trial({k: v for k, v in defaults.items() if k in dists})
+        out = {}
+        for s in slots:
+            trial = study.ask(dists)
+            out[s] = dict(trial.params)
+        return out
+
+
 def _register() -> None:
     from agent.policies.registry import register_policy
 
+    register_policy("cmaes", lambda **kw: CmaesPolicy(kw["regime"], seed=kw.get("seed", 0)))
     register_policy("optuna", lambda **kw: OptunaPolicy(kw["regime"], seed=kw.get("seed", 0)))
     register_policy("random", lambda **kw: RandomPolicy(kw["regime"], seed=kw.get("seed", 0)))
 

@@ -16,7 +16,7 @@ from agent.policies.base import Policy
 
 _FACTORIES: dict[str, Callable[..., Policy]] = {}
 #: modules that register a policy when imported
-_LAZY = {"claude": "agent.policies.claude", "optuna": "agent.policies.baselines", "random": "agent.policies.baselines"}
+_LAZY = {"claude": "agent.policies.claude", "optuna": "agent.policies.baselines", "cmaes": "agent.policies.baselines", "random": "agent.policies.baselines"}
 
 
 def register_policy(name: str, factory: Callable[..., Policy]) -> None:
