@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where trainings run: local process pool or Ray tasks")
     r.add_argument("--ray-address", metavar="A", help="Ray cluster address (auto or HOST:PORT); needs --executor ray")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
+    r.add_argument("--slots-per-gpu", type=_positive_int, metavar="N",
+                   help="trainings sharing one GPU at a time (default: as many as its free memory holds, "
+                        "at most one per core; Ray: 1)")
     r.add_argument("--run-dir", type=Path, metavar="D", help="run directory (default: runs/<regime>-<yyyymmdd-hhmmss>)")
     r.add_argument("--no-live", action="store_true", help="plain log lines instead of the live view")
     r.add_argument("--no-code", action="store_true", help="configs only: no code edits")
@@ -407,6 +410,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         opts = RunOptions(regime=regime.name, variant=variant, slots=args.slots, iterations=iterations,
                           profile=args.profile, policy=policy, model=args.model, max_cost_usd=args.max_cost_usd,
                           executor=args.executor, ray_address=args.ray_address, device=args.device, run_dir=run_dir,
+                          slots_per_gpu=args.slots_per_gpu,
                           code=not args.no_code, confine=not args.no_confine,
                           continue_from=args.continue_from, regime_path=args.regime_path,
                           phase1_checkpoint=args.phase1_checkpoint, seed=args.seed,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.driver import DriverLock, RunLocked, end_trainings
 from agent.graph import compile_graph
@@ -48,6 +48,7 @@ class RunOptions(BaseModel):
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    slots_per_gpu: int | None = Field(None, ge=1)  # None: from the GPUs' free memory (local executor)
     confine: bool = True  # False: --no-confine (trainings run without OS confinement; debugging)
     run_dir: Path | None = None
     code: bool = True
@@ -165,7 +166,7 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
         info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=profile,
                        profile_reason=profile_reason, slots=opts.slots, policy=policy_name, model=opts.model,
                        executor=opts.executor, ray_address=opts.ray_address, device=device,
-                       confine=opts.confine, confinement=_confinement(opts.confine),
+                       slots_per_gpu=opts.slots_per_gpu, confine=opts.confine, confinement=_confinement(opts.confine),
                        budget={"iterations": iterations, "max_cost_usd": opts.max_cost_usd}, seed=opts.seed,
                        code=opts.code, n_iter_block=n_iter_block, ucb_c=ucb_c,
                        regime_path=[str(Path(p).resolve()) for p in opts.regime_path],

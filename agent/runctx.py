@@ -39,6 +39,8 @@ class RunInfo(BaseModel):
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     device: str = "cpu"
+    #: trainings sharing one GPU (--slots-per-gpu); None: chosen by the executor from free GPU memory
+    slots_per_gpu: int | None = None
     #: OS confinement of every training (sandbox/confine.py); False: --no-confine (debugging)
     confine: bool = True
     #: the confinement in force on this machine, in confine.describe's words ("landlock ABI 7 + ...")
@@ -104,7 +106,7 @@ class RunCtx:
         if self._executor is None:
             from sandbox.executors import make_executor
             self._executor = make_executor(self.info.executor, self.info.slots, ray_address=self.info.ray_address,
-                                           device=self.info.device)
+                                           device=self.info.device, slots_per_gpu=self.info.slots_per_gpu)
         return self._executor
 
     def close(self) -> None:

@@ -1,8 +1,10 @@
 """Executors (DESIGN.md §8): run a batch of trainings, one per slot.
 
 - `LocalExecutor`: a thread pool on this machine, each thread driving one
-  `run_training` subprocess; slots share the cores (threads per slot) and get
-  one GPU each when GPUs exist.
+  `run_training` subprocess; slots share the cores (threads per slot) and,
+  when GPUs exist, `slots_per_gpu` slots share each GPU (chosen from the
+  GPUs' free memory by default: these models are far too small to keep a GPU
+  busy alone).
 - `RayExecutor`: one Ray task per slot. The code at the slot's commit travels
   with the task (the checkout is packed into a tar in the driver and unpacked
   in the task), and the output directory comes back as a tar, so it works on a
@@ -22,6 +24,7 @@ import json
 import os
 import queue
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import threading
@@ -58,6 +61,39 @@ def gpu_count(device: str) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+#: GPU memory planned for one training slot: a CUDA context (~0.5 GiB) plus the metabolism/signal
+#: models, their data and the caching allocator's slack, with head-room; the automatic
+#: slots-per-GPU fits the least-free GPU's memory by this much
+SLOT_GPU_MEMORY_MB = 2048
+
+
+def gpu_free_memory_mb(n: int) -> list[int] | None:
+    """Free memory (MB) of GPUs 0..n-1 by `nvidia-smi` (NVML: unlike torch.cuda.mem_get_info it creates no
+    CUDA context in the driver, which would hold ~0.5 GiB per GPU for the whole run); None when unknown."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+        free = [int(float(x)) for x in out.split()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return free[:n] if len(free) >= n else None
+
+
+def auto_slots_per_gpu(free_mb: list[int] | None, slots: int, cores: int) -> tuple[int, str]:
+    """(slots per GPU, why): as many as the least-free GPU holds at SLOT_GPU_MEMORY_MB each, no more than
+    the batch puts on one GPU and one core per slot (each training's Python loop needs a core to launch its
+    kernels); 1 when the free memory is unknown."""
+    n = len(free_mb) if free_mb else 0
+    if not n:
+        return 1, "free GPU memory unknown (no nvidia-smi): 1 per GPU; set --slots-per-gpu"
+    by_mem = min(free_mb) // SLOT_GPU_MEMORY_MB
+    by_batch = -(-slots // n)
+    by_cores = max(1, cores // n)
+    k = max(1, min(by_mem, by_batch, by_cores))
+    return k, (f"auto: {min(free_mb)} MB free on the fullest GPU / {SLOT_GPU_MEMORY_MB} MB a slot = {by_mem}, "
+               f"{by_batch} for {slots} slots on {n} GPU(s), {by_cores} by {cores} cores")
+
+
 def _error_result(spec: RunSpec, status: str, reason: str) -> RunResult:
     return RunResult(slot=spec.slot, node_id=spec.node_id, status=status, exit_code=None, reason=reason,
                      traceback_tail="", metrics={}, duration_s=0.0, out_dir=Path(spec.out_dir))
@@ -83,21 +119,27 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     """A thread pool of `min(slots, max_parallel)` workers on this machine.
 
-    `max_parallel` defaults to the number of GPUs with CUDA, else the number
+    `max_parallel` defaults to GPUs x slots per GPU with CUDA, else the number
     of cores. Each run gets `max(1, cores // parallel)` threads and, with GPUs,
-    its own GPU through CUDA_VISIBLE_DEVICES (unless the spec pins one).
+    a GPU through CUDA_VISIBLE_DEVICES (unless the spec pins one), shared by
+    up to `slots_per_gpu` runs at once (None: `auto_slots_per_gpu`).
     """
 
     name = "local"
 
-    def __init__(self, slots: int, device: str = "cpu", max_parallel: int | None = None):
+    def __init__(self, slots: int, device: str = "cpu", max_parallel: int | None = None,
+                 slots_per_gpu: int | None = None):
         if slots < 1:
             raise ValueError(f"local executor: slots must be >= 1, got {slots}")
         if device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"local executor: device must be cpu, cuda or auto, got {device!r}")
+        if slots_per_gpu is not None and slots_per_gpu < 1:
+            raise ValueError(f"local executor: slots_per_gpu must be >= 1, got {slots_per_gpu}")
         self.slots = slots
         self.device = device
         self._max_parallel = max_parallel
+        self._slots_per_gpu = slots_per_gpu
+        self._spg: tuple[int, str] | None = None
         self._gpus: int | None = None  # detected lazily: importing torch is slow
         self._pool: ThreadPoolExecutor | None = None
 
@@ -110,8 +152,23 @@ class LocalExecutor(Executor):
         return self._gpus
 
     @property
+    def slots_per_gpu(self) -> int:
+        """Runs sharing one GPU at a time (1 without GPUs)."""
+        return self._slots_per_gpu_why()[0]
+
+    def _slots_per_gpu_why(self) -> tuple[int, str]:
+        if self._spg is None:
+            if not self.gpus:
+                self._spg = (1, "no GPU")
+            elif self._slots_per_gpu is not None:
+                self._spg = (self._slots_per_gpu, "set by --slots-per-gpu")
+            else:
+                self._spg = auto_slots_per_gpu(gpu_free_memory_mb(self.gpus), self.slots, cpu_count())
+        return self._spg
+
+    @property
     def parallel(self) -> int:
-        cap = self._max_parallel or (self.gpus if self.gpus else cpu_count())
+        cap = self._max_parallel or (self.gpus * self.slots_per_gpu if self.gpus else cpu_count())
         return max(1, min(self.slots, cap))
 
     @property
@@ -119,8 +176,9 @@ class LocalExecutor(Executor):
         return max(1, cpu_count() // self.parallel)
 
     def describe(self) -> str:
+        spg, why = self._slots_per_gpu_why()
         return (f"local: {self.parallel} parallel, {self.threads_per_slot} threads each"
-                + (f", {self.gpus} GPU(s)" if self.gpus else ""))
+                + (f", {self.gpus} GPU(s), {spg} slot(s) per GPU ({why})" if self.gpus else ""))
 
     def run_batch(self, specs: list[RunSpec], on_progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None) -> list[RunResult]:
@@ -129,8 +187,9 @@ class LocalExecutor(Executor):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="slot")
         free_gpus: queue.Queue[str] = queue.Queue()
-        for g in range(self.gpus):
-            free_gpus.put(str(g))
+        for _ in range(self.slots_per_gpu):  # round-robin: the GPUs fill evenly
+            for g in range(self.gpus):
+                free_gpus.put(str(g))
         threads = self.threads_per_slot
         device = "cuda" if self.gpus else "cpu"
 
@@ -139,7 +198,7 @@ class LocalExecutor(Executor):
                 return _error_result(spec, "killed", "cancelled before start")
             gpu = None
             if self.gpus and spec.gpu is None:
-                gpu = free_gpus.get()  # at most `parallel` == #GPUs runs hold one
+                gpu = free_gpus.get()  # at most slots_per_gpu runs hold each GPU
             try:
                 update = {"threads": threads}
                 if gpu is not None:
@@ -228,7 +287,8 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, slots: int, address: str | None = None, device: str = "cpu", **init_kwargs):
+    def __init__(self, slots: int, address: str | None = None, device: str = "cpu",
+                 slots_per_gpu: int | None = None, **init_kwargs):
         try:
             import ray
         except ImportError:
@@ -236,8 +296,13 @@ class RayExecutor(Executor):
         if slots < 1:
             raise ValueError(f"ray executor: slots must be >= 1, got {slots}")
         self.ray = ray
+        if slots_per_gpu is not None and slots_per_gpu < 1:
+            raise ValueError(f"ray executor: slots_per_gpu must be >= 1, got {slots_per_gpu}")
         self.slots = slots
         self.device = device
+        #: a task asks for 1/slots_per_gpu of a GPU, so Ray packs that many on one (the workers' free memory
+        #: is not known here: no automatic choice, 1 unless set)
+        self.slots_per_gpu = slots_per_gpu or 1
         self._owns_ray = False
         if not ray.is_initialized():
             try:
@@ -278,7 +343,7 @@ class RayExecutor(Executor):
                 continue
             opts = {"num_cpus": spec.threads}
             if self.use_gpu:
-                opts["num_gpus"] = 1
+                opts["num_gpus"] = 1.0 / self.slots_per_gpu
                 spec = spec.model_copy(update={"device": "cuda"})
             ref = self._remote.options(**opts).remote(
                 spec.model_dump_json(), pack_dir(spec.code_dir), Path(spec.config_path).read_bytes(), pq)
@@ -346,12 +411,13 @@ class RayExecutor(Executor):
 
 
 def make_executor(name: Literal["local", "ray"], slots: int, ray_address: str | None = None,
-                  device: str = "cpu") -> Executor:
-    """The executor of `agent run --executor NAME` (contracts §4)."""
+                  device: str = "cpu", slots_per_gpu: int | None = None) -> Executor:
+    """The executor of `agent run --executor NAME` (contracts §4); `slots_per_gpu`: --slots-per-gpu
+    (None: automatic for local, 1 for Ray)."""
     if name == "local":
         if ray_address is not None:
             raise ValueError("--ray-address is only meaningful with --executor ray")
-        return LocalExecutor(slots, device=device)
+        return LocalExecutor(slots, device=device, slots_per_gpu=slots_per_gpu)
     if name == "ray":
-        return RayExecutor(slots, address=ray_address, device=device)
+        return RayExecutor(slots, address=ray_address, device=device, slots_per_gpu=slots_per_gpu)
     raise ValueError(f"unknown executor {name!r}: choose local or ray")
