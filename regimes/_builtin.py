@@ -48,7 +48,7 @@ def system_seed_param(what: str) -> ParamSpec:
 
 #: data properties of a signal system (not of the training): shown next to its scores
 SIGNAL_IDENTIFIABILITY = ["effective_rank_90", "effective_rank_99", "n_saturated_neurons", "spectral_radius",
-                          "system_degenerate"]
+                          "connectivity_R2_ceiling", "system_degenerate"]
 #: data properties of a metabolic system
 METABOLISM_IDENTIFIABILITY = ["activity_rank_90", "activity_rank_99", "n_inactive_reactions",
                               "n_shared_substrate_reactions", "system_degenerate"]
@@ -121,8 +121,10 @@ SIGNAL_METRICS = [
     metric("spectral_radius", "spectral radius of the true W (data property)", "", None),
     metric("effective_rank_90", "activity effective rank, 90% variance (data property)", "", None),
     metric("effective_rank_99", "activity effective rank, 99% variance (data property)", "", None),
-    metric("system_degenerate", "1 when the system settled near a fixed point (half the neurons saturated or "
-           "effective rank (90%) <= 2): W is poorly identifiable from this seed (data property)", "0", None),
+    metric("connectivity_R2_ceiling", "best connectivity_R2 this seed's data allow: an oracle that knows W except "
+           "the saturated neurons' columns, of which only the row sums are identifiable (data property)", "", None),
+    metric("system_degenerate", "1 when more than 10% of the neurons are saturated (connectivity_R2 ceiling below "
+           "~0.9) or effective rank (90%) <= 2: W is poorly identifiable from this seed (data property)", "0", None),
 ]
 
 

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 
 from regimes.signal.config import ConfigError, SimulationConfig, load_config
-from regimes.signal.simulator import identifiability, make_connectivity, simulate, spectral_radius
+from regimes.signal.simulator import connectivity_ceiling, identifiability, make_connectivity, simulate, spectral_radius
 
 PACKAGE = "signal"
 #: bump when the generator changes meaning, so stale caches are not reused
@@ -176,8 +176,9 @@ def generate(sim: SimulationConfig, directory: Path, log: Callable[[str], None] 
     _atomic_save(run0, directory / RUN0)
     log(f"generated {sim.connectivity_type} n={sim.n_neurons} seed {sim.seed}: spectral radius: {rho:.3f}, "
         f"effective rank (90% var): {er90}, effective rank (99% var): {er99}, "
-        f"saturated neurons: {ident['n_saturated_neurons']}/{sim.n_neurons}"
-        + (f"; DEGENERATE system (near a fixed point: {ident['degenerate_reason']}): W is poorly identifiable "
+        f"saturated neurons: {ident['n_saturated_neurons']}/{sim.n_neurons}, "
+        f"connectivity_R2 ceiling: {connectivity_ceiling(w, u[0]):.3f}"
+        + (f"; DEGENERATE system ({ident['degenerate_reason']}): W is poorly identifiable "
            "from this seed's activity, scores on it measure the seed, not the recipe" if ident["system_degenerate"]
            else "") + f" -> {directory}")
 

@@ -36,7 +36,8 @@ from sklearn.metrics import roc_auc_score
 from regimes import runtime
 from regimes.signal.config import ConfigError, load_config
 from regimes.signal.data import CacheEntry, Queries, TrainingData, open_cache
-from regimes.signal.simulator import SATURATION_STD, identifiability  # one definition for data and metrics
+from regimes.signal.simulator import (SATURATION_STD, connectivity_ceiling,  # one definition for data and metrics
+                                      identifiability, saturated)
 
 MAX_PCS = 20
 
@@ -229,7 +230,7 @@ def connectivity_metrics(answer: Answer, w_true: torch.Tensor, gain: float, grid
     m = {"connectivity_R2": identity_r2(wt, wc), "connectivity_R2_fit": r2_fit, "connectivity_R2_raw": r2_raw,
          "connectivity_slope": slope}
     if train_u is not None:
-        active = torch.tanh(train_u.double()).std(0) >= SATURATION_STD  # per presynaptic neuron j
+        active = ~saturated(train_u)  # per presynaptic neuron j
         cols = off & active[None, :]
         m["n_saturated_neurons"] = int((~active).sum())
         if cols.any():
@@ -284,6 +285,9 @@ def evaluate(answer: Answer, data: TrainingData, queries: Queries, truth: dict, 
     m["effective_rank_99"] = int(data.effective_rank_99)
     ident = identifiability(data.u)
     m["system_degenerate"] = int(ident["system_degenerate"])
+    # the best connectivity_R2 the data allow when saturated neurons' columns are known only
+    # through their row sums: tells "this seed caps at 0.4" from "this recipe is bad"
+    m["connectivity_R2_ceiling"] = connectivity_ceiling(truth["W"], data.u)
     if answer.elapsed_s is not None:
         m["training_time_min"] = answer.elapsed_s / 60
         if answer.n_steps:
@@ -296,8 +300,9 @@ def evaluate(answer: Answer, data: TrainingData, queries: Queries, truth: dict, 
     if answer.rollout_diverged_at >= 0:
         notes.append(f"rollout left finite values at frame {answer.rollout_diverged_at} (clamped to 1e6)")
     if ident["system_degenerate"]:
-        notes.append(f"degenerate system (near a fixed point: {ident['degenerate_reason']}): W is poorly "
-                     "identifiable from this seed; a low connectivity_R2 here measures the seed, not the recipe")
+        notes.append(f"degenerate system ({ident['degenerate_reason']}): W is poorly identifiable from this "
+                     f"seed (connectivity_R2 ceiling {m['connectivity_R2_ceiling']:.3f}); a low connectivity_R2 "
+                     "here measures the seed, not the recipe")
     return Evaluation(metrics=m, arrays=arrays, notes=notes)
 
 
@@ -309,7 +314,9 @@ def format_analysis_log(ev: Evaluation) -> list[str]:
              f"  effective rank (99% var): {m['effective_rank_99']}",
              *([f"  saturated neurons (tanh(u) std < {SATURATION_STD}): {m['n_saturated_neurons']}"]
                if "n_saturated_neurons" in m else []),
-             f"  system: {'DEGENERATE (near a fixed point)' if m.get('system_degenerate') else 'identifiable'}",
+             *([f"  connectivity_R2 ceiling (saturated columns known only by their row sums): "
+                f"{m['connectivity_R2_ceiling']:.3f}"] if "connectivity_R2_ceiling" in m else []),
+             f"  system: {'DEGENERATE (converged out of reach)' if m.get('system_degenerate') else 'identifiable'}",
              "--- metrics ---"]
     for k, v in m.items():
         lines.append(f"{k}: {v}" if isinstance(v, int) else f"{k}: {v:.6g}")
