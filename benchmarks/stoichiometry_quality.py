@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 COLUMNS = ["limited_fraction", "activity_rank_99", "stoichiometry_R2_sign_baseline", "stoichiometry_R2_gauged_baseline",
            "stoichiometry_R2_gauged",
-           "stoichiometry_skill", "stoichiometry_exact_frac", "stoichiometry_R2", "test_R2", "final_loss",
+           "stoichiometry_skill", "stoichiometry_exact_frac", "stoichiometry_exact_frac_baseline",
+           "stoichiometry_exact_frac_raw", "stoichiometry_exact_frac_raw_baseline", "stoichiometry_R2", "test_R2", "final_loss",
            "steps_per_second"]
 
 
