@@ -228,25 +228,31 @@ class HomeostasisRegime(Regime):
     def prepare(self, run_dir: Path, config: dict, device: str = "cpu", log=print) -> dict:
         """Provide the phase-1 checkpoint: the user's (`training.phase1_checkpoint` already set,
         from --phase1-checkpoint) or one trained once per dataset with the rate_constants
-        regime's best known config of the run's profile, S frozen, and cached."""
+        regime's best known config of the run's profile, S frozen, and cached. Either one is
+        scored here (trusted code, the evaluation's metrics), its figures written to
+        prepare/phase1.json for the run header, and refused below PHASE1_MIN_R2 / PHASE1_MIN_TEST_R2."""
+        from regimes.metabolism import phase1 as P1  # heavy (torch): only when needed
+
         user = get_dotted(config, "training.phase1_checkpoint")
         if user:
             path = Path(user).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"training.phase1_checkpoint: {path} does not exist")
-            log(f"homeostasis: using the phase-1 checkpoint {path} (given by the user)")
-            return {"training.phase1_checkpoint": str(path.resolve())}
-        from regimes.metabolism.phase1 import ensure_phase1_checkpoint  # heavy (torch): only when needed
-
-        profile = run_profile(Path(run_dir), config, self)
-        phase1 = phase1_config(config, profile)
-        # trained inside the run directory (prepare/phase1/) so its progress is visible, then cached
-        path, metrics = ensure_phase1_checkpoint(phase1["simulation"], phase1, device, None, log,
-                                                 work_dir=Path(run_dir) / "prepare" / "phase1")
+            path = path.resolve()
+            log(f"homeostasis: using the phase-1 checkpoint {path} (given by the user); scoring it ...")
+            metrics = P1.evaluate_phase1_checkpoint(path, config["simulation"])
+            source = "given by the user"
+        else:
+            profile = run_profile(Path(run_dir), config, self)
+            phase1 = phase1_config(config, profile)
+            # trained inside the run directory (prepare/phase1/) so its progress is visible, then cached
+            path, metrics = P1.ensure_phase1_checkpoint(phase1["simulation"], phase1, device, None, log,
+                                                        work_dir=Path(run_dir) / "prepare" / "phase1")
+            source = f"rate_constants {profile} config, S frozen"
         figures = phase1_figures(metrics)
         (Path(run_dir) / "prepare").mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "prepare" / "phase1.json").write_text(json.dumps(figures, indent=1))
-        log(f"homeostasis: phase-1 checkpoint {path} (rate_constants {profile} config, S frozen): "
+        log(f"homeostasis: phase-1 checkpoint {path} ({source}): "
             + ", ".join(f"{k}={_fmt4(v)}" for k, v in figures.items()))
         why = phase1_refusal(figures)
         if why:

@@ -351,3 +351,28 @@ def test_stoichiometry_exact_frac_decodes_each_column_without_the_truth():
     assert compute_metrics(Learned(s_all=noisy), truth, data, None, GM).metrics["stoichiometry_exact_frac"] > 0.9
     zero = evaluate.integer_decode(np.zeros(len(s_true)), sub, rxn, data.n_rxn)
     assert np.all(np.abs(zero) >= 1) and np.allclose(np.bincount(rxn, weights=zero, minlength=data.n_rxn), 0)
+
+
+def test_phase1_checkpoint_scored_by_trusted_code_as_the_evaluation_scores_it(tmp_path):
+    """evaluate_phase1_checkpoint (the refusal's judge of a user's --phase1-checkpoint) gives the evaluation
+    entry's figures for the same model, and refuses, in one line, what is not a phase-1 model of this data."""
+    from regimes.metabolism.config import ConfigError
+    from regimes.metabolism.phase1 import evaluate_phase1_checkpoint
+
+    ck = _phase1_checkpoint(tmp_path)
+    entry = read_metrics(tmp_path / "phase1")
+    got = evaluate_phase1_checkpoint(ck, kinetics_cfg()["simulation"])
+    for k in ("rate_constants_R2", "rate_constants_R2_identifiable", "test_R2", "MLP_sub_R2"):
+        if k in entry:
+            assert got[k] == pytest.approx(entry[k], rel=1e-6, abs=1e-9), k
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    other = {**kinetics_cfg()["simulation"], "seed": 4}
+    assert stage_train_evaluate(tmp_path, stoich_cfg(n_epochs=0), "sto_learned")[:2] == (0, 0)
+    stoich = tmp_path / "sto_learned" / "model.pt"  # S learned: not a phase-1 model
+    for path, sim, why in ((bad, kinetics_cfg()["simulation"], "cannot read"),
+                           (ck, other, "different simulation"),
+                           (stoich, stoich_cfg()["simulation"], "not a kinetics model trained with S frozen")):
+        with pytest.raises(ConfigError) as e:
+            evaluate_phase1_checkpoint(path, sim)
+        assert len(str(e.value).splitlines()) == 1 and "training.phase1_checkpoint" in str(e.value) and why in str(e.value)

@@ -237,12 +237,42 @@ def test_homeostasis_prepare_uses_user_checkpoint(tmp_path, monkeypatch):
 
     h, cfg = _homeo_cfg()
     monkeypatch.setattr(phase1, "ensure_phase1_checkpoint", lambda *a, **k: pytest.fail("must not train"))
+    scored = []
+
+    def fake_evaluate(path, sim_cfg, root=None):
+        scored.append((path, sim_cfg))
+        return {"rate_constants_R2": 0.7, "rate_constants_R2_identifiable": 0.96, "test_R2_short": 0.93}
+
+    monkeypatch.setattr(phase1, "evaluate_phase1_checkpoint", fake_evaluate)
     ck = tmp_path / "mine.pt"
     ck.write_bytes(b"x")
     cfg["training"]["phase1_checkpoint"] = str(ck)
     logged = []
     assert h.prepare(tmp_path, cfg, "cpu", logged.append) == {"training.phase1_checkpoint": str(ck.resolve())}
     assert "given by the user" in logged[0]
+    # scored by trusted code on the run's simulation, figures shown in the header like the regime's own
+    assert scored == [(ck.resolve(), cfg["simulation"])]
+    from agent.live import phase1_note
+    assert "rate_constants_R2_identifiable=0.960" in phase1_note(tmp_path)
     cfg["training"]["phase1_checkpoint"] = str(tmp_path / "missing.pt")
     with pytest.raises(FileNotFoundError, match="training.phase1_checkpoint: .*missing.pt does not exist"):
         h.prepare(tmp_path, cfg, "cpu", logged.append)
+
+
+def test_homeostasis_prepare_refuses_a_poor_user_checkpoint(tmp_path, monkeypatch):
+    """The user's --phase1-checkpoint goes through the same refusal as the regime's own phase 1."""
+    import regimes.metabolism.phase1 as phase1
+    from regimes.homeostasis import Phase1Refused
+
+    h, cfg = _homeo_cfg()
+    monkeypatch.setattr(phase1, "evaluate_phase1_checkpoint",
+                        lambda *a, **k: {"rate_constants_R2": 0.9, "rate_constants_R2_identifiable": 0.9,
+                                         "test_R2_short": 0.3})
+    ck = tmp_path / "mine.pt"
+    ck.write_bytes(b"x")
+    cfg["training"]["phase1_checkpoint"] = str(ck)
+    with pytest.raises(Phase1Refused) as e:
+        h.prepare(tmp_path, cfg, "cpu", lambda *a: None)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "test_R2_short 0.3000 < 0.5" in msg and "--phase1-checkpoint" in msg
+    assert (tmp_path / "prepare" / "phase1.json").is_file()

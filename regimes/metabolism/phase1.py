@@ -29,6 +29,49 @@ from regimes.metabolism.data import stage
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def evaluate_phase1_checkpoint(path: Path | str, sim_cfg: dict, root: Path | None = None) -> dict:
+    """The metrics (rate_constants_R2_identifiable, test_R2_short, ...) of the phase-1 model.pt at `path` on
+    the simulation `sim_cfg`, computed here (trusted code) from its weights. ConfigError (one line naming
+    training.phase1_checkpoint) when it is not a kinetics model with S frozen trained on this simulation."""
+    import torch
+
+    from regimes.metabolism.config import simulation_hash
+    from regimes.metabolism.data import load_heldout, load_or_generate, make_queries, read_checkpoint
+    from regimes.metabolism.evaluate import compute_metrics, learned_from_predictions, load_truth
+    from regimes.metabolism.model import build_model
+    from regimes.metabolism.train import predictions
+
+    key = "training.phase1_checkpoint"
+    ck = read_checkpoint(Path(path))
+    if not (isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict) and isinstance(ck.get("config"), dict)):
+        raise ConfigError(f"config error: {key}: {path} is not a metabolism model.pt")
+    ck_cfg = ck["config"]
+    try:
+        cfg = parse_config({"simulation": sim_cfg, "graph_model": ck_cfg.get("graph_model", {}),
+                            "training": ck_cfg.get("training", {})})
+    except ConfigError as e:
+        raise ConfigError(f"config error: {key}: {path}: its config does not validate ({e})") from None
+    if cfg.graph_model.model != "kinetics" or not cfg.training.freeze_stoichiometry:
+        raise ConfigError(f"config error: {key}: {path} is not a kinetics model trained with S frozen")
+    if ck.get("simulation_hash") != simulation_hash(cfg.simulation):
+        raise ConfigError(f"config error: {key}: {path} was trained on a different simulation section "
+                          "(or an older dataset format)")
+    data, truth_path = load_or_generate(cfg.simulation, given_stoichiometry=True, root=root, log=lambda *a: None)
+    heldout = load_heldout(cfg.simulation, root)
+    torch.manual_seed(0)
+    model = build_model(cfg.graph_model, data, True)
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ConfigError(f"config error: {key}: {path}: its weights do not fit the model of its config "
+                          f"({str(e).splitlines()[0][:160]})") from None
+    queries = make_queries(cfg, {"conc": data.conc, "segment_frames": data.segment_frames}, heldout)
+    preds = predictions(model, data, queries, {}, {})
+    result = compute_metrics(learned_from_predictions(preds), load_truth(truth_path), data, heldout["conc"],
+                             cfg.graph_model)
+    return result.metrics
+
+
 def default_phase1_config(profile: str = "quick") -> dict:
     """The graph_model and training sections of rate_constants_<profile>.yaml (the best known phase-1 config)."""
     cfg = yaml.safe_load((CONFIG_DIR / f"rate_constants_{profile}.yaml").read_text())
