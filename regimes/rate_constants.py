@@ -36,15 +36,17 @@ CODE_STRATEGIES = [
         hypothesis="with a high lr_k the rate constants overshoot and oscillate; clipping the log_k gradient norm "
                    "should let a fast lr_k converge instead of settling on wrong values",
         description="gradient clipping on log_k"),
+    # (a "cosine-lr" strategy was retired: the default lr_schedule is cosine now, and the edit did nothing on top)
     CodeStrategy(
-        name="cosine-lr", file=TRAIN, old=_STEP,
-        new=_STEP + "            for g in opt.param_groups:  # cosine decay of every group's lr over the run\n"
-                    "                g.setdefault(\"initial_lr\", g[\"lr\"])\n"
-                    "                g[\"lr\"] = g[\"initial_lr\"] * 0.5 * (1.0 + math.cos(math.pi * (step + 1) / "
-                    "max(1, t.n_epochs * ipe)))\n",
-        hypothesis="large early steps then fine-tuning (cosine annealing) should let k settle precisely once the "
-                   "MLPs have found their shape, raising rate_constants_R2 at the end of training",
-        description="learning-rate schedule"),
+        name="log-k-adam-eps", file=TRAIN, old="    opt = torch.optim.Adam(param_groups(model, cfg))\n",
+        new="    opt = torch.optim.Adam(param_groups(model, cfg))\n"
+            "    for g in opt.param_groups:  # log k moves in proportion to its data gradient when that is weak\n"
+            "        if g.get(\"name\") == \"log_k\":\n"
+            "            g[\"eps\"] = 1e-5\n",
+        hypothesis="Adam moves every log k at full speed even where its data gradient is tiny (weakly active "
+                   "reactions, pairs sharing a substrate set); a larger eps on the log_k group lets those k move "
+                   "only as far as the data push them, so the prior and the strong reactions decide them",
+        description="Adam eps on log_k (gradient-proportional steps for weakly constrained k)"),
     CodeStrategy(
         name="mlp-sub-capacity-half", file=MODEL,
         old="        self.mlp_sub = mlp([2, gm.hidden_dim, gm.hidden_dim, 1])\n",
