@@ -13,10 +13,13 @@ for about `--seconds` and reports units per second both by wall clock and by
 process CPU time (`time.process_time`): on a machine shared with other jobs
 the CPU-time rate is the honest per-core figure.
 
-    python benchmarks/throughput.py [--threads 1] [--seconds 3] [--only SUBSTR] [--json OUT] [--naive]
+    python benchmarks/throughput.py [--threads 1] [--seconds 3] [--only SUBSTR] [--json OUT] [--naive] [--ab]
 
 A package may also expose `benchmarks_naive()` (same shape): unoptimised
-reference implementations, run with --naive to show before/after.
+reference implementations, run with --naive to show before/after; and
+`benchmarks_ab()` -> [(name, setup_a, setup_b)]: with --ab the two steps are
+alternated in short chunks in ONE process (the CPU-time ratio then cancels
+the load of a shared machine, which moves either figure alone by 2x).
 
 Runs on CPU with torch.set_num_threads(threads), and on CUDA too when present.
 """
@@ -56,6 +59,43 @@ def measure(step, seconds: float, device: str, warmup: int = 3) -> dict:
     return {"n": n, "wall_s": wall, "cpu_s": cpu, "per_s_wall": n / wall, "per_s_cpu": n / max(cpu, 1e-9)}
 
 
+def measure_ab(step_a, step_b, seconds: float, device: str, rounds: int = 10) -> dict:
+    """A and B alternated `rounds` times, each chunk ~seconds / (2 rounds): units/s of CPU time of each."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        step_a(), step_b()
+    sync()
+    res = {"a": [0, 0.0], "b": [0, 0.0]}
+    chunk = seconds / (2 * rounds)
+    for _ in range(rounds):
+        for key, step in (("a", step_a), ("b", step_b)):
+            n, w0, c0 = 0, time.perf_counter(), time.process_time()
+            while True:
+                step()
+                n += 1
+                if n % 5 == 0 or n < 5:
+                    sync()
+                    if time.perf_counter() - w0 >= chunk:
+                        break
+            sync()
+            res[key][0] += n
+            res[key][1] += time.process_time() - c0
+    a, b = (res[k][0] / max(res[k][1], 1e-9) for k in ("a", "b"))
+    return {"per_s_cpu_a": a, "per_s_cpu_b": b, "ratio": a / b, "n_a": res["a"][0], "n_b": res["b"][0]}
+
+
+def collect_ab(packages=PACKAGES) -> list[tuple[str, object, object]]:
+    out = []
+    for pkg in packages:
+        try:
+            mod = importlib.import_module(f"regimes.{pkg}.bench")
+        except ModuleNotFoundError:
+            continue
+        if hasattr(mod, "benchmarks_ab"):
+            out.extend(mod.benchmarks_ab())
+    return out
+
+
 def collect(packages=PACKAGES, naive: bool = False) -> list[tuple[str, object]]:
     out = []
     for pkg in packages:
@@ -79,10 +119,26 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
     ap.add_argument("--naive", action="store_true", help="also run a package's optional benchmarks_naive() references")
+    ap.add_argument("--ab", action="store_true",
+                    help="alternate each benchmarks_ab() pair (new vs reference/original) in one process instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
+    if args.ab:
+        for name, setup_a, setup_b in collect_ab():
+            if args.only and args.only not in name:
+                continue
+            for dev in devices:
+                (step_a, _), (step_b, _) = setup_a(dev), setup_b(dev)
+                r = measure_ab(step_a, step_b, 2 * args.seconds, dev)
+                r.update(name=name, device=dev, threads=args.threads)
+                rows.append(r)
+                print(f"{name:55s} {dev:4s} {r['per_s_cpu_a']:8.1f} vs {r['per_s_cpu_b']:8.1f} steps/s CPU"
+                      f"  x{r['ratio']:.2f}  (n={r['n_a']}/{r['n_b']})")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return 0
     for name, setup in collect(naive=args.naive):
         if args.only and args.only not in name:
             continue

@@ -256,14 +256,15 @@ def test_entry_subprocesses_write_everything(tmp_path):
 
 
 def test_cosine_schedule_decays_every_group_to_zero(monkeypatch):
+    from regimes.metabolism.fast import FlatAdam
+
     seen = []
-    real_step = torch.optim.Adam.step
+    for cls in (torch.optim.Adam, FlatAdam):  # FlatAdam with the fast path, Adam with the reference one
+        def spy(self, *a, real_step=cls.step, **k):
+            seen.append([g["lr"] for g in self.param_groups])
+            return real_step(self, *a, **k)
 
-    def spy(self, *a, **k):
-        seen.append([g["lr"] for g in self.param_groups])
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+        monkeypatch.setattr(cls, "step", spy)
     _phase1(kinetics_cfg(lr_schedule="cosine", data_augmentation_loop=10))
     first, last = seen[0], seen[-1]
     assert first == pytest.approx([5e-3, 5e-4, 1e-3, 1e-3])  # step 0: log_k, MLP_sub, MLP_node, embedding

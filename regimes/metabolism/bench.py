@@ -42,16 +42,18 @@ def _data(sim: dict, freeze: bool, device: str):
                         s_sub=net.s_sub if freeze else None, s_all=net.s_all if freeze else None).to(device)
 
 
-def make_step(cfg: Config, device: str = "cpu", data=None) -> Callable[[], float]:
-    """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it."""
+def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = False) -> Callable[[], float]:
+    """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it.
+    `reference`: the model's reference code path and torch's Adam (model.fast = False), for A/B runs."""
     from regimes.metabolism.model import KineticsModel, build_model
-    from regimes.metabolism.train import SubPenaltyInputs, param_groups, sub_penalties
+    from regimes.metabolism.train import SubPenaltyInputs, make_optimizer, param_groups, sub_penalties, to_device
 
     t = cfg.training
     data = data if data is not None else _data(cfg.simulation.model_dump(), t.freeze_stoichiometry, device)
     torch.manual_seed(t.seed)
     model = build_model(cfg.graph_model, data, t.freeze_stoichiometry).to(device)
-    opt = torch.optim.Adam(param_groups(model, cfg))
+    model.fast = not reference
+    opt = make_optimizer(model, param_groups(model, cfg))
     gen = torch.Generator().manual_seed(1)
     conc0, deriv0, ynorm2, B = data.conc, data.deriv, data.ynorm ** 2, t.batch_size
     kin = isinstance(model, KineticsModel)
@@ -59,18 +61,20 @@ def make_step(cfg: Config, device: str = "cpu", data=None) -> Callable[[], float
     if sub_terms:
         sub_inputs = SubPenaltyInputs(model, data)
 
-    def step() -> float:
-        idx = torch.randint(0, data.n_frames, (B,), generator=gen).to(device)
+    def step() -> torch.Tensor:
+        idx = to_device(torch.randint(0, data.n_frames, (B,), generator=gen), device)
         c = conc0[idx]
-        loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2
         if sub_terms:
-            loss = loss + sub_penalties(model, t, sub_inputs, data.log_k_center)
+            d, f = model.forward_and_sub(c, sub_inputs.c, sub_inputs.s)
+            loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2 + sub_penalties(model, t, sub_inputs, data.log_k_center, f=f)
+        else:
+            loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2
         if t.coeff_k_center:
             loss = loss + t.coeff_k_center * (model.log_k.mean() - data.log_k_center) ** 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.detach()  # no .item(): a host sync per step on CUDA (train.py fetches every 64 steps)
 
     return step
 
@@ -80,7 +84,7 @@ def _cfg(sim: dict, model: str, variant: str = "tied", **training) -> Config:
                          "training": {"batch_size": 8, **training}})
 
 
-def _kinetics(device: str):
+def _kinetics(device: str, reference: bool = False):
     """The rate_constants default recipe's step (configs/rate_constants_quick.yaml's training section,
     minus the schedule, which only sets the lr once per step)."""
     import yaml
@@ -91,17 +95,18 @@ def _kinetics(device: str):
     keep = ("learning_rate_start", "learning_rate_k", "learning_rate_sub", "learning_rate_node", "coeff_k_center",
             "coeff_MLP_sub_diff", "coeff_MLP_sub_norm", "coeff_MLP_node_L1", "coeff_k_prior", "coeff_MLP_sub_zero")
     cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, **{k: t[k] for k in keep if k in t})
-    return make_step(cfg, device), "step"
+    return make_step(cfg, device, reference=reference), "step"
 
 
 def _phase2(T: int):
     """One phase-2 gradient step: a T-step rollout at batch 8 through the frozen reactions."""
-    def setup(device: str):
+    def setup(device: str, reference: bool = False):
         from regimes.metabolism.model import build_model
         cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, homeostasis_training=True)
         data = _data(SIM_CYCLES, True, device)
         torch.manual_seed(0)
         model = build_model(cfg.graph_model, data, True).to(device)
+        model.fast = not reference
         for p in model.parameters():
             p.requires_grad_(False)
         params = list(model.mlp_node.parameters()) + [model.a]
@@ -126,8 +131,8 @@ def _phase2(T: int):
 
 
 def _stoich(variant: str):
-    def setup(device: str):
-        return make_step(_cfg(SIM_RANDOM, "stoichiometry", variant), device), "step"
+    def setup(device: str, reference: bool = False):
+        return make_step(_cfg(SIM_RANDOM, "stoichiometry", variant), device, reference=reference), "step"
     return setup
 
 
@@ -221,6 +226,19 @@ def _stoich_naive(device: str):
         return loss.item()
 
     return step, "step"
+
+
+def benchmarks_ab() -> list[tuple[str, Callable, Callable]]:
+    """(name, setup, reference setup): the current step against the model's reference code path (model.py
+    `fast = False`, torch's Adam), alternated in one process by `throughput.py --ab`."""
+    pairs = [("metabolism.kinetics_step_b8", _kinetics),
+             ("metabolism.stoichiometry_tied_step_b8", _stoich("tied")),
+             ("metabolism.stoichiometry_untied_step_b8", _stoich("untied")),
+             ("metabolism.homeostasis_phase2_step_b8_T4", _phase2(4))]
+    out = [(n + " vs reference", f, lambda device, f=f: f(device, reference=True)) for n, f in pairs]
+    # and against the original implementation (the issue's 10x target)
+    return out + [("metabolism.kinetics_step_b8 vs naive", _kinetics, _kinetics_naive),
+                  ("metabolism.stoichiometry_tied_step_b8 vs naive", _stoich("tied"), _stoich_naive)]
 
 
 def benchmarks_naive() -> list[tuple[str, Callable]]:

@@ -13,6 +13,13 @@ it is a separate parameter |sto_sub|.
 dc/dt = S v, computed as v @ S_dense^T (S_dense assembled from the edge
 coefficients each call, differentiable), which is faster than a scatter at
 these sizes.
+
+Two implementations of one maths: the plain autograd code below is the
+reference (`model.fast = False`, or whatever fast.py does not cover); the
+default `fast = True` runs fast.py's fused Functions (hand-written backward,
+~5x fewer aten calls), checked against the reference by
+tests/test_metabolism_fast.py. A change to the maths goes into both (or set
+`fast = False` until fast.py follows): that test fails until they agree.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 
 from regimes.metabolism.config import GraphModelConfig
 from regimes.metabolism.data import TrainingData
+from regimes.metabolism.fast import KineticsFn, StoichiometryFn, linear_layers, mlp_params
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -73,7 +81,11 @@ class _Stoichiometry(nn.Module):
         for name in ("met_sub", "rxn_sub", "met_all", "rxn_all", "sub_to_all"):
             self.register_buffer(name, getattr(data, name).clone(), persistent=False)
         self.register_buffer("lin_all", data.met_all * data.n_rxn + data.rxn_all, persistent=False)
+        self.register_buffer("lin_all_T", data.rxn_all * data.n_met + data.met_all, persistent=False)
+        #: fast.py's fused forward/backward (False: the reference autograd code, same numbers)
+        self.fast = True
         self.register_buffer("n_sub", torch.bincount(data.rxn_sub, minlength=data.n_rxn), persistent=False)
+        self.register_buffer("n_sub_f", self.n_sub.float(), persistent=False)
         e_all, e_sub = len(data.met_all), len(data.met_sub)
         if freeze_S:
             if data.s_all is None or data.s_sub is None:
@@ -140,7 +152,15 @@ class StoichiometryModel(_Stoichiometry):
         h = msg.new_zeros(B, self.n_rxn, msg.shape[-1]).index_add_(1, self.rxn_sub, msg)
         return torch.pow(10.0, self.log_k) * F.softplus(self.rate_mlp(h).squeeze(-1))
 
+    def fast_ok(self) -> bool:
+        """fast.py covers this model: `fast` on and both MLPs plain `mlp()` stacks (msg_mlp with a hidden layer)."""
+        msg = linear_layers(self.msg_mlp)
+        return self.fast and msg is not None and len(msg) >= 2 and linear_layers(self.rate_mlp) is not None
+
     def forward(self, c: torch.Tensor) -> torch.Tensor:
+        if self.fast_ok():
+            return StoichiometryFn.apply(self, c, self.log_k, self.sto_all, None if self.freeze_S else self.sto_sub,
+                                         *mlp_params(self.msg_mlp), *mlp_params(self.rate_mlp))
         return self.reaction(c)
 
     def mlp_parameters(self) -> list[nn.Parameter]:
@@ -217,11 +237,37 @@ class KineticsModel(_Stoichiometry):
         """MLP_node on concentrations c (...,) with embeddings a (..., d)."""
         return self.mlp_node(torch.cat((c.unsqueeze(-1), a), dim=-1)).squeeze(-1)
 
+    def fast_ok(self) -> bool:
+        """fast.py covers this model: `fast` on, S frozen, and the MLPs plain `mlp()` stacks."""
+        return (self.fast and self.freeze_S and linear_layers(self.mlp_sub) is not None
+                and (not self.use_node or linear_layers(self.mlp_node) is not None))
+
+    def _fast(self, c: torch.Tensor, with_node: bool, sub_c: torch.Tensor | None = None,
+              sub_s: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if sub_c is None:
+            sub_c = sub_s = c.new_zeros(0)
+        node = [*mlp_params(self.mlp_node), self.a] if with_node else []
+        return KineticsFn.apply(self, with_node, c, sub_c, sub_s, self.log_k, *mlp_params(self.mlp_sub), *node)
+
+    def reaction(self, c: torch.Tensor) -> torch.Tensor:
+        if self.fast_ok():
+            return self._fast(c, False)[0]
+        return super().reaction(c)
+
     def forward(self, c: torch.Tensor) -> torch.Tensor:
+        if self.fast_ok():
+            return self._fast(c, self.use_node)[0]
         d = self.reaction(c)
         if self.use_node:
             d = d + self.node(c)
         return d
+
+    def forward_and_sub(self, c: torch.Tensor, sub_c: torch.Tensor, sub_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward(c), f_sub(sub_c, sub_s)) for 1-D sub_c, sub_s: on the fast path ONE MLP_sub pass serves both
+        (a tiny MLP is overhead-bound; the phase-1 penalties' rows ride along with the data's)."""
+        if self.fast_ok():
+            return self._fast(c, self.use_node, sub_c, sub_s)
+        return self.forward(c), self.f_sub(sub_c, sub_s)
 
 
 def build_model(gm: GraphModelConfig, data: TrainingData, freeze_S: bool) -> _Stoichiometry:

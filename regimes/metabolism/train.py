@@ -35,6 +35,7 @@ import torch
 from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
+from regimes.metabolism.fast import FlatAdam
 from regimes.metabolism.model import KineticsModel, build_model, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
@@ -61,6 +62,51 @@ class History:
 
     def values(self) -> torch.Tensor:
         return self._buf[: self.n].clone()
+
+
+class StepLog:
+    """Per-step (loss, regul) kept as device tensors and fetched every `every` steps: `.item()` each step is
+    a host sync on CUDA (the CPU waits for the GPU, which then idles while Python queues the next step).
+    Divergence is caught at the next fetch (at most `every` steps late) and reported with its own step."""
+
+    def __init__(self, losses: History, reguls: History, progress: ProgressWriter, every: int = 64):
+        self.losses, self.reguls, self.progress, self.every = losses, reguls, progress, every
+        self._pending: list[torch.Tensor] = []
+        self._step = 0
+
+    def add(self, pred_loss: torch.Tensor, regul: torch.Tensor, step: int) -> None:
+        self._pending += [pred_loss.detach(), regul.detach()]
+        self._step = step
+        if len(self._pending) >= 2 * self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        vals = torch.stack(self._pending).double().cpu().tolist()  # the one sync per chunk
+        self._pending = []
+        first = self._step - len(vals) // 2 + 1
+        for i in range(0, len(vals), 2):
+            lv, rv = vals[i], vals[i + 1]
+            check_finite(lv + rv, first + i // 2)
+            self.losses.append(lv)
+            self.reguls.append(rv)
+        self.progress(self.progress.base + self._step, vals[-2])
+
+
+def to_device(t: torch.Tensor, dev) -> torch.Tensor:
+    """A CPU tensor on `dev` without a host sync: a blocking host-to-GPU copy waits for the stream, so
+    copy from pinned memory, asynchronously (the caching host allocator keeps the source alive)."""
+    if torch.device(dev).type == "cpu":
+        return t
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+def make_optimizer(model: torch.nn.Module, groups: list[dict]) -> torch.optim.Optimizer:
+    """FlatAdam (one flat update, fast.py) with the model's fast path, torch's Adam with the reference path."""
+    if getattr(model, "fast", False):
+        return FlatAdam(groups)
+    return torch.optim.Adam(groups)
 
 
 def iterations_per_epoch(n_frames: int, data_augmentation_loop: int, batch_size: int) -> int:
@@ -104,11 +150,14 @@ class SubPenaltyInputs:
         self.c, self.s = c, s
 
 
-def sub_penalties(model: KineticsModel, t, inp: SubPenaltyInputs, k_center: float) -> torch.Tensor:
+def sub_penalties(model: KineticsModel, t, inp: SubPenaltyInputs, k_center: float,
+                  f: torch.Tensor | None = None) -> torch.Tensor:
     """coeff_MLP_sub_diff (f must not decrease in c on the grid), coeff_MLP_sub_norm ((f(1,1) - 1)^2),
     coeff_MLP_sub_zero ((f(0,s) / f(1,s))^2: no substrate, no rate) and coeff_k_prior (mean of
-    (log k + n_sub log10 f(1,1) - centre)^2, the gauge-corrected log k that rate_constants_R2 scores)."""
-    f = model.f_sub(inp.c, inp.s)
+    (log k + n_sub log10 f(1,1) - centre)^2, the gauge-corrected log k that rate_constants_R2 scores).
+    `f`: MLP_sub at inp's rows when already computed (model.forward_and_sub)."""
+    if f is None:
+        f = model.f_sub(inp.c, inp.s)
     n = inp.n_s * inp.n_c
     grid, f0, f1, f11 = f[:n].view(inp.n_s, inp.n_c), f[n:n + inp.n_s], f[n + inp.n_s:n + 2 * inp.n_s], f[-1]
     regul = f.new_zeros(())
@@ -132,7 +181,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     t = cfg.training
     dev = data.conc.device
     gen = torch.Generator().manual_seed(t.seed + 1)
-    opt = torch.optim.Adam(param_groups(model, cfg))
+    opt = make_optimizer(model, param_groups(model, cfg))
     conc0, deriv0 = data.conc, data.deriv  # run 0, (n_frames, n_met)
     ynorm2 = data.ynorm ** 2
     dt, T, B = data.delta_t, t.time_step, t.batch_size
@@ -149,6 +198,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     # frames whose rollout window stays inside one trajectory segment (all frames for derivative regression)
     starts = data.window_starts(T if t.recurrent_training else 0).to(dev)
     losses, reguls = History(t.n_epochs * ipe), History(t.n_epochs * ipe)
+    log = StepLog(losses, reguls, progress)
     step = 0
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
@@ -156,8 +206,9 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
             if t.lr_schedule == "cosine":
                 for g in opt.param_groups:
                     g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            idx = starts[torch.randint(0, len(starts), (B,), generator=gen).to(dev)]
+            idx = starts[to_device(torch.randint(0, len(starts), (B,), generator=gen), dev)]
             c = conc0[idx]
+            f_sub_rows = None
             if t.recurrent_training:
                 x = c
                 for _s in range(T):
@@ -165,6 +216,9 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
                     if t.noise_recurrent_level > 0:
                         x = x + t.noise_recurrent_level * torch.randn(x.shape, generator=gen).to(dev)
                 pred_loss = ((x - conc0[idx + T]) ** 2).mean() / ((dt * T) ** 2 * ynorm2)
+            elif sub_terms:  # ONE MLP_sub pass for the batch and the penalties' rows
+                d, f_sub_rows = model.forward_and_sub(c, sub_inputs.c, sub_inputs.s)
+                pred_loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2
             else:
                 pred_loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2
             regul = pred_loss.new_zeros(())
@@ -181,7 +235,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
                     regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
             if kinetic:
                 if sub_terms:
-                    regul = regul + sub_penalties(model, t, sub_inputs, k_center)
+                    regul = regul + sub_penalties(model, t, sub_inputs, k_center, f=f_sub_rows)
                 if t.coeff_MLP_node_L1 and model.use_node:
                     regul = regul + t.coeff_MLP_node_L1 * model.node(c).abs().mean()
             if t.coeff_k_center:
@@ -191,11 +245,8 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
             loss.backward()
             opt.step()
             step += 1
-            lv = pred_loss.item()
-            check_finite(lv + regul.item(), step)
-            losses.append(lv)
-            reguls.append(regul.item())
-            progress(progress.base + step, lv)
+            log.add(pred_loss, regul, step)
+    log.flush()
     return {"loss": losses.values(), "regul": reguls.values(), "steps": step}
 
 

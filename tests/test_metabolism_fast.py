@@ -1,0 +1,138 @@
+"""fast.py against the reference code of model.py (`model.fast = False`): the same losses and gradients on a
+fixed batch, for every configuration the fast path covers, and FlatAdam against torch.optim.Adam."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from regimes.metabolism.bench import _data
+from regimes.metabolism.config import GraphModelConfig
+from regimes.metabolism.fast import FlatAdam, tanh_
+from regimes.metabolism.model import KineticsModel, StoichiometryModel
+from tests._metabolism_tiny import TINY_CYCLES, TINY_RANDOM
+
+F64 = dict(rtol=1e-9, atol=1e-12)
+
+
+def _twins(cls, gm: dict, data, freeze: bool, dtype=torch.float64):
+    """(fast, reference): the same initialisation, one on each code path."""
+    torch.manual_seed(0)
+    fast = cls(GraphModelConfig.model_validate({"hidden_dim": 16, "msg_dim": 8, **gm}), data, freeze).to(dtype)
+    with torch.no_grad():  # non-zero node output (it starts at zero) and a spread of log k
+        for p in fast.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ref = copy.deepcopy(fast)
+    ref.fast = False
+    assert fast.fast_ok() and not ref.fast_ok()
+    return fast, ref
+
+
+def _grads(model, loss):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+def _compare(fast, ref, loss_fn, **tol):
+    lf, lr = loss_fn(fast), loss_fn(ref)
+    torch.testing.assert_close(lf, lr, **tol)
+    names = [n for n, p in fast.named_parameters() if p.requires_grad]
+    for name, gf, gr in zip(names, _grads(fast, lf), _grads(ref, lr)):
+        assert (gf is None) == (gr is None), name
+        if gr is not None:
+            torch.testing.assert_close(gf, gr, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def _batch(data, dtype=torch.float64, B=5):
+    idx = torch.tensor([3, 17, 40, 41, 90][:B])
+    return data.conc[idx].to(dtype), data.deriv[idx].to(dtype)
+
+
+def _recurrent(c, T=3, dt=0.1):
+    def loss(m):
+        x = c
+        for _ in range(T):
+            x = (x + dt * m(x)).clamp_min(0.0)
+        return (x ** 2).mean()
+    return loss
+
+
+@pytest.mark.parametrize("sim, use_node", [(TINY_CYCLES, True), (TINY_RANDOM, False), (TINY_RANDOM, True)])
+def test_kinetics_loss_grads_and_penalty_rows_match(sim, use_node):
+    data = _data(sim, True, "cpu")
+    fast, ref = _twins(KineticsModel, {"model": "kinetics", "use_mlp_node": use_node}, data, True)
+    c, y = _batch(data)
+    sub_c = torch.linspace(0.0, 9.0, 7, dtype=torch.float64)
+    sub_s = torch.tensor([1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0], dtype=torch.float64)
+
+    def loss(m):
+        d, f = m.forward_and_sub(c, sub_c, sub_s)
+        return ((d - y) ** 2).mean() + (f[1:] - f[:-1]).relu().mean() + (f[-1] - 1.0) ** 2 + m.log_k.mean() ** 2
+
+    _compare(fast, ref, loss, **F64)
+    _compare(fast, ref, lambda m: ((m.reaction(c) - y) ** 2).sum(), **F64)
+    _compare(fast, ref, _recurrent(c), **F64)  # gradients through c (recurrent training)
+
+
+def test_kinetics_phase2_only_node_trains_through_the_rollout():
+    data = _data(TINY_CYCLES, True, "cpu")
+    fast, ref = _twins(KineticsModel, {"model": "kinetics"}, data, True)
+    for m in (fast, ref):
+        for name, p in m.named_parameters():
+            p.requires_grad_(name.startswith(("mlp_node.", "a")))
+    _compare(fast, ref, _recurrent(_batch(data)[0], T=4), **F64)
+
+
+def test_kinetics_float32_within_float_tolerance():
+    data = _data(TINY_CYCLES, True, "cpu")
+    fast, ref = _twins(KineticsModel, {"model": "kinetics"}, data, True, dtype=torch.float32)
+    c, y = _batch(data, torch.float32)
+    _compare(fast, ref, lambda m: ((m(c) - y) ** 2).mean(), rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant, freeze", [("tied", False), ("untied", False), ("tied", True)])
+def test_stoichiometry_loss_and_grads_match(variant, freeze):
+    data = _data(TINY_RANDOM, freeze, "cpu")
+    fast, ref = _twins(StoichiometryModel, {"model": "stoichiometry", "variant": variant,
+                                            "init_S": "balanced"}, data, freeze)
+    c, y = _batch(data)
+    _compare(fast, ref, lambda m: ((m(c) - y) ** 2).mean() + m.log_k.mean() ** 2, **F64)
+    _compare(fast, ref, _recurrent(c, dt=1.0), **F64)
+
+
+def test_fallbacks_keep_the_reference_path():
+    data = _data(TINY_CYCLES, False, "cpu")
+    m = KineticsModel(GraphModelConfig.model_validate({"model": "kinetics", "hidden_dim": 8}), data, False)
+    assert not m.fast_ok()  # learned S: not covered by fast.py
+    m2 = KineticsModel(GraphModelConfig.model_validate({"model": "kinetics", "hidden_dim": 8}), _data(TINY_CYCLES, True, "cpu"), True)
+    m2.mlp_sub[1] = torch.nn.ReLU()  # an edited activation
+    assert not m2.fast_ok()
+
+
+def test_cpu_tanh_matches_torch_tanh():
+    z = torch.linspace(-30, 30, 100_001, dtype=torch.float64)
+    torch.testing.assert_close(tanh_(z.clone()), torch.tanh(z), rtol=0, atol=1e-15)
+    z32 = z.float()
+    torch.testing.assert_close(tanh_(z32.clone()), torch.tanh(z32), rtol=0, atol=3e-7)
+
+
+def test_flat_adam_matches_torch_adam_with_a_changing_lr():
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64)), torch.nn.Parameter(torch.randn(5, dtype=torch.float64)),
+         torch.nn.Parameter(torch.randn(2, dtype=torch.float64))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    groups = lambda ps: [{"name": "x", "params": ps[:2], "lr": 1e-2}, {"name": "y", "params": ps[2:], "lr": 3e-3}]
+    ours, theirs = FlatAdam(groups(a)), torch.optim.Adam(groups(b))
+    for step in range(6):
+        for opt, ps in ((ours, a), (theirs, b)):
+            for g in opt.param_groups:
+                g["lr"] *= 0.9  # a schedule
+            opt.zero_grad(set_to_none=True)
+            loss = (ps[0].sin().sum() * ps[1].sum()) + (ps[2] ** 3).sum() + step * ps[1].pow(2).sum()
+            loss.backward()
+            opt.step()
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p, q, **F64)
+    assert a[0].data_ptr() == ours._flat.data_ptr()  # parameters live in the flat buffer
