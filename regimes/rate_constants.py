@@ -38,8 +38,8 @@ CODE_STRATEGIES = [
         description="gradient clipping on log_k"),
     # (a "cosine-lr" strategy was retired: the default lr_schedule is cosine now, and the edit did nothing on top)
     CodeStrategy(
-        name="log-k-adam-eps", file=TRAIN, old="    opt = torch.optim.Adam(param_groups(model, cfg))\n",
-        new="    opt = torch.optim.Adam(param_groups(model, cfg))\n"
+        name="log-k-adam-eps", file=TRAIN, old="    opt = make_optimizer(model, param_groups(model, cfg))\n",
+        new="    opt = make_optimizer(model, param_groups(model, cfg))\n"
             "    for g in opt.param_groups:  # log k moves in proportion to its data gradient when that is weak\n"
             "        if g.get(\"name\") == \"log_k\":\n"
             "            g[\"eps\"] = 1e-5\n",

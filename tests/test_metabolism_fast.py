@@ -129,6 +129,8 @@ def test_flat_adam_matches_torch_adam_with_a_changing_lr():
         for opt, ps in ((ours, a), (theirs, b)):
             for g in opt.param_groups:
                 g["lr"] *= 0.9  # a schedule
+            if step == 2:
+                opt.param_groups[1]["eps"] = 1e-3  # a code edit (rate_constants' log-k-adam-eps)
             opt.zero_grad(set_to_none=True)
             loss = (ps[0].sin().sum() * ps[1].sum()) + (ps[2] ** 3).sum() + step * ps[1].pow(2).sum()
             loss.backward()

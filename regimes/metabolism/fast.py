@@ -346,6 +346,7 @@ class FlatAdam(torch.optim.Optimizer):
     and a step is ~10 aten calls whatever the number of tensors (torch's Adam: ~8 per tensor, or a fused
     kernel per group plus Python bookkeeping per group; the metabolism models have 14 tensors in 5 groups).
 
+    A group's lr and eps may change between steps (schedules, code edits); betas are one for all groups.
     Differences from torch's Adam, by design: a parameter whose .grad is None counts as a zero gradient
     (its moments decay; torch skips it) -- identical when every parameter reaches the loss, as here; the
     parameters must all be on one device, dense, and of one dtype. Host syncs: none (the step count and
@@ -354,8 +355,8 @@ class FlatAdam(torch.optim.Optimizer):
     def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         super().__init__(groups, {"lr": 1e-3, "betas": betas, "eps": eps})
         params = [p for g in self.param_groups for p in g["params"]]
-        if len({(tuple(g["betas"]), g["eps"]) for g in self.param_groups}) > 1:
-            raise ValueError("FlatAdam: one betas/eps for all groups")
+        if len({tuple(g["betas"]) for g in self.param_groups}) > 1:
+            raise ValueError("FlatAdam: one betas for all groups")
         if len({id(p) for p in params}) != len(params):
             raise ValueError("FlatAdam: a parameter is in two groups")
         if len({(p.device, p.dtype) for p in params}) > 1:
@@ -378,7 +379,9 @@ class FlatAdam(torch.optim.Optimizer):
         self._m = torch.zeros_like(self._flat)
         self._v = torch.zeros_like(self._flat)
         self._lr = torch.empty_like(self._flat)
+        self._eps = torch.empty_like(self._flat)
         self._lr_now: list[float] | None = None
+        self._eps_now: list[float] | None = None
         self._t = 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -394,15 +397,19 @@ class FlatAdam(torch.optim.Optimizer):
             for (a, b), lr in zip(self._slices, lrs):
                 self._lr[a:b].fill_(lr)
             self._lr_now = lrs
+        epss = [float(g["eps"]) for g in self.param_groups]
+        if epss != self._eps_now:
+            for (a, b), eps in zip(self._slices, epss):
+                self._eps[a:b].fill_(eps)
+            self._eps_now = epss
         grad = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
                           for p in self._params])
         b1, b2 = self.param_groups[0]["betas"]
-        eps = self.param_groups[0]["eps"]
         self._t += 1
         bc1, bc2 = 1 - b1 ** self._t, 1 - b2 ** self._t
         self._m.lerp_(grad, 1 - b1)
         self._v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self._v.sqrt() / math.sqrt(bc2)).add_(eps)
+        denom = (self._v.sqrt() / math.sqrt(bc2)).add_(self._eps)
         self._flat.sub_(self._lr * (self._m / denom) / bc1)
         return None
 
