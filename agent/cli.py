@@ -1,4 +1,4 @@
-"""`agent`: the command line of gnn-agent (DESIGN.md §10).
+"""`agent`: the command line of gnn-agent (README.md; docs/architecture.md).
 
 Every subcommand imports its heavy dependencies lazily, so `agent --help`
 works (and is fast) whatever is installed. User mistakes print one line
@@ -280,7 +280,7 @@ def _check_variant(regime, variant: str | None) -> str:
 
 
 def _run_dir_arg(run_dir: Path, cmd: str) -> Path:
-    from agent.live import RunFileError, check_run_dir
+    from rundir.readers import RunFileError, check_run_dir
 
     try:
         return check_run_dir(run_dir)
@@ -342,7 +342,9 @@ def _use_live(no_live: bool, console) -> bool:
 
 def _finish(run_dir: Path, intr, console) -> int:
     """Exit code and closing lines after start_run/resume_run returned."""
-    from agent.live import best_node, fmt_score, read_nodes, read_status
+    from agent.live import best_node, fmt_score
+    from rundir.readers import read_status
+    from rundir.store import read_nodes
 
     if intr.stop.is_set():
         console.print(f"stopped. resume with: agent resume {run_dir}", highlight=False, markup=False, soft_wrap=True)
@@ -469,7 +471,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if holder is not None:
         raise UsageError(f"run {run_dir} is already driven by {f'pid {holder}' if holder else 'another process'}",
                          hint=_LOCK_HINT)
-    from agent.live import PID_FILE, read_status
+    from rundir.paths import PID_FILE
+    from rundir.readers import read_status
     from agent.status_view import liveness
 
     alive, why = liveness(run_dir, read_status(run_dir))
@@ -625,7 +628,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """`agent replay RUN_DIR NODE`: re-run a node from (config, commit) and compare metrics."""
     import yaml
 
-    from agent.live import read_nodes, read_run_yaml
+    from rundir.readers import read_run_yaml
+    from rundir.store import read_nodes
 
     run_dir = _run_dir_arg(args.run_dir, "replay")
     nodes = {n.get("id"): n for n in read_nodes(run_dir)}

@@ -1,4 +1,4 @@
-"""The exploration loop as a LangGraph StateGraph (DESIGN.md §2).
+"""The exploration loop as a LangGraph StateGraph (docs/architecture.md, "One batch").
 
     START -> prepare (once) -> run_slots -> read_memory -> analyse -> select_parent
           -> log -> [block_end] -> mutate -> run_slots -> ...     (END when the budget is reached)
@@ -13,7 +13,6 @@ the step that was interrupted, and never a finished training.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -22,13 +21,15 @@ from langgraph.graph import END, START, StateGraph
 
 from agent import ucb as ucb_mod
 from agent.driver import run_env
-from agent.memory import (Memory, best_configs_table, block_info, comparison_row, memory_line, render_entry,
-                          upsert_comparison)
-from agent.runctx import RunCtx, RunStopped, plan_for_launch, record_from, utc_now
+from agent.memory import best_configs_table, block_info, comparison_row, memory_line, render_entry
+from agent.runctx import RunCtx, RunStopped
 from agent.state import LoopState
-from agent.store import NodeRecord, dump_json_atomic, write_text_atomic
 from regimes.base import format_value
-from tools.env import SlotPlan, dump_yaml_atomic, slot_dir
+from rundir import paths
+from rundir.io import TIME_FORMAT, dump_json_atomic, dump_yaml_atomic, read_json, utc_now, write_text_atomic
+from rundir.memory import Memory, upsert_comparison
+from rundir.paths import slot_dir
+from rundir.records import Launch, NodeRecord, SlotOutcome, SlotPlan, SlotResult
 
 
 def _all_slots(ctx: RunCtx) -> list[int]:
@@ -79,39 +80,37 @@ def build_graph(ctx: RunCtx):
             nid = ctx.node_id(it, s)
             nodes.append(nid)
             d = slot_dir(ctx.run_dir, it, s)
-            launch_p = d / "launch.json"
+            launch_p = d / paths.LAUNCH
             if not launch_p.exists():  # first launch of this (iteration, slot): freeze config + plan
                 plan = ctx.env.load_plan(s)
                 commit = plan.commit or ctx.env.node_commit(plan.parent)
                 d.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(ctx.env.config_path(s), d / "config.yaml")
-                dump_json_atomic(launch_p, {"node": nid, "iteration": it, "slot": s, "commit": commit,
-                                            "launched_at": utc_now(), **plan_for_launch(plan)})
-            launch = json.loads(launch_p.read_text())
-            if ctx.workspace.node_commit(nid) != launch["commit"]:
+                shutil.copyfile(ctx.env.config_path(s), d / paths.SLOT_CONFIG)
+                dump_json_atomic(launch_p, Launch.of_plan(plan, nid, it, commit, utc_now()).model_dump(mode="json"))
+            launch = Launch.model_validate_json(launch_p.read_text())
+            if ctx.workspace.node_commit(nid) != launch.commit:
                 # checked on every attempt: a kill between launch.json and the tag left it missing
-                ctx.workspace.tag_node(nid, launch["commit"])
-            if (d / "result.json").exists():
+                ctx.workspace.tag_node(nid, launch.commit)
+            if (d / paths.RESULT).exists():
                 continue  # finished before a crash: never re-run
-            if _valid_metrics(d / "metrics.json"):
+            if (metrics := _valid_metrics(d / "metrics.json")) is not None:
                 # the training finished but the loop died before collecting it
-                _write_result(d, {"status": "ok", "exit_code": 0, "reason": "collected on resume",
-                                  "traceback_tail": "", "metrics": json.loads((d / "metrics.json").read_text()),
-                                  "duration_s": _collected_duration(launch, d / "metrics.json")})
+                _write_result(d, SlotResult(status="ok", exit_code=0, reason="collected on resume", metrics=metrics,
+                                            duration_s=_collected_duration(launch, d / "metrics.json")))
                 continue
             for stale in ("metrics.json", "progress.jsonl"):
                 if (d / stale).exists():
                     (d / stale).unlink()
-            code_dir = _code_checkout(ctx, launch["commit"])
+            code_dir = _code_checkout(ctx, launch.commit)
             timeout_s, memory_mb = ctx.training_limits()
-            specs.append(RunSpec(slot=s, node_id=nid, config_path=d / "config.yaml", out_dir=d, code_dir=code_dir,
+            specs.append(RunSpec(slot=s, node_id=nid, config_path=d / paths.SLOT_CONFIG, out_dir=d, code_dir=code_dir,
                                  train_entry=ctx.regime.train_entry, **regime_entries(ctx.regime),
                                  confine=info.confine, device=info.device,
                                  threads=max(1, _cpu_count() // max(1, S)),
                                  timeout_s=timeout_s, memory_limit_mb=memory_mb,
                                  extra_env=run_env(ctx.run_dir)))  # the tag `agent resume` finds leftovers by
-            ctx.set_status(slots={s: {"node": nid, "parent": launch["parent"], "strategy": launch["strategy"],
-                                      "mutation": launch["mutation"], "status": "pending", "out_dir": str(d),
+            ctx.set_status(slots={s: {"node": nid, "parent": launch.parent, "strategy": launch.strategy,
+                                      "mutation": launch.mutation, "status": "pending", "out_dir": str(d),
                                       "score": None, "started_at": None}})
         if specs:
             ctx.emit({"type": "batch_start", "iteration": it, "slots": [sp.slot for sp in specs]})
@@ -130,9 +129,9 @@ def build_graph(ctx: RunCtx):
                 d = spec.out_dir
                 if res.status == "killed" or ctx.kill.is_set():
                     continue  # cancelled: re-run on resume
-                _write_result(d, {"status": res.status, "exit_code": res.exit_code, "reason": res.reason,
-                                  "traceback_tail": res.traceback_tail, "metrics": res.metrics,
-                                  "duration_s": res.duration_s})
+                _write_result(d, SlotResult(status=res.status, exit_code=res.exit_code, reason=res.reason,
+                                            traceback_tail=res.traceback_tail, metrics=res.metrics,
+                                            duration_s=res.duration_s))
                 score = ctx.regime.score(res.metrics) if res.status == "ok" else 0.0
                 ctx.set_status(slots={spec.slot: {"status": "done" if res.status == "ok" else res.status,
                                                   "score": score}})
@@ -155,7 +154,7 @@ def build_graph(ctx: RunCtx):
         _sync_env(ctx, state)
         ctx.set_status(phase="analyse")
         batch = ctx.env.batch = ctx.load_batch(state["iteration"])
-        ctx.run_policy_step("analyse", sorted(batch), [batch[s] for s in sorted(batch)], state)
+        ctx.run_policy_step("analyse", sorted(batch), _results(batch), state)
         return {"phase": "select_parent"}
 
     # ----- select_parent -----
@@ -174,8 +173,7 @@ def build_graph(ctx: RunCtx):
             ctx.env.reasoning(f"[select_parent] block {state['block']} closes: ucb_scores.txt emptied, parents=root")
         else:
             write_text_atomic(ucb_path, ucb_mod.render(block_ucb(ctx, state["block"], batch)))
-            results = [batch[s] for s in sorted(batch)]
-            ctx.run_policy_step("select_parent", _all_slots(ctx), results, state)
+            ctx.run_policy_step("select_parent", _all_slots(ctx), _results(batch), state)
         return {"phase": "log"}
 
     # ----- log -----
@@ -186,20 +184,20 @@ def build_graph(ctx: RunCtx):
         ctx.set_status(phase="log")
         batch = ctx.env.batch = ctx.load_batch(it)
         ctx.store.refresh()
-        analysis_p = ctx.run_dir / "analysis.md"
-        mem = Memory.load(ctx.run_dir / "memory.md")
+        analysis_p = ctx.run_dir / paths.ANALYSIS
+        mem = Memory.load(ctx.run_dir / paths.MEMORY)
         new_records: list[NodeRecord] = []
         # Each of the three writes per node (analysis entry, store line, memory line) is checked on its
         # own, never skipped because another one is there: a kill between any two of them is completed
         # by the re-run of this step (the memory is saved once, after the store lines).
         for k, s in enumerate(sorted(batch)):
             r = batch[s]
-            rec = ctx.store.get(r["node"])  # logged before a crash: the stored record is the truth
+            rec = ctx.store.get(r.node)  # logged before a crash: the stored record is the truth
             if rec is None:
                 plan = ctx.env.load_plan(s)
                 nxt = "root" if plan.parent is None else str(plan.parent)
-                rec = record_from(r, ctx.review(it, s), nxt, state["block"], state["iter_in_block"] + k + 1, it,
-                                  ctx.run_dir)
+                rec = NodeRecord.of_outcome(r, ctx.review(it, s), nxt, state["block"], state["iter_in_block"] + k + 1,
+                                            it, ctx.run_dir, utc_now())
             _append_entry(analysis_p, rec.id, render_entry(ctx.regime, rec))
             if rec.id not in ctx.store:
                 ctx.store.append(rec)
@@ -212,9 +210,9 @@ def build_graph(ctx: RunCtx):
         mem.save(ctx.run_dir / "memory.md", block=state["block"])
         in_block = state["iter_in_block"] + S
         ctx.set_status(iterations_done=len(ctx.store), iter_in_block=min(in_block, info.n_iter_block),
-                       slots={s: {"status": "done" if batch[s]["status"] == "ok" else batch[s]["status"],
-                                  "score": batch[s]["score"]} for s in batch})
-        ctx.run_policy_step("log", sorted(batch), [batch[s] for s in sorted(batch)],
+                       slots={s: {"status": "done" if batch[s].status == "ok" else batch[s].status,
+                                  "score": batch[s].score} for s in batch})
+        ctx.run_policy_step("log", sorted(batch), _results(batch),
                             {**state, "iter_in_block": in_block, "iterations_done": len(ctx.store)})
         ctx.emit({"type": "batch_logged", "iteration": it, "nodes": [r.id for r in new_records]})
         return {"iterations_done": len(ctx.store), "iter_in_block": in_block,
@@ -225,7 +223,7 @@ def build_graph(ctx: RunCtx):
         b = state["block"]
         _sync_env(ctx, state, at_block_end=True)
         ctx.set_status(phase="block_end")
-        snap = ctx.run_dir / "blocks" / f"block_{b:03d}"
+        snap = paths.block_dir(ctx.run_dir, b)
         snap.mkdir(parents=True, exist_ok=True)
         for name in ("memory.md", "instructions.md", "ucb_scores.txt"):
             if not (snap / name).exists():  # keep the first snapshot on a resumed step
@@ -318,22 +316,18 @@ def compile_graph(ctx: RunCtx):
     return build_graph(ctx).compile(checkpointer=saver), conn
 
 
-def block_ucb(ctx: RunCtx, block: int, batch: dict[int, dict]) -> list[ucb_mod.UCBEntry]:
+def block_ucb(ctx: RunCtx, block: int, batch: dict[int, SlotOutcome]) -> list[ucb_mod.UCBEntry]:
     """UCB entries of the block's finished nodes, including the batch just finished."""
-    nodes = {n.id: n for n in ctx.store.block_nodes(block)}
-    system = {n.id: format_value(ctx.regime.system_of(n.config)) for n in nodes.values()}
+    nodes: dict[int, NodeRecord | SlotOutcome] = {n.id: n for n in ctx.store.block_nodes(block)}
     for r in batch.values():
-        if r["node"] not in nodes:
-            nodes[r["node"]] = _Pseudo(r["node"], r["parent"], r["score"], r["mutation"])
-            system[r["node"]] = format_value(ctx.regime.system_of(r.get("config") or {}))
+        nodes.setdefault(r.id, r)
+    system = {n.id: format_value(ctx.regime.system_of(n.config)) for n in nodes.values()}
     return ucb_mod.tag_systems(ucb_mod.ucb_scores(nodes.values(), ctx.info.ucb_c), system)
 
 
-class _Pseudo:
-    __slots__ = ("id", "parent", "score", "mutation")
-
-    def __init__(self, id, parent, score, mutation):
-        self.id, self.parent, self.score, self.mutation = id, parent, score, mutation
+def _results(batch: dict[int, SlotOutcome]) -> list[dict]:
+    """The batch as the policy's StepContext carries it (by slot)."""
+    return [batch[s].model_dump() for s in sorted(batch)]
 
 
 def _code_checkout(ctx: RunCtx, commit: str) -> Path:
@@ -365,29 +359,26 @@ def _append_entry(path: Path, node_id: int, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _valid_metrics(p: Path) -> bool:
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and bool(data)
+def _valid_metrics(p: Path) -> dict | None:
+    """The metrics of a finished training's metrics.json, or None when it is missing, torn or empty."""
+    data = read_json(p)
+    return data if isinstance(data, dict) and data else None
 
 
-def _collected_duration(launch: dict, metrics: Path) -> float:
+def _collected_duration(launch: Launch, metrics: Path) -> float:
     """Launch to metrics.json of a training that finished while no driver ran (not 0: it did train)."""
     import calendar
     import time as _time
 
     try:
-        t0 = calendar.timegm(_time.strptime(launch["launched_at"], "%Y-%m-%dT%H:%M:%SZ"))
+        t0 = calendar.timegm(_time.strptime(launch.launched_at, TIME_FORMAT))
         return round(max(0.0, metrics.stat().st_mtime - t0), 3)
-    except (KeyError, ValueError, OSError):
+    except (ValueError, OSError):
         return 0.0
 
 
-def _write_result(d: Path, res: dict) -> None:
-    res = {**res, "finished_at": utc_now()}
-    dump_json_atomic(d / "result.json", res)
+def _write_result(d: Path, res: SlotResult) -> None:
+    dump_json_atomic(d / paths.RESULT, res.model_copy(update={"finished_at": utc_now()}).model_dump(mode="json"))
 
 
 def _cpu_count() -> int:

@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -31,53 +30,22 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-TERMINAL_PHASES = ("done", "finished", "stopped", "failed", "killed", "interrupted", "budget")
+from rundir.io import llm_cost, read_json, read_jsonl, tail_lines
+from rundir.paths import PID_FILE
+from rundir.readers import (Progress, RunFileError, check_run_dir, parse_time, read_progress, read_run_yaml,
+                            read_status, read_ucb, slot_out_dir)
+from rundir.records import TERMINAL_PHASES, RunStatus
+from rundir.store import read_nodes
+
 STATUS_STYLE = {"pending": "dim", "running": "bold cyan", "done": "green", "ok": "green",
                 "failed": "bold red", "timeout": "bold magenta", "killed": "red"}
 CLASS_STYLE = {"converged": "bold green", "partial": "yellow", "failed": "red"}
 SPARK = "▁▂▃▄▅▆▇█"
 #: a status.json older than this (seconds) belongs to a run that is not running any more
 STALE_AFTER_S = 120.0
-#: written by `agent run` / `agent resume` while they own the run (drive())
-PID_FILE = "run.pid"
 
 
-# ----------------------------------------------------------------------------- file records
-
-class SlotState(BaseModel):
-    """One entry of status.json `slots` (docs/contracts.md §5)."""
-
-    model_config = ConfigDict(extra="ignore")
-    slot: int
-    node: int | None = None
-    parent: int | None = None
-    strategy: str | None = None
-    mutation: str | None = None
-    #: the system (simulation seed) the slot trains on, where the policy may change it
-    system: str | None = None
-    status: str = "pending"
-    out_dir: str | None = None
-    score: float | None = None
-    started_at: str | None = None
-
-
-class BestRef(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    node: int | None = None
-    score: float | None = None
-    slot: int | None = None
-
-
-class PolicySteps(BaseModel):
-    """status.json `policy_steps`: steps the run's policy was asked to answer, and its fallbacks."""
-
-    model_config = ConfigDict(extra="ignore")
-    total: int = 0
-    answered: int = 0
-    fallbacks: int = 0
-    faults: dict[str, int] = {}
-    last_fallback: dict | None = None
-
+# ----------------------------------------------------------------------------- formatting
 
 def policy_steps_line(st: "RunStatus") -> str | None:
     """'N of M steps answered by claude; K fell back to heuristic (2 deadline, 1 repeated_rejection)'."""
@@ -90,248 +58,6 @@ def policy_steps_line(st: "RunStatus") -> str | None:
         line += f"; {ps.fallbacks} fell back to heuristic ({faults})"
     return line
 
-
-class RunStatus(BaseModel):
-    """status.json, read leniently: a field the loop has not written yet takes its default."""
-
-    model_config = ConfigDict(extra="ignore")
-    run_id: str = ""
-    regime: str = "?"
-    variant: str | None = None
-    profile: str | None = None
-    policy: str | None = None
-    model: str | None = None
-    phase: str = "?"
-    block: int = 1
-    iter_in_block: int = 0
-    n_iter_block: int | None = None
-    iterations_done: int = 0
-    iterations_total: int | None = None
-    started_at: str | None = None
-    updated_at: str | None = None
-    cost_usd: float = 0.0
-    best: BestRef | None = None
-    slots: list[SlotState] = []
-    message: str | None = ""
-    fallback: bool = False  # the latest policy step fell back (cleared when the policy answers again)
-    policy_steps: PolicySteps | None = None
-    stopped_by: str | None = None  # cost_limit | llm_refused
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in TERMINAL_PHASES
-
-
-class ProgressPoint(BaseModel):
-    """One progress.jsonl line written by a training (DESIGN.md §4)."""
-
-    model_config = ConfigDict(extra="ignore")
-    step: float
-    total: float | None = None
-    loss: float | None = None
-    elapsed_s: float = 0.0
-
-
-class Progress(BaseModel):
-    """What the view shows of one training's progress."""
-
-    step: float = 0
-    total: float | None = None
-    loss: float | None = None
-    rate: float | None = None  # steps per second over the recent window
-    eta_s: float | None = None
-
-
-class RunFileError(Exception):
-    """A run directory is missing or is not a run directory."""
-
-
-# ----------------------------------------------------------------------------- readers
-
-def check_run_dir(run_dir: Path) -> Path:
-    """Return `run_dir` if it looks like a run directory, else raise RunFileError naming why."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise RunFileError(f"run directory {str(run_dir)!r} does not exist")
-    if not run_dir.is_dir():
-        raise RunFileError(f"{str(run_dir)!r} is not a directory")
-    if not any((run_dir / f).exists() for f in ("status.json", "run.yaml", "nodes.jsonl")):
-        raise RunFileError(f"{str(run_dir)!r} is not a run directory (no status.json, run.yaml or nodes.jsonl)")
-    return run_dir
-
-
-def read_json(path: Path) -> Any:
-    """Parsed JSON of a file, or None when it is missing or half-written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_status(run_dir: Path) -> RunStatus | None:
-    """status.json as a RunStatus, or None when absent or unreadable."""
-    data = read_json(Path(run_dir) / "status.json")
-    if not isinstance(data, dict):
-        return None
-    try:
-        return RunStatus.model_validate(data)
-    except ValidationError:
-        # A malformed field must not take the whole view down; keep what parses.
-        clean = {k: v for k, v in data.items() if k not in ("slots", "best")}
-        try:
-            return RunStatus.model_validate(clean)
-        except ValidationError:
-            return None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """All complete JSON objects of a .jsonl file (a half-written last line is skipped)."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
-_NODES_CACHE: dict[str, tuple[int, int, list[dict]]] = {}  # path -> (inode, bytes parsed, records)
-_NODES_LOCK = threading.Lock()
-
-
-def read_nodes(run_dir: Path) -> list[dict]:
-    """nodes.jsonl records, in file order.
-
-    The file is append-only, so only what was appended since the last call is
-    parsed (the live view reads it a few times a second, for runs of thousands
-    of nodes). A replaced or truncated file is read again from the start.
-    """
-    path = Path(run_dir) / "nodes.jsonl"
-    key = str(path.resolve())
-    try:
-        with open(path, "rb") as f:
-            ino = os.fstat(f.fileno()).st_ino
-            with _NODES_LOCK:
-                c_ino, done, recs = _NODES_CACHE.get(key, (ino, 0, []))
-                if c_ino != ino or os.fstat(f.fileno()).st_size < done:
-                    done, recs = 0, []
-                f.seek(done)
-                data = f.read()
-                # only whole lines are consumed; a half-written tail waits for the next call
-                cut = data.rfind(b"\n") + 1
-                new = []
-                for line in data[:cut].decode("utf-8", errors="replace").splitlines():
-                    try:
-                        obj = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(obj, dict):
-                        new.append(obj)
-                recs = recs + new
-                _NODES_CACHE[key] = (ino, done + cut, recs)
-                return list(recs)
-    except OSError:
-        return []
-
-
-def read_run_yaml(run_dir: Path) -> dict:
-    """run.yaml as a dict ({} when absent)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load((Path(run_dir) / "run.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def tail_lines(path: Path, n: int, max_bytes: int = 16384) -> list[str]:
-    """The last `n` non-empty lines of a text file, reading at most `max_bytes` from its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    lines = [ln for ln in data.splitlines() if ln.strip()]
-    if size > max_bytes and lines:
-        lines = lines[1:]  # the first line is probably cut
-    return lines[-n:] if n else []
-
-
-def read_progress(out_dir: Path, window: int = 30) -> Progress | None:
-    """Progress of a training from the tail of its progress.jsonl (None when there is none yet)."""
-    points = []
-    for line in tail_lines(Path(out_dir) / "progress.jsonl", window):
-        try:
-            points.append(ProgressPoint.model_validate_json(line))
-        except ValidationError:
-            continue
-    if not points:
-        return None
-    last, first = points[-1], points[0]
-    rate = None
-    if last.elapsed_s > first.elapsed_s and last.step > first.step:
-        rate = (last.step - first.step) / (last.elapsed_s - first.elapsed_s)
-    elif last.elapsed_s > 0 and last.step > 0:
-        rate = last.step / last.elapsed_s
-    eta = None
-    if rate and last.total:
-        eta = max(0.0, (last.total - last.step) / rate)
-    return Progress(step=last.step, total=last.total, loss=last.loss, rate=rate, eta_s=eta)
-
-
-def read_ucb(run_dir: Path, n: int = 5) -> list[str]:
-    """The first `n` lines of ucb_scores.txt (best first; empty at a block start)."""
-    try:
-        lines = (Path(run_dir) / "ucb_scores.txt").read_text().splitlines()
-    except OSError:
-        return []
-    return [ln.strip() for ln in lines if ln.strip()][:n]
-
-
-def llm_cost(run_dir: Path) -> tuple[float, int]:
-    """(total cost in USD, number of calls) from llm_calls.jsonl."""
-    calls = read_jsonl(Path(run_dir) / "llm_calls.jsonl")
-    total = 0.0
-    for c in calls:
-        v = c.get("cost_usd", c.get("cost"))
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            total += float(v)
-    return total, len(calls)
-
-
-def slot_out_dir(run_dir: Path, out_dir: str | None) -> Path | None:
-    """A slot's output directory, resolving paths relative to the run directory."""
-    if not out_dir:
-        return None
-    p = Path(out_dir)
-    return p if p.is_absolute() else Path(run_dir) / p
-
-
-def parse_time(s: str | None) -> datetime | None:
-    """An ISO-8601 timestamp as an aware datetime (naive ones are taken as UTC)."""
-    if not s:
-        return None
-    try:
-        t = datetime.fromisoformat(str(s).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-# ----------------------------------------------------------------------------- formatting
 
 def fmt_value(v: Any) -> str:
     """Config values the way the seeds write them: 5E-3, 0.5, 16, True."""
@@ -427,7 +153,7 @@ def key_config(node: dict, keys: list[str], limit: int = 6) -> str:
 
 
 def confinement_note(run_cfg: dict) -> tuple[str, str]:
-    """(text, style) of the header's confinement line, from run.yaml (DESIGN.md §6b)."""
+    """(text, style) of the header's confinement line, from run.yaml (docs/contracts.md §2b)."""
     label = run_cfg.get("confinement") or ""
     if not label:  # a run from before confinement was recorded
         return "not recorded (run.yaml predates it)", "dim"
@@ -697,9 +423,9 @@ def render(run_dir: Path, width: int | None = 120, now: datetime | None = None,
     mt = Text()
     mt.append("policy ", style="bold")
     mt.append((st.message or "").strip() or "—", style="italic")
-    last = (st.policy_steps.last_fallback or {}) if st.policy_steps else {}
+    last = st.policy_steps.last_fallback if st.policy_steps else None
     if st.fallback:
-        why = f"{last.get('fault', '?')}: {last.get('reason', '')}" if last else "see reasoning.log"
+        why = f"{last.fault or '?'}: {last.reason}" if last else "see reasoning.log"
         mt.append(f"\n  the latest step fell back to heuristic ({why})", style="red")
     steps = policy_steps_line(st)
     if steps:
@@ -794,10 +520,10 @@ class PlainReporter:
                          f"iterations done): {desc}")
         n_fb = st.policy_steps.fallbacks if st.policy_steps else (1 if st.fallback else 0)
         if n_fb > self._fallbacks:  # one line per fallback, with its reason
-            last = (st.policy_steps.last_fallback or {}) if st.policy_steps else {}
+            last = st.policy_steps.last_fallback if st.policy_steps else None
             if last:
-                lines.append(f"fallback {n_fb}: heuristic answered step {last.get('step')} "
-                             f"({last.get('fault')}: {last.get('reason')})")
+                lines.append(f"fallback {n_fb}: heuristic answered step {last.step} "
+                             f"({last.fault}: {last.reason})")
             else:
                 lines.append(f"fallback {n_fb}: heuristic answered this step ({st.message or 'see reasoning.log'})")
         elif st.fallback and not self._fallback and st.policy_steps is None:

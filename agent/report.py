@@ -24,8 +24,10 @@ from typing import Any
 import yaml
 
 from agent import systems as sys_mod
-from agent.live import (policy_steps_line, best_node, best_so_far, fmt_score, fmt_value, llm_cost, read_nodes, read_run_yaml,
-                        read_status, slot_out_dir, varied_keys)
+from agent.live import best_node, best_so_far, fmt_score, fmt_value, policy_steps_line, varied_keys
+from rundir.io import llm_cost
+from rundir.readers import read_run_yaml, read_status, slot_out_dir
+from rundir.store import read_nodes
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 CLASS_COLOURS = {"converged": "#2ca02c", "partial": "#ff7f0e", "failed": "#d62728"}
@@ -419,8 +421,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
            f"- Failed trainings: {sum(1 for x in nodes if x.get('status') not in (None, 'ok'))}."]
     steps = policy_steps_line(st) if st else None
     if steps:
-        last = (st.policy_steps.last_fallback or {}) if st.policy_steps else {}
-        md.append(f"- Policy: {steps}." + (f" Last fallback: step {last.get('step')}, {last.get('reason')}."
+        last = st.policy_steps.last_fallback if st.policy_steps else None
+        md.append(f"- Policy: {steps}." + (f" Last fallback: step {last.step}, {last.reason}."
                                            if last else ""))
     elif (run_cfg.get("policy") or "") == "claude":
         md.append("- Policy: no step was answered by claude yet.")

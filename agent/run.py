@@ -21,19 +21,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.driver import DriverLock, RunLocked, end_trainings
 from agent.graph import compile_graph
-from agent.memory import Memory, comparison_row, initial_memory, upsert_comparison
+from agent.llm import LLMRefused
+from agent.memory import comparison_row, initial_memory
 from agent.policies.base import DEFAULT_MODEL
 from agent.policies.registry import make_policy, resolve_policy_name
-from agent.runctx import RunCtx, RunInfo, RunStopped, utc_now
+from agent.runctx import RunCtx, RunStopped
 from agent.state import initial_state
-from agent.store import Store, write_text_atomic
 from regimes.base import flatten, get_dotted, set_dotted
-from tools.env import dump_yaml_atomic, load_yaml
+from rundir import paths
+from rundir.io import dump_yaml_atomic, load_yaml, utc_now, write_text_atomic
+from rundir.memory import Memory, upsert_comparison
+from rundir.records import RunInfo
+from rundir.store import Store
 
 
 
 class RunOptions(BaseModel):
-    """Every flag of `agent run` (DESIGN.md §10)."""
+    """Every flag of `agent run` (README.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -218,7 +222,7 @@ def _populate(d: Path, info: RunInfo, regime, variant: str, config: dict, opts: 
                         "steps fall back to the heuristic while that lasts\n")
     dump_yaml_atomic(d / "base_config.yaml", config)
     for s in range(opts.slots):
-        dump_yaml_atomic(d / "configs" / f"slot_{s:02d}.yaml", regime.slot_config(config, s))
+        dump_yaml_atomic(paths.slot_config_path(d, s), regime.slot_config(config, s))
     (d / "plans").mkdir(exist_ok=True)
     (d / "iterations").mkdir(exist_ok=True)
     Workspace.create(d / "workspace", regime)
@@ -330,11 +334,9 @@ def resume_run(run_dir: Path, stop: threading.Event | None = None, kill: threadi
         if ctx.policy.name == "claude" and hasattr(ctx.policy, "preflight"):
             try:
                 ctx.policy.preflight(run_dir)  # a bad key or model: one line, before anything runs
-            except Exception as e:
-                if type(e).__name__ == "LLMRefused":
-                    ctx.close()
-                    raise RunError(str(e), hint=f"fix the setting named above, then: agent resume {run_dir}") from None
-                raise
+            except LLMRefused as e:
+                ctx.close()
+                raise RunError(str(e), hint=f"fix the setting named above, then: agent resume {run_dir}") from None
         for note in notes:
             ctx.env.reasoning(note)
         max_cost = info.budget.get("max_cost_usd")
@@ -373,7 +375,7 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
                     break
                 if max_cost is not None and ctx._cost() >= max_cost:
                     ctx.env.reasoning(f"max cost reached: ${ctx._cost():.2f} >= ${max_cost:.2f}; stopping")
-                    ctx.status["stopped_by"] = "cost_limit"
+                    ctx.status = ctx.status.updated(stopped_by="cost_limit")
                     outcome = "stopped (max cost)"
                     break
     except RunStopped as e:
@@ -388,7 +390,7 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
     conn.close()
     ctx.close()
     phase = "done" if outcome == "finished" else "stopped"
-    ctx.set_status(phase=phase, message=ctx.status.get("message", "") if outcome == "finished" else outcome,
+    ctx.set_status(phase=phase, message=(ctx.status.message or "") if outcome == "finished" else outcome,
                    iterations_done=len(ctx.store))
     ctx.env.reasoning(f"run {outcome}: {len(ctx.store)} iterations")
     ctx.emit({"type": "run_end", "outcome": outcome})
@@ -400,7 +402,6 @@ def _preflight(policy_name: str, model: str, max_cost_usd: float | None):
     model or base URL is a RunError (one line, exit 2). Returns the call record."""
     if policy_name != "claude":
         return None
-    from agent.llm import LLMRefused
     from agent.policies.claude import preflight
 
     try:

@@ -7,70 +7,24 @@ nodes. Everything it holds can be rebuilt from the run directory.
 
 from __future__ import annotations
 
-import json
+import glob
 import threading
-import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from agent.llm import CostLimitReached, LLMRefused
 from agent.policies.base import Policy, PolicyError, StepContext
-from agent.store import NodeRecord, Store, dump_json_atomic
-from regimes.base import Regime
-from tools.env import SlotPlan, SlotReview, ToolEnv, load_yaml, slot_dir
+from regimes.base import Degeneracy, Regime
+from rundir import paths
+from rundir.io import append_jsonl, dump_json_atomic, llm_cost, load_yaml, read_json, utc_now
+from rundir.records import FallbackRef, Launch, PolicySteps, RunInfo, RunStatus, SlotOutcome, SlotResult, SlotReview
+from rundir.store import Store
+from tools.env import ToolEnv
 from tools.toolbox import ToolBox
-
-
-class RunInfo(BaseModel):
-    """run.yaml: what this run is (enough to resume it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str
-    regime: str
-    variant: str
-    profile: Literal["quick", "full"]
-    profile_reason: str = ""
-    slots: int
-    policy: str
-    model: str
-    executor: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
-    device: str = "cpu"
-    #: trainings sharing one GPU (--slots-per-gpu); None: chosen by the executor from free GPU memory
-    slots_per_gpu: int | None = None
-    #: OS confinement of every training (sandbox/confine.py); False: --no-confine (debugging)
-    confine: bool = True
-    #: the confinement in force on this machine, in confine.describe's words ("landlock ABI 7 + ...")
-    confinement: str = ""
-    budget: dict[str, Any] = Field(default_factory=dict)  # iterations, max_cost_usd
-    seed: int = 0
-    code: bool = True
-    n_iter_block: int = 1
-    ucb_c: float = 1.414
-    regime_path: list[str] = Field(default_factory=list)
-    continue_from: str | None = None
-    phase1_checkpoint: str | None = None
-    script: str | None = None
-    created_at: str = ""
-    # training limits (None in runs made before they were recorded: the regime's for the profile)
-    timeout_min: float | None = None
-    memory_limit_mb: int | None = None
-    limits_reason: str = ""
-
-
-#: the files of the policy step in progress, before its first attempt (RunCtx._step_snapshot)
-STEP_SNAPSHOT = "step_snapshot.json"
 
 
 class RunStopped(Exception):
     """Raised inside a graph node when the run must stop now (kill)."""
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class RunCtx:
@@ -132,42 +86,37 @@ class RunCtx:
 
     # ----- batch results (from files; resume-safe) -----
 
-    def load_batch(self, iteration: int) -> dict[int, dict]:
+    def load_batch(self, iteration: int) -> dict[int, SlotOutcome]:
         """slot -> everything the analysis needs about the training of `iteration` in that slot."""
-        out: dict[int, dict] = {}
+        out: dict[int, SlotOutcome] = {}
         for slot in range(self.info.slots):
-            d = slot_dir(self.run_dir, iteration, slot)
-            launch_p, result_p = d / "launch.json", d / "result.json"
+            d = paths.slot_dir(self.run_dir, iteration, slot)
+            launch_p, result_p = d / paths.LAUNCH, d / paths.RESULT
             if not (launch_p.exists() and result_p.exists()):
                 continue
-            launch = json.loads(launch_p.read_text())
-            result = json.loads(result_p.read_text())
-            metrics = result.get("metrics") or {}
-            ok = result.get("status") == "ok"
-            deg = self.regime.degeneracy(metrics) if ok else None
+            launch = Launch.model_validate_json(launch_p.read_text())
+            result = SlotResult.model_validate_json(result_p.read_text())
+            metrics = result.metrics
+            ok = result.status == "ok"
             plots = []
             if (d / "plots").is_dir():
-                import glob
                 for pat in self.regime.plots or ["plots/*.png"]:
                     plots += sorted(glob.glob(str(d / pat)), reverse=True)
-            out[slot] = {
-                "slot": slot, "node": launch["node"], "parent": launch["parent"], "commit": launch["commit"],
-                "strategy": launch.get("strategy", ""), "mutation": launch.get("mutation", ""),
-                "parent_rule": launch.get("parent_rule", ""), "hypothesis": launch.get("hypothesis", ""),
-                "code_changes": launch.get("code_changes", []),
-                "config": load_yaml(d / "config.yaml"), "out_dir": str(d), "status": result.get("status"),
-                "reason": result.get("reason", ""), "traceback_tail": result.get("traceback_tail", ""),
-                "duration_s": result.get("duration_s", 0.0), "metrics": metrics,
-                "classification": self.regime.classify(metrics) if ok else "failed",
-                "score": self.regime.score(metrics) if ok else 0.0,
-                "degeneracy": deg.model_dump() if deg else {"gap": None, "diagnosis": "failed"},
-                "plots": [str(Path(p).relative_to(self.run_dir)) for p in plots][:12],
-                "finished_at": result.get("finished_at", ""),
-            }
+            out[slot] = SlotOutcome(
+                slot=slot, node=launch.node, parent=launch.parent, commit=launch.commit, strategy=launch.strategy,
+                mutation=launch.mutation, parent_rule=launch.parent_rule, hypothesis=launch.hypothesis,
+                code_changes=launch.code_changes, config=load_yaml(d / paths.SLOT_CONFIG), out_dir=str(d),
+                status=result.status, reason=result.reason, traceback_tail=result.traceback_tail,
+                duration_s=result.duration_s, metrics=metrics,
+                classification=self.regime.classify(metrics) if ok else "failed",
+                score=self.regime.score(metrics) if ok else 0.0,
+                degeneracy=self.regime.degeneracy(metrics) if ok else Degeneracy(gap=None, diagnosis="failed"),
+                plots=[str(Path(p).relative_to(self.run_dir)) for p in plots][:12],
+                finished_at=result.finished_at)
         return out
 
     def review(self, iteration: int, slot: int) -> SlotReview | None:
-        p = slot_dir(self.run_dir, iteration, slot) / "review.json"
+        p = paths.review_path(self.run_dir, iteration, slot)
         return SlotReview.model_validate_json(p.read_text()) if p.exists() else None
 
     # ----- policy steps -----
@@ -201,22 +150,23 @@ class RunCtx:
             if not tools.done():
                 raise RuntimeError(f"step {step} incomplete: missing {', '.join(tools.missing())}")
             tools.finish(applied=True)
-            upd: dict[str, Any] = {"message": self.env.last_message or self.status.get("message", "")}
+            upd: dict[str, Any] = {"message": self.env.last_message or self.status.message or ""}
             if counted:
                 upd.update(self._count_step(step, state, None, ""), fallback=False)
             self.set_status(**upd)
             return
-        except Exception as e:  # any policy failure (deadline, API, bug) -> heuristic fallback
+        except (CostLimitReached, LLMRefused) as e:
+            # spend limit / a refusal no retry fixes: no fallback; stop cleanly, the step re-runs on resume
+            tools.finish(applied=False)
+            self.env.restore(snap)
+            cost = isinstance(e, CostLimitReached)
+            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self.env.reasoning(f"[{step}] {'cost limit reached' if cost else 'LLM refused'}: {line}; stopping (resumable)")
+            self.status = self.status.updated(stopped_by="cost_limit" if cost else "llm_refused")
+            raise RunStopped(f"cost limit reached: {line}" if cost else line) from None
+        except Exception as e:  # any other policy failure (deadline, API, bug) -> heuristic fallback
             tools.finish(applied=False)
             name = type(e).__name__
-            if name in ("CostLimitReached", "LLMRefused"):
-                # spend limit / a refusal no retry fixes: no fallback; stop cleanly, the step re-runs on resume
-                self.env.restore(snap)
-                line = str(e).splitlines()[0] if str(e) else name
-                what = "cost limit reached" if name == "CostLimitReached" else "LLM refused"
-                self.env.reasoning(f"[{step}] {what}: {line}; stopping (resumable)")
-                self.status["stopped_by"] = "cost_limit" if name == "CostLimitReached" else "llm_refused"
-                raise RunStopped(f"cost limit reached: {line}" if name == "CostLimitReached" else line) from None
             if self.policy is self.fallback:
                 raise
             fault = getattr(e, "fault", None) or ("error" if not isinstance(e, PolicyError) else "policy_error")
@@ -238,19 +188,18 @@ class RunCtx:
 
     def _count_step(self, step: str, state: dict, fault: str | None, reason: str) -> dict:
         """Append this step's outcome to policy_steps.jsonl; the status.json fields that summarise it."""
-        rec = {"ts": utc_now(), "step": step, "iteration": state.get("iteration"), "policy": self.policy.name,
-               "answered_by": self.fallback.name if fault else self.policy.name, "fault": fault, "reason": reason}
-        with open(self.run_dir / "policy_steps.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        ps = dict(self.status.get("policy_steps") or {"total": 0, "answered": 0, "fallbacks": 0, "faults": {}})
-        ps["faults"] = dict(ps.get("faults") or {})
-        ps["total"] = int(ps.get("total", 0)) + 1
+        ts = utc_now()
+        append_jsonl(self.run_dir / paths.POLICY_STEPS, {
+            "ts": ts, "step": step, "iteration": state.get("iteration"), "policy": self.policy.name,
+            "answered_by": self.fallback.name if fault else self.policy.name, "fault": fault, "reason": reason})
+        ps = (self.status.policy_steps or PolicySteps()).model_copy(deep=True)
+        ps.total += 1
         if fault:
-            ps["fallbacks"] = int(ps.get("fallbacks", 0)) + 1
-            ps["faults"][fault] = int(ps["faults"].get(fault, 0)) + 1
-            ps["last_fallback"] = {"step": step, "fault": fault, "reason": reason, "ts": rec["ts"]}
+            ps.fallbacks += 1
+            ps.faults[fault] = ps.faults.get(fault, 0) + 1
+            ps.last_fallback = FallbackRef(step=step, fault=fault, reason=reason, ts=ts)
         else:
-            ps["answered"] = int(ps.get("answered", 0)) + 1
+            ps.answered += 1
         return {"policy_steps": ps}
 
     def _step_snapshot(self, key: str) -> dict[Path, str | None]:
@@ -259,11 +208,8 @@ class RunCtx:
         Kept on disk (step_snapshot.json) so that a step killed after some of its tool calls is
         re-run from the same files: an append to memory.md is never made twice, an instructions
         edit never meets its own result."""
-        p = self.run_dir / STEP_SNAPSHOT
-        try:
-            saved = json.loads(p.read_text()) if p.exists() else None
-        except ValueError:  # a torn snapshot cannot be: it is written atomically; be safe anyway
-            saved = None
+        p = self.run_dir / paths.STEP_SNAPSHOT
+        saved = read_json(p)  # None when absent (a torn one cannot be: it is written atomically)
         if isinstance(saved, dict) and saved.get("key") == key:
             snap = {self.run_dir / rel: text for rel, text in saved.get("files", {}).items()}
             self.env.restore(snap)
@@ -275,33 +221,30 @@ class RunCtx:
 
     # ----- status.json and events -----
 
-    def _load_status(self) -> dict:
-        p = self.run_dir / "status.json"
-        if p.exists():
+    def _load_status(self) -> RunStatus:
+        p = self.run_dir / paths.STATUS
+        data = read_json(p)
+        if isinstance(data, dict):
             try:
-                return json.loads(p.read_text())
+                return RunStatus.model_validate(data)
             except ValueError:
                 pass
-        return default_status(self.info)
+        return RunStatus.initial(self.info, utc_now())
 
     @staticmethod
     def initial_status_file(run_dir: Path, info: RunInfo) -> None:
         """status.json of a new run (written before the run directory is moved into place)."""
-        dump_json_atomic(Path(run_dir) / "status.json", default_status(info))
+        dump_json_atomic(Path(run_dir) / paths.STATUS, RunStatus.initial(info, utc_now()).to_json())
 
     def set_status(self, slots: dict[int, dict] | None = None, **fields) -> None:
-        """Update status.json atomically and emit a `status` event."""
+        """Update status.json atomically and emit a `status` event (its JSON)."""
         with self._status_lock:
-            self.status.update(fields)
-            for s, upd in (slots or {}).items():
-                self.status["slots"][s].update(upd)
-            self.status["updated_at"] = utc_now()
-            self.status["cost_usd"] = self._cost()
             best = self.store.best()
             if best is not None:
-                self.status["best"] = {"node": best.id, "score": best.score, "slot": best.slot}
-            dump_json_atomic(self.run_dir / "status.json", self.status)
-            snapshot = json.loads(json.dumps(self.status, default=str))
+                fields["best"] = {"node": best.id, "score": best.score, "slot": best.slot}
+            self.status = self.status.updated(slots, **fields, updated_at=utc_now(), cost_usd=self._cost())
+            snapshot = self.status.to_json()
+            dump_json_atomic(self.run_dir / paths.STATUS, snapshot)
         self.emit({"type": "status", "status": snapshot})
 
     def training_limits(self) -> tuple[float, int | None]:
@@ -313,20 +256,7 @@ class RunCtx:
         return float(timeout_min) * 60.0, (memory if self.info.device == "cpu" else None)
 
     def _cost(self) -> float:
-        p = self.run_dir / "llm_calls.jsonl"
-        if not p.exists():
-            return 0.0
-        size = p.stat().st_size
-        if getattr(self, "_cost_cache", (None, 0.0))[0] == size:
-            return self._cost_cache[1]
-        total = 0.0
-        for line in p.read_text().splitlines():
-            try:
-                total += float(json.loads(line).get("cost_usd") or 0.0)
-            except (ValueError, AttributeError):
-                continue
-        self._cost_cache = (size, total)
-        return total
+        return llm_cost(self.run_dir)[0]
 
     def emit(self, event: dict) -> None:
         if self.on_event is not None:
@@ -336,42 +266,4 @@ class RunCtx:
                 pass
 
 
-def default_status(i: RunInfo) -> dict:
-    """status.json before the first step (docs/contracts.md §5)."""
-    return {"run_id": i.run_id, "regime": i.regime, "variant": i.variant, "profile": i.profile,
-            "policy": i.policy, "model": i.model, "phase": "prepare", "block": 1, "iter_in_block": 0,
-            "n_iter_block": i.n_iter_block, "iterations_done": 0,
-            "iterations_total": i.budget.get("iterations", 0), "started_at": i.created_at or utc_now(),
-            "updated_at": utc_now(), "cost_usd": 0.0, "best": None,
-            "slots": [{"slot": s, "node": None, "parent": None, "strategy": "", "mutation": "",
-                       "status": "pending", "out_dir": None, "score": None, "started_at": None}
-                      for s in range(i.slots)],
-            "message": "", "fallback": False,
-            "policy_steps": {"total": 0, "answered": 0, "fallbacks": 0, "faults": {}}}
-
-
-def plan_for_launch(plan: SlotPlan) -> dict:
-    return {"parent": plan.parent, "strategy": plan.strategy, "mutation": plan.mutation,
-            "parent_rule": plan.parent_rule, "hypothesis": plan.hypothesis, "code_changes": plan.code_changes}
-
-
-def record_from(r: dict, review: SlotReview | None, next_parent: str, block: int, iter_in_block: int,
-                iteration: int, run_dir: Path | None = None) -> NodeRecord:
-    out_dir = Path(r["out_dir"])
-    if run_dir is not None and out_dir.is_absolute():
-        try:  # relative to the run directory, so a moved run still resolves
-            out_dir = out_dir.relative_to(Path(run_dir))
-        except ValueError:
-            pass
-    return NodeRecord(
-        id=r["node"], parent=r["parent"], block=block, iter_in_block=iter_in_block, iteration=iteration,
-        slot=r["slot"], strategy=r["strategy"], mutation=r["mutation"], parent_rule=r["parent_rule"],
-        config=r["config"], commit=r["commit"], status=r["status"], classification=r["classification"],
-        score=r["score"], metrics={k: float(v) for k, v in r["metrics"].items() if isinstance(v, (int, float))},
-        degeneracy=r["degeneracy"], visual=review.visual if review else "",
-        observation=review.observation if review else "", next=next_parent, duration_s=r["duration_s"],
-        out_dir=str(out_dir), finished_at=r["finished_at"] or utc_now(), hypothesis=r["hypothesis"],
-        code_changes=[{k: str(v) for k, v in c.items()} for c in r["code_changes"]], reason=r["reason"])
-
-
-__all__ = ["RunInfo", "RunCtx", "RunStopped", "record_from", "plan_for_launch", "utc_now"]
+__all__ = ["RunCtx", "RunStopped"]

@@ -17,8 +17,13 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.live import (policy_steps_line, CLASS_STYLE, PID_FILE, STALE_AFTER_S, owner_pid, RunStatus, best_node, fmt_duration, fmt_score, key_config, llm_cost,
-                        parse_time, read_nodes, read_status, render, tail_lines, varied_keys)
+from agent.live import (CLASS_STYLE, STALE_AFTER_S, best_node, fmt_duration, fmt_score, key_config, owner_pid,
+                        policy_steps_line, render, varied_keys)
+from rundir.io import llm_cost, tail_lines
+from rundir.paths import PID_FILE
+from rundir.readers import parse_time, read_status
+from rundir.records import RunStatus
+from rundir.store import read_nodes
 
 
 
@@ -115,7 +120,7 @@ def status_renderable(run_dir: Path, width: int | None = 120, now: datetime | No
         ct.append(steps, style="red" if st.policy_steps and st.policy_steps.fallbacks else "")
         last = st.policy_steps.last_fallback if st.policy_steps else None
         if last:
-            ct.append(f"\n  last fallback: step {last.get('step')}: {last.get('reason')}", style="dim")
+            ct.append(f"\n  last fallback: step {last.step}: {last.reason}", style="dim")
     parts.append(ct)
     msgs = tail_lines(run_dir / "reasoning.log", 5)
     if msgs:

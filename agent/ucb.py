@@ -1,4 +1,4 @@
-"""UCB scores of the current block's nodes (DESIGN.md §5).
+"""UCB scores of the current block's nodes (docs/contracts.md §5).
 
 UCB(node) = score + c * sqrt(N) / (1 + V), with N the number of finished
 nodes in the block, V = 1 + the number of its descendants in the block, and

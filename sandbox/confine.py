@@ -1,4 +1,4 @@
-"""OS confinement of one training process (DESIGN.md §6b, docs/contracts.md §4).
+"""OS confinement of one training process (docs/contracts.md §2b, §4).
 
 The runner does not exec the training directly; it runs this file as a small
 launcher::

@@ -1,4 +1,4 @@
-"""Executors (DESIGN.md §8): run a batch of trainings, one per slot.
+"""Executors (docs/contracts.md §4): run a batch of trainings, one per slot.
 
 - `LocalExecutor`: a thread pool on this machine, each thread driving one
   `run_training` subprocess; slots share the cores (threads per slot) and,

@@ -1,4 +1,4 @@
-"""The edit guard (DESIGN.md §7): what a code edit must pass before it is committed.
+"""The edit guard (docs/contracts.md §4, docs/architecture.md): what a code edit must pass before it is committed.
 
 `check_path` checks where an edit goes; `check_code_edit` checks what it
 changes. Every failure is one short line naming the file, the function or
@@ -296,6 +296,33 @@ def _blanked(text: str, tree: ast.Module, ef: EditableFile, regions: list[tuple[
         if f is not None:
             f.body = [ast.Pass()]
     return tree
+
+
+def editable_spans(regime: Regime, path: str, text: str) -> list[tuple[int, int, str]]:
+    """(first line, last line, name) of what an edit may change in `text`, 1-based, by line: the
+    bodies of the editable functions (not their def lines) and the interiors of the editable marker
+    regions (not the markers), or the whole file. The one definition `check_code_edit` enforces and
+    `show_code` marks. [] for a file that is not editable or does not parse."""
+    ef = _editable_entry(regime, path)
+    if ef is None:
+        return []
+    lines = text.splitlines(keepends=True)
+    if not ef.functions and not ef.regions:
+        return [(1, len(lines), "whole file")]
+    spans: list[tuple[int, int, str]] = []
+    if ef.functions:
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            tree = None
+        for name in ef.functions if tree is not None else ():
+            fn = _find_function(tree, name)
+            if fn is not None:
+                spans.append((*_function_span(lines, fn), name))
+    if ef.regions:
+        regions, _err = _regions(lines)
+        spans += [(start + 1, end - 1, name) for name, start, end in regions if name in ef.regions]
+    return sorted(spans)
 
 
 def _structure(ef: EditableFile, path: str, old_text: str, new_text: str, old_tree: ast.Module,

@@ -1,4 +1,4 @@
-"""The subprocess runner (DESIGN.md §6b, §8): one training as two processes.
+"""The subprocess runner (docs/contracts.md §2b): one training as two processes.
 
 `run_training` drives one training (docs/contracts.md §2b, §4):
 

@@ -77,7 +77,7 @@ def _copy_package(src: Path, dest: Path) -> None:
 
 
 class Workspace:
-    """A git repository of the editable science code (DESIGN.md §6, contracts §4).
+    """A git repository of the editable science code (docs/contracts.md §4).
 
     All methods are safe to call from several threads: one lock serialises the
     git calls of this object (several Workspace objects on one repository in

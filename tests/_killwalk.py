@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.run import RunOptions, resume_run, start_run  # noqa: E402
 from sandbox.runner import RunResult  # noqa: E402
-from tools.env import load_yaml  # noqa: E402
+from rundir.io import load_yaml  # noqa: E402
 
 PLUGINS = ROOT / "tests" / "fixtures" / "toy_regime" / "plugins"
 

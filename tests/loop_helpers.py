@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 from agent.policies.heuristic import HeuristicPolicy
-from agent.runctx import RunCtx, RunInfo
+from agent.runctx import RunCtx
+from rundir.records import RunInfo
 from regimes.registry import get_regime
-from tools.env import load_yaml
+from rundir.io import load_yaml
 
 TOY_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "toy_regime" / "plugins"
 

@@ -17,7 +17,7 @@ import re
 import pytest
 
 from agent.run import start_run
-from agent.store import Store
+from rundir.store import Store
 from tests.loop_helpers import toy_options
 
 try:

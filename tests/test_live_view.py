@@ -13,7 +13,9 @@ import pytest
 from fixtures.make_recorded_run import make_recorded_run
 from rich.console import Console
 
-from agent.live import PlainReporter, drive, fmt_value, read_progress, render, sparkline, tail_lines
+from agent.live import PlainReporter, drive, fmt_value, render, sparkline
+from rundir.io import tail_lines
+from rundir.readers import read_progress
 from agent.status_view import liveness, status_renderable
 
 NOW = datetime(2026, 11, 22, 1, 6, 40, tzinfo=timezone.utc)  # 10 s after the fixture's last update
@@ -212,7 +214,7 @@ def test_status_screen(tmp_path):
 
 
 def test_read_nodes_is_incremental_and_notices_a_rewrite(tmp_path):
-    from agent.live import read_nodes
+    from rundir.store import read_nodes
 
     run = make_recorded_run(tmp_path / "run")
     assert [n["id"] for n in read_nodes(run)] == list(range(1, 9))

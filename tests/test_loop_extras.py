@@ -5,10 +5,10 @@ from types import SimpleNamespace as NS
 
 import yaml
 
-from agent.memory import Memory, parse_comparison
+from rundir.memory import Memory, parse_comparison
 from agent.policies.heuristic import HeuristicPolicy, _N
 from agent.run import start_run
-from agent.store import Store
+from rundir.store import Store
 from tests.loop_helpers import toy_options
 
 

@@ -8,7 +8,7 @@ import yaml
 
 from agent.policies.heuristic import HeuristicPolicy
 from agent.run import start_run
-from agent.store import Store
+from rundir.store import Store
 from tests.loop_helpers import open_ctx, toy_options
 from tools.toolbox import ToolBox
 

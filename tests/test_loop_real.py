@@ -6,9 +6,9 @@ import re
 import pytest
 import yaml
 
-from agent.memory import Memory
+from rundir.memory import Memory
 from agent.run import RunOptions, start_run
-from agent.store import Store
+from rundir.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from agent.run import resume_run, start_run
-from agent.store import Store
+from rundir.store import Store
 from tests.loop_helpers import toy_options
 
 DRIVE = Path(__file__).resolve().parent / "fixtures" / "toy_regime" / "drive.py"

@@ -7,9 +7,9 @@ import re
 import pytest
 import yaml
 
-from agent.memory import Memory
+from rundir.memory import Memory
 from agent.run import resume_run, start_run
-from agent.store import Store
+from rundir.store import Store
 from tests.loop_helpers import toy_options
 
 ENTRY_LINES = ["Node: ", "Mode/Strategy: ", "Config: ", "Metrics: ", "Visual: ", "Mutation: ", "Parent rule: ",

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from agent.memory import (SECTIONS, ComparisonRow, Memory, MemoryError_, best_configs_table, initial_memory,
-                          parse_comparison, render_entry, upsert_comparison)
-from agent.store import NodeRecord
+from agent.memory import best_configs_table, initial_memory, render_entry
+from rundir.memory import SECTIONS, ComparisonRow, Memory, MemoryError_, parse_comparison, upsert_comparison
+from rundir.records import NodeRecord
 from tests.loop_helpers import TOY_PLUGINS
 from regimes.registry import get_regime
 

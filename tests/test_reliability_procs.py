@@ -17,7 +17,7 @@ import pytest
 from agent.driver import RUN_ENV, end_trainings, find_trainings
 from agent.driver import pid_alive as _alive
 from agent.run import resume_run
-from agent.store import Store
+from rundir.store import Store
 from tests._killwalk import FakeExecutor
 
 ROOT = Path(__file__).resolve().parents[1]

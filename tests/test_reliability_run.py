@@ -14,7 +14,7 @@ import pytest
 
 from agent.driver import LOCK_FILE, DriverLock, RunLocked, lock_held
 from agent.run import RunError, resume_run, start_run
-from agent.store import Store
+from rundir.store import Store
 from tests._killwalk import FakeExecutor
 from tests.loop_helpers import TOY_PLUGINS, toy_options
 

@@ -118,7 +118,7 @@ def test_report_shows_code_diff_from_workspace(tmp_path):
 
 
 def test_param_panels_follow_the_regimes_mutable_keys(tmp_path):
-    from agent.live import read_nodes
+    from rundir.store import read_nodes
     from agent.report import param_keys
     from regimes.registry import get_regime
 

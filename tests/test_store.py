@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from agent.store import NodeRecord, Store
+from rundir.records import NodeRecord
+from rundir.store import Store
 
 
 def _rec(i, parent=None, score=0.5):

@@ -12,7 +12,8 @@ from agent.memory import best_configs_table, config_line, memory_line
 from agent.policies.heuristic import HeuristicPolicy, _N
 from agent.report import write_report
 from agent.run import start_run
-from agent.store import NodeRecord, Store
+from rundir.records import NodeRecord
+from rundir.store import Store
 from agent.ucb import tag_systems, ucb_scores
 from regimes.registry import get_regime
 from tests.loop_helpers import TOY_PLUGINS, open_ctx, toy_options

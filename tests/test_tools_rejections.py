@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 
 from agent.run import start_run
-from tests.loop_helpers import copy_run, open_ctx, toy_options
+from tests.loop_helpers import open_ctx, toy_options
 from tools.toolbox import ToolBox
 
 
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tools") / "run"
-    start_run(toy_options(d, iterations=2))  # one batch: nodes 1 and 2
-    return d
-
-
 @pytest.fixture
-def ctx(base_run, tmp_path):
-    return open_ctx(copy_run(base_run, tmp_path / "run"), iteration=1)
+def ctx(toy_ctx):
+    return toy_ctx  # one batch of the toy regime (nodes 1 and 2), a private copy (tests/conftest.py)
 
 
 def _digest(run_dir: Path) -> str:
@@ -104,7 +97,7 @@ def test_edit_code_rejections_and_commit(ctx):
     log = ctx.workspace.log(plan.commit, 1)[0]
     msg = log.get("message") or log.get("subject") or str(log)
     assert "[iter 2 slot 0] double the step — hypothesis: escape the plateau" in msg
-    assert plan.code_changes[0]["function"] == "update"
+    assert plan.code_changes[0].function == "update"
     # show_code marks the editable region
     shown = ToolBox(ctx.env, "mutate", [0, 1]).call("show_code", {"slot": 0, "path": path}).content
     assert any(l.startswith(">") and "return lr * 2.0" in l for l in shown.splitlines())

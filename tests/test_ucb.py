@@ -1,4 +1,4 @@
-"""UCB against a hand-computed example (DESIGN.md §5)."""
+"""UCB against a hand-computed example (docs/contracts.md §5)."""
 
 from types import SimpleNamespace as NS
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from regimes.base import format_value, get_dotted, set_dotted
-from tools.toolbox import ToolRejected, register
+from tools.base import ToolRejected, register
 
 
 class SetConfigInput(BaseModel):
@@ -28,7 +28,7 @@ class SetConfigInput(BaseModel):
           "Change keys of one slot's next training config (configs/slot_SS.yaml). The change is validated "
           "against the regime contract (known key, type, range, frozen, slot-fixed, claude: budget caps); "
           "a rejected change writes nothing.",
-          SetConfigInput)
+          SetConfigInput, slot_scoped=True)
 def set_config(env, args: SetConfigInput) -> str:
     from regimes.validation import validate_config_change
 

@@ -1,4 +1,4 @@
-"""The run state the tools act on (`ToolEnv`) and the per-slot plan file.
+"""The run state the tools act on (`ToolEnv`); the files are those of `rundir`.
 
 The loop owns one ToolEnv per run process and sets its step fields (block,
 iteration, the batch being analysed) before each step. Tools read and write
@@ -13,74 +13,13 @@ only files under the run directory (and commits in its workspace):
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
-
 from regimes.base import Regime
-
-
-class SlotPlan(BaseModel):
-    """What the next training of one slot will be (plans/slot_SS.json)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    slot: int
-    iteration: int = 1  # the batch this plan is for
-    parent: int | None = None  # None: root
-    parent_rule: str = ""
-    strategy: str = ""
-    reason: str = ""
-    mutation: str = ""
-    hypothesis: str = ""
-    commit: str | None = None  # workspace commit the training will run on
-    code_changes: list[dict[str, str]] = Field(default_factory=list)
-    finished: bool = False  # finish_mutation was called
-
-
-class SlotReview(BaseModel):
-    """The policy's reading of one finished training (review.json)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    slot: int
-    node: int
-    visual: str = ""
-    observation: str = ""
-
-
-def slot_dir(run_dir: Path, iteration: int, slot: int) -> Path:
-    return Path(run_dir) / "iterations" / f"iter_{iteration:03d}" / f"slot_{slot:02d}"
-
-
-# the C loader/dumper when libyaml is there: configs are read many times per batch
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-
-def load_yaml(path: Path) -> dict:
-    return yaml.load(Path(path).read_text(), Loader=_Loader) or {}
-
-
-def dump_yaml_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False))
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from rundir import paths
+from rundir.io import append_jsonl, load_yaml, dump_yaml_atomic, utc_now, write_text_atomic
+from rundir.records import SlotOutcome, SlotPlan
 
 
 class ToolEnv:
@@ -103,29 +42,29 @@ class ToolEnv:
         self.iter_in_block = 0
         self.n_iter_block = 1
         self.at_block_end = False
-        #: slot -> result of the batch under analysis (node, out_dir, config, commit, metrics, ...)
-        self.batch: dict[int, dict] = {}
+        #: slot -> the finished training of the batch under analysis
+        self.batch: dict[int, SlotOutcome] = {}
         self.last_message = ""
-        self._reasoning_path = self.run_dir / "reasoning.log"
+        self._reasoning_path = self.run_dir / paths.REASONING
 
     # ----- paths -----
 
     def config_path(self, slot: int) -> Path:
-        return self.run_dir / "configs" / f"slot_{slot:02d}.yaml"
+        return paths.slot_config_path(self.run_dir, slot)
 
     def plan_path(self, slot: int) -> Path:
-        return self.run_dir / "plans" / f"slot_{slot:02d}.json"
+        return paths.plan_path(self.run_dir, slot)
 
     def review_path(self, slot: int) -> Path:
-        return slot_dir(self.run_dir, self.iteration, slot) / "review.json"
+        return paths.review_path(self.run_dir, self.iteration, slot)
 
     @property
     def memory_path(self) -> Path:
-        return self.run_dir / "memory.md"
+        return self.run_dir / paths.MEMORY
 
     @property
     def instructions_path(self) -> Path:
-        return self.run_dir / "instructions.md"
+        return self.run_dir / paths.INSTRUCTIONS
 
     # ----- slot state -----
 
@@ -147,7 +86,7 @@ class ToolEnv:
         return SlotPlan(slot=slot, iteration=self.iteration)
 
     def save_plan(self, plan: SlotPlan) -> None:
-        write_atomic(self.plan_path(plan.slot), plan.model_dump_json(indent=1))
+        write_text_atomic(self.plan_path(plan.slot), plan.model_dump_json(indent=1))
 
     def node_info(self, node_id: int) -> dict | None:
         """A finished node (store) or one of the batch under analysis, as a dict."""
@@ -155,8 +94,8 @@ class ToolEnv:
         if rec is not None:
             return rec.model_dump()
         for r in self.batch.values():
-            if r.get("node") == node_id:
-                return {"id": node_id, **r}
+            if r.node == node_id:
+                return {"id": node_id, **r.model_dump()}
         return None
 
     def node_commit(self, node_id: int | None) -> str:
@@ -170,19 +109,17 @@ class ToolEnv:
 
     def reasoning(self, text: str) -> None:
         """Append a time-stamped line (or block) to reasoning.log."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = utc_now()
         # backslashreplace: a lone surrogate a policy sent must not make logging itself fail
         with open(self._reasoning_path, "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(f"{stamp} {text}\n")
 
     def record_rejection(self, step: str, tool: str, args: dict, error: str) -> None:
-        rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": step,
-               "iteration": self.iteration, "tool": tool, "args": args, "error": error}
-        with open(self.run_dir / "rejected.jsonl", "a") as f:
-            f.write(json.dumps(rec, default=str) + "\n")
+        append_jsonl(self.run_dir / paths.REJECTED, {"time": utc_now(), "step": step, "iteration": self.iteration,
+                                                     "tool": tool, "args": args, "error": error})
 
     def n_rejected(self) -> int:
-        p = self.run_dir / "rejected.jsonl"
+        p = self.run_dir / paths.REJECTED
         return sum(1 for _ in open(p)) if p.exists() else 0
 
     # ----- snapshots (a failed policy step is rolled back before the fallback) -----
@@ -199,4 +136,4 @@ class ToolEnv:
                 if p.exists():
                     p.unlink()
             elif not p.exists() or p.read_text() != text:
-                write_atomic(p, text)
+                write_text_atomic(p, text)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tools.toolbox import ToolRejected, register
+from tools.base import ToolRejected, register
 
 MAX_CHARS = 20000
 MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
@@ -74,7 +74,7 @@ def view_plot(env, args: ViewPlotInput) -> str | list:
         res = env.batch.get(args.slot)
         if res is None:
             raise ToolRejected(f"view_plot: slot {args.slot} has no finished training in this batch")
-        out_dir = res.get("out_dir")
+        out_dir = res.out_dir
     else:
         info = env.node_info(args.node)
         if info is None:

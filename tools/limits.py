@@ -15,6 +15,9 @@ import types
 import typing
 from typing import Any
 
+# memory.md: the body of one section after a policy edit is bounded by the format itself
+from rundir.memory import MEMORY_SECTION_CHARS, MEMORY_SECTION_CHARS_BY_NAME  # noqa: F401
+
 #: tool -> field -> most characters. Every string field of every tool input is listed
 #: (tests/test_reliability_tools.py checks it); set_config's `changes` is limited per key and value.
 TEXT_LIMITS: dict[str, dict[str, int]] = {
@@ -36,10 +39,6 @@ CONFIG_KEY_CHARS = 200
 CONFIG_VALUE_CHARS = 200
 #: a string of a tool not listed above (a new tool): still bounded
 DEFAULT_TEXT_CHARS = 2000
-#: memory.md: the body of one section after a policy edit (Iterations This Block, also appended by
-#: the loop, one line per node, gets more room)
-MEMORY_SECTION_CHARS = 8000
-MEMORY_SECTION_CHARS_BY_NAME = {"Iterations This Block": 24000}
 #: instructions.md may grow by at most this much over the regime's text through edit_instructions
 INSTRUCTIONS_GROWTH_CHARS = 16000
 #: a policy message (reasoning.log, status.json)

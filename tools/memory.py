@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.env import write_atomic
-from tools.toolbox import ToolRejected, register
+from rundir.io import write_text_atomic
+from rundir.memory import Memory, MemoryError_
+from tools.base import ToolRejected, register
 
 
 class UpdateMemoryInput(BaseModel):
@@ -25,8 +26,6 @@ class UpdateMemoryInput(BaseModel):
           "fixed; text with headings is rejected.",
           UpdateMemoryInput)
 def update_memory(env, args: UpdateMemoryInput) -> str:
-    from agent.memory import Memory, MemoryError_  # memory format lives with the loop
-
     mem = Memory.load(env.memory_path)
     try:
         mem.update(args.section, args.text, args.mode)
@@ -60,5 +59,5 @@ def edit_instructions(env, args: EditInstructionsInput) -> str:
     if len(new_text) > cap:  # the instructions go into every prompt
         raise ToolRejected(f"edit_instructions: instructions.md would be {len(new_text)} characters; at most {cap} "
                            f"(the regime's text + {INSTRUCTIONS_GROWTH_CHARS}); shorten a rule instead")
-    write_atomic(env.instructions_path, new_text)
+    write_text_atomic(env.instructions_path, new_text)
     return "instructions.md updated"

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.env import SlotPlan, SlotReview, write_atomic
-from tools.toolbox import ToolRejected, register
+from rundir.io import write_text_atomic
+from rundir.records import SlotPlan, SlotReview
+from tools.base import ToolRejected, register
 
 
 def _line(s: str) -> str:
@@ -25,16 +26,16 @@ class SubmitAnalysisInput(BaseModel):
 @register("submit_analysis",
           "Record your reading of one slot's finished training: the Visual line and a one-line Observation. "
           "Classification, score and degeneracy are computed by the regime and cannot be overridden.",
-          SubmitAnalysisInput)
+          SubmitAnalysisInput, slot_scoped=True)
 def submit_analysis(env, args: SubmitAnalysisInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"submit_analysis: {err}")
     res = env.batch.get(args.slot)
     if res is None:
         raise ToolRejected(f"submit_analysis: slot {args.slot} has no finished training to analyse")
-    review = SlotReview(slot=args.slot, node=res["node"], visual=_line(args.visual), observation=_line(args.observation))
-    write_atomic(env.review_path(args.slot), review.model_dump_json(indent=1))
-    return f"analysis of node {res['node']} (slot {args.slot}) recorded"
+    review = SlotReview(slot=args.slot, node=res.node, visual=_line(args.visual), observation=_line(args.observation))
+    write_text_atomic(env.review_path(args.slot), review.model_dump_json(indent=1))
+    return f"analysis of node {res.node} (slot {args.slot}) recorded"
 
 
 class ChooseParentInput(BaseModel):
@@ -50,7 +51,7 @@ class ChooseParentInput(BaseModel):
 @register("choose_parent",
           "Choose the parent node of a slot's next training (its config and code are the starting point) "
           "and the strategy. The parent must be an existing node id or 'root'.",
-          ChooseParentInput)
+          ChooseParentInput, slot_scoped=True)
 def choose_parent(env, args: ChooseParentInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"choose_parent: {err}")
@@ -99,7 +100,7 @@ class FinishMutationInput(BaseModel):
 @register("finish_mutation",
           "Declare a slot's next training ready: the exact mutation line, strategy, parent rule and hypothesis. "
           "Required once per slot at the prepare and mutate steps.",
-          FinishMutationInput)
+          FinishMutationInput, slot_scoped=True)
 def finish_mutation(env, args: FinishMutationInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"finish_mutation: {err}")

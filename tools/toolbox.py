@@ -16,84 +16,25 @@ line in the one format the loop parses, an editable file.
 `finish(applied)`, so calls of a step that is rolled back are logged as
 "-> rolled back", never as "-> ok".
 
-A tool is a pydantic input model plus a function `fn(env, args) -> content`
-that raises `ToolRejected("one line")` on bad input *before* writing
-anything. Tool modules register themselves in `REGISTRY` (tools/__init__ of
-each family imports `register`).
+What a tool is and the registry live in `tools.base` (the tool families import
+only that module); this module imports the families and dispatches.
 """
 
 from __future__ import annotations
 
 import json
-import string
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
+
+from rundir.io import utc_now
+from tools.base import DEFAULT_EXAMPLES, REGISTRY, ToolRejected, ToolResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from tools.env import ToolEnv
 
 
-class ToolRejected(Exception):
-    """A tool call refused with a one-line reason; nothing was written."""
-
-
-class ToolResult(BaseModel):
-    """The answer to one tool call. `content` is text, or a list of content
-    blocks (e.g. an image block from view_plot: {"type": "image", "path", "media_type", "data"})."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ok: bool
-    content: str | list = ""
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolDef:
-    """One tool: name, description (Claude reads it), input model, action."""
-
-    name: str
-    description: str
-    input_model: type[BaseModel]
-    fn: Callable[["ToolEnv", Any], "str | list"]
-
-    def schema(self, examples: dict[str, str] | None = None) -> dict:
-        from tools.limits import schema_with_limits
-
-        s = self.input_model.model_json_schema()
-        s.pop("title", None)
-        ex = {**DEFAULT_EXAMPLES, **(examples or {})}
-        desc = string.Template(self.description).safe_substitute(ex)
-        return schema_with_limits(self.name, {"name": self.name, "description": desc, "input_schema": _fill(s, ex)})
-
-
-def _fill(obj: Any, ex: dict[str, str]) -> Any:
-    """$placeholders in the field descriptions of a JSON schema."""
-    if isinstance(obj, dict):
-        return {k: (string.Template(v).safe_substitute(ex) if k == "description" and isinstance(v, str)
-                    else _fill(v, ex)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, ex) for v in obj]
-    return obj
-
-
-REGISTRY: dict[str, ToolDef] = {}
-
-
-def register(name: str, description: str, input_model: type[BaseModel]):
-    """Decorator: register `fn(env, args)` as tool `name`."""
-
-    def deco(fn):
-        REGISTRY[name] = ToolDef(name, description, input_model, fn)
-        return fn
-
-    return deco
-
-
-#: the tools allowed at each graph step (DESIGN.md §2 table)
+#: the tools allowed at each graph step (docs/architecture.md, "One batch")
 STEP_TOOLS: dict[str, tuple[str, ...]] = {
     "prepare": ("set_config", "show_code", "read_file", "finish_mutation"),
     "analyse": ("view_plot", "read_file", "show_code", "submit_analysis"),
@@ -108,14 +49,6 @@ STEP_TOOLS: dict[str, tuple[str, ...]] = {
 ALL_TOOLS: tuple[str, ...] = ("submit_analysis", "choose_parent", "set_config", "edit_code", "revert_code",
                               "show_code", "read_file", "view_plot", "finish_mutation", "update_memory",
                               "edit_instructions")
-
-#: placeholders of the tool descriptions when no regime is known (e.g. a bare ToolDef.schema())
-DEFAULT_EXAMPLES: dict[str, str] = {
-    "change_key": "training.learning_rate", "change_value": "0.002", "change_json": '{"training.learning_rate": 0.002}',
-    "mutation_example": "learning_rate: 1E-3 -> 2E-3", "code_path": "the editable file (see the instructions)",
-    "code_mutation_example": "[code] update: a larger step", "log_path": "iterations/iter_001/slot_00/analysis.log",
-}
-
 
 def regime_examples(regime: Any, config: dict | None = None) -> dict[str, str]:
     """Examples for the prompts and tool descriptions, drawn from `regime`:
@@ -228,7 +161,7 @@ class ToolBox:
             base = getattr(self.env, "run_dir", None)
             cfg = None
             if base is not None and (base / "base_config.yaml").is_file():
-                from tools.env import load_yaml
+                from rundir.io import load_yaml
                 cfg = load_yaml(base / "base_config.yaml")
             cached = regime_examples(regime, cfg) if regime is not None else dict(DEFAULT_EXAMPLES)
             try:
@@ -258,7 +191,7 @@ class ToolBox:
 
     def _write(self, line: str, rolled_back: str | None = None) -> None:
         if self.defer_log:
-            self._log.append((time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), line, rolled_back))
+            self._log.append((utc_now(), line, rolled_back))
         else:
             self.env.reasoning(line)
 
@@ -304,9 +237,7 @@ class ToolBox:
             except ValidationError as e:
                 raise ToolRejected(f"{name}: {_one_line_validation(e)}") from None
             slot = getattr(parsed, "slot", None)
-            if isinstance(slot, int) and slot not in self.slots and name in (
-                    "set_config", "edit_code", "revert_code", "finish_mutation", "submit_analysis",
-                    "choose_parent"):
+            if tool.slot_scoped and isinstance(slot, int) and slot not in self.slots:
                 raise ToolRejected(f"{name}: slot {slot} is not part of this step (slots {self.slots})")
             content = tool.fn(self.env, parsed)
         except Exception as e:  # ToolRejected, or a tool's own bug on odd input: one rejected call
@@ -349,7 +280,3 @@ def _short_content(content: Any, limit: int = 300) -> str:
         return f"[{len(content)} content block(s)]"
     s = str(content).replace("\n", " ⏎ ")
     return s if len(s) <= limit else s[:limit] + "…"
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

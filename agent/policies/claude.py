@@ -1,5 +1,5 @@
 """The Claude policy: answers each graph step through the step's tools with
-Anthropic tool calling (DESIGN.md §9).
+Anthropic tool calling (docs/contracts.md §5).
 
 For one step: render prompts/steps/<step>.md with the StepContext, send it
 after the cached prefix and, at the analyse step, the slots' plots as image
@@ -41,7 +41,7 @@ from typing import Any
 from agent.llm import LLMClient
 from agent.policies.base import DEFAULT_MODEL, STEPS, Policy, PolicyError, StepContext
 from prompts.render import PROMPTS_DIR, render, render_file
-from tools.toolbox import DEFAULT_EXAMPLES  # placeholders when the tool box gives no regime examples (tests)
+from tools.base import DEFAULT_EXAMPLES  # placeholders when the tool box gives no regime examples (tests)
 
 #: per-image size cap: the Messages API refuses images above ~5 MB of base64
 MAX_IMAGE_BYTES = 3_500_000

@@ -126,15 +126,15 @@ class HeuristicPolicy(Policy):
         """The block's finished nodes (store + the batch under analysis), by id."""
         nodes = {n.id: _N(n.model_dump()) for n in env.store.block_nodes(ctx.block)}
         for r in (env.batch or {}).values():
-            if r.get("node") not in nodes:
-                nodes[r["node"]] = _N(r)
+            if r.node not in nodes:
+                nodes[r.node] = _N(r.model_dump())
         return [nodes[k] for k in sorted(nodes)]
 
     @staticmethod
     def _all_nodes(env) -> dict[int, _N]:
         out = {n.id: _N(n.model_dump()) for n in env.store.nodes()}
         for r in (env.batch or {}).values():
-            out.setdefault(r["node"], _N(r))
+            out.setdefault(r.node, _N(r.model_dump()))
         return out
 
     def _step_value(self, spec: ParamSpec, old: Any, rng, size: str, direction: int = 0, cap: float | None = None):
@@ -703,7 +703,7 @@ class HeuristicPolicy(Policy):
                 continue
             if cs.config_overrides:
                 tools.call("set_config", {"slot": slot, "changes": dict(cs.config_overrides)})
-            fn = env.load_plan(slot).code_changes[-1].get("function") or cs.file
+            fn = env.load_plan(slot).code_changes[-1].function or cs.file
             tools.call("finish_mutation", {"slot": slot, "mutation": f"[code] {fn}: {cs.name}",
                                            "strategy": "code-modification", "parent_rule": plan.parent_rule,
                                            "hypothesis": cs.hypothesis})
@@ -748,7 +748,7 @@ class HeuristicPolicy(Policy):
             summary += f" Per system: {per}." + (f" Most robust: {sys_mod.robustness_line(multi[0])}." if multi else "")
         tools.call("update_memory", {"section": "Previous Block Summary", "text": summary, "mode": "replace"})
         # keep working memory bounded: the block's running notes shrink to the latest few
-        from agent.memory import Memory
+        from rundir.memory import Memory
         notes = Memory.parse(ctx.memory).bodies["Emerging Observations"].splitlines()
         if len(notes) > 5:
             tools.call("update_memory", {"section": "Emerging Observations", "text": "\n".join(notes[-5:]),

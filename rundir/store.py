@@ -1,10 +1,11 @@
-"""The node store: run_dir/nodes.jsonl, append-only, the source of truth.
+"""nodes.jsonl: the node store, append-only, the source of truth of a run.
 
-One JSON object per finished training (docs/contracts.md §5). Every line is
-flushed and fsynced; a torn last line (a crash mid-write) is ignored with a
-warning and never costs an earlier line; `agent resume` moves it to
-nodes.jsonl.torn (`Store.repair`). The file is read once and kept in
-memory keyed by id; later reads only parse what was appended since.
+One `NodeRecord` per finished training. Every line is flushed and fsynced; a
+torn last line (a crash mid-write) is ignored with a warning and never costs
+an earlier line; `agent resume` moves it to nodes.jsonl.torn (`Store.repair`).
+The file is read once and kept in memory keyed by id; later reads only parse
+what was appended since. A replaced or truncated file is read again from the
+start. `read_nodes` is the views' reader: the same parser, cached per file.
 """
 
 from __future__ import annotations
@@ -12,51 +13,52 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from rundir.paths import NODES
+from rundir.records import NodeRecord
 
 log = logging.getLogger(__name__)
 
 
-class DegeneracyRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    gap: float | None = None
-    diagnosis: str = "n/a"
+class JsonlTail:
+    """Incremental reader of an append-only .jsonl file: each `read()` returns the complete lines
+    appended since the last one (a half-written last line waits for the next call). A replaced or
+    truncated file is read again from the start (`reset` is then True once)."""
 
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.offset = 0  # bytes of the file already consumed (complete lines only)
+        self._inode: int | None = None
+        self.tail = b""  # the incomplete last line seen by the latest read
 
-class NodeRecord(BaseModel):
-    """One finished training (one iteration)."""
+    def read(self) -> tuple[list[bytes], bool]:
+        """(new complete lines, whether the file was replaced/truncated so earlier lines are void)."""
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            return [], False
+        with f:
+            st = os.fstat(f.fileno())
+            reset = (self._inode is not None and st.st_ino != self._inode) or st.st_size < self.offset
+            if reset:
+                self.offset = 0
+            self._inode = st.st_ino
+            if st.st_size <= self.offset:
+                self.tail = b""
+                return [], reset
+            f.seek(self.offset)
+            data = f.read()
+        cut = data.rfind(b"\n") + 1
+        self.tail = data[cut:]
+        self.offset += cut
+        return [raw for raw in data[:cut].splitlines() if raw.strip()], reset
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: int
-    parent: int | None  # None: root
-    block: int
-    iter_in_block: int
-    iteration: int  # 1-based batch index
-    slot: int
-    strategy: str = ""
-    mutation: str = ""
-    parent_rule: str = ""
-    config: dict[str, Any] = Field(default_factory=dict)
-    commit: str | None = None
-    status: Literal["ok", "failed", "timeout", "killed"] = "ok"
-    classification: Literal["converged", "partial", "failed"] = "failed"
-    score: float = 0.0
-    metrics: dict[str, float] = Field(default_factory=dict)
-    degeneracy: DegeneracyRecord = Field(default_factory=DegeneracyRecord)
-    visual: str = ""
-    observation: str = ""
-    next: str = ""
-    duration_s: float = 0.0
-    out_dir: str = ""
-    finished_at: str = ""
-    # extras (allowed by contracts: "extend if needed")
-    hypothesis: str = ""
-    code_changes: list[dict[str, str]] = Field(default_factory=list)
-    reason: str = ""
+    def mark_end(self) -> None:
+        """The whole file is consumed (after the caller appended to it)."""
+        st = self.path.stat()
+        self.offset, self._inode, self.tail = st.st_size, st.st_ino, b""
 
 
 class Store:
@@ -64,8 +66,8 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._tail = JsonlTail(self.path)
         self._nodes: dict[int, NodeRecord] = {}
-        self._offset = 0  # bytes of the file already parsed (complete lines only)
         self._best: NodeRecord | None = None  # kept incrementally (status.json asks often)
         self._warned_tail: tuple[int, int] | None = None
         self.refresh()
@@ -74,29 +76,20 @@ class Store:
 
     def refresh(self) -> None:
         """Parse lines appended since the last read (cheap when nothing changed)."""
-        if not self.path.exists():
-            return
-        size = self.path.stat().st_size
-        if size <= self._offset:
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        end = data.rfind(b"\n")
-        complete, tail = (data[: end + 1], data[end + 1:]) if end >= 0 else (b"", data)
-        for raw in complete.splitlines():
-            if not raw.strip():
-                continue
+        lines, reset = self._tail.read()
+        if reset:
+            self._nodes, self._best = {}, None
+        for raw in lines:
             try:
                 rec = NodeRecord.model_validate_json(raw)
             except ValueError as e:
                 log.warning("nodes.jsonl: skipping an unreadable line (%s)", str(e).splitlines()[0])
                 continue
             self._add(rec)
-        self._offset += len(complete)
-        if tail.strip() and self._warned_tail != (self._offset, len(tail)):
+        tail = self._tail.tail
+        if tail.strip() and self._warned_tail != (self._tail.offset, len(tail)):
             # a torn last line: a crash mid-write; `agent resume` moves it aside (repair)
-            self._warned_tail = (self._offset, len(tail))
+            self._warned_tail = (self._tail.offset, len(tail))
             log.warning("nodes.jsonl: ignoring a torn last line (%d bytes)", len(tail))
 
     def nodes(self) -> list[NodeRecord]:
@@ -179,7 +172,7 @@ class Store:
             f.flush()
             os.fsync(f.fileno())
         self._add(rec)
-        self._offset = self.path.stat().st_size
+        self._tail.mark_end()
 
     def _torn_tail(self) -> bool:
         with open(self.path, "rb") as f:
@@ -187,16 +180,34 @@ class Store:
             return f.read(1) != b"\n"
 
 
-def dump_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via tmp + rename so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+_VIEW_TAILS: dict[str, tuple[JsonlTail, list[dict]]] = {}
+_VIEW_LOCK = threading.Lock()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def read_nodes(run_dir: Path) -> list[dict]:
+    """nodes.jsonl records in file order, read leniently, for the views (`agent status`, the
+    live view, the report): any JSON object counts, so a view shows what there is.
+
+    The views read a few times a second, for runs of thousands of nodes: one `JsonlTail` per
+    file is kept and only what was appended since the last call is parsed."""
+    path = Path(run_dir) / NODES
+    key = str(path.resolve())
+    with _VIEW_LOCK:
+        if not path.is_file():
+            _VIEW_TAILS.pop(key, None)
+            return []
+        tail, recs = _VIEW_TAILS.get(key) or (JsonlTail(path), [])
+        lines, reset = tail.read()
+        if reset:
+            recs = []
+        new = []
+        for raw in lines:
+            try:
+                obj = json.loads(raw.decode("utf-8", errors="replace"))
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                new.append(obj)
+        recs = recs + new
+        _VIEW_TAILS[key] = (tail, recs)
+        return list(recs)
