@@ -113,7 +113,8 @@ def test_cpu_ignores_slots_per_gpu_and_bad_values_are_refused(monkeypatch):
 def test_cli_flag_reaches_the_executor(monkeypatch):
     from agent.cli import build_parser
     from agent.run import RunOptions
-    from agent.runctx import RunCtx, RunInfo
+    from agent.runctx import RunCtx
+    from rundir.records import RunInfo
 
     args = build_parser().parse_args(["run", "--regime", "homeostasis", "--slots-per-gpu", "3"])
     assert args.slots_per_gpu == 3

@@ -30,7 +30,7 @@ class ToolEnv:
         self.run_dir = Path(run_dir)
         self.regime = regime
         self.workspace = workspace  # sandbox.workspace.Workspace
-        self.store = store  # agent.store.Store (duck-typed: get, __contains__, nodes)
+        self.store = store  # rundir.store.Store (duck-typed: get, __contains__, nodes)
         self.n_slots = n_slots
         self.code_enabled = code_enabled
         self.policy_name = policy_name
