@@ -138,3 +138,83 @@ def test_flat_adam_matches_torch_adam_with_a_changing_lr():
         for p, q in zip(a, b):
             torch.testing.assert_close(p, q, **F64)
     assert a[0].data_ptr() == ours._flat.data_ptr()  # parameters live in the flat buffer
+
+
+# ----- training.compile -----
+
+def _tiny_kinetics(dtype=torch.float32):
+    data = _data(TINY_CYCLES, True, "cpu")
+    torch.manual_seed(0)
+    m = KineticsModel(GraphModelConfig.model_validate({"model": "kinetics", "hidden_dim": 8}), data, True)
+    return m, data
+
+
+def test_compile_unavailable_or_failing_runs_eager(monkeypatch):
+    import regimes.metabolism.fast as fast
+
+    m, data = _tiny_kinetics()
+    c = data.conc[:3]
+    want = m(c)
+    lines: list[str] = []
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    active, restore = fast.compile_model(m, "default", log=lines.append)
+    assert not active and "no C++ compiler" in lines[-1] and "forward" not in m.__dict__
+    monkeypatch.undo()
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("inductor: cannot find cl.exe\nmore")
+        return run
+    monkeypatch.setattr(torch, "compile", broken)
+    active, restore = fast.compile_model(m, "reduce-overhead", log=lines.append)
+    assert active and isinstance(m.__dict__["forward"], fast._Compiled)
+    torch.testing.assert_close(m(c), want)  # the failed compile fell back to the eager forward
+    assert "compiling failed (RuntimeError: inductor: cannot find cl.exe)" in lines[-1]
+    torch.testing.assert_close(m(c), want)
+    restore()
+    assert "forward" not in m.__dict__ and "forward_and_sub" not in m.__dict__
+
+
+def test_training_compile_key_wires_the_compiled_forward(monkeypatch):
+    """training.compile: the phase-1 loop calls the compiled forward_and_sub, marks each step, and gets the
+    eager methods back for the predictions. torch.compile is faked (a real compile takes minutes here)."""
+    from regimes.metabolism import train
+    from regimes.metabolism.config import parse_config
+    from regimes.runtime import ProgressWriter
+    from tests._metabolism_tiny import kinetics_cfg
+
+    calls, marks = [], []
+
+    def fake_compile(fn, mode=None, dynamic=None):
+        def run(*a, **k):
+            calls.append((fn.__name__, mode))
+            return fn(*a, **k)
+        return run
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr("regimes.metabolism.fast.compile_unavailable", lambda device: None)
+    cfg = parse_config(kinetics_cfg(compile="reduce-overhead", coeff_MLP_sub_diff=1.0))
+    data = _data(TINY_CYCLES, True, "cpu")
+    torch.manual_seed(0)
+    model = KineticsModel(cfg.graph_model, data, True)
+    hist = train.train_phase1(model, data, cfg, ProgressWriter(None, 0))
+    assert hist["steps"] > 0 and len(calls) == hist["steps"] and len(marks) == hist["steps"]
+    assert {c for c in calls} == {("forward_and_sub", "reduce-overhead")}
+    assert "forward" not in model.__dict__ and "forward_and_sub" not in model.__dict__
+    assert parse_config(kinetics_cfg()).training.compile == "off"
+
+
+@pytest.mark.slow
+def test_real_compile_matches_eager():
+    """torch.compile (inductor, C++ on CPU: minutes on a loaded machine) of the fast path: same loss and grads."""
+    import regimes.metabolism.fast as fast
+
+    if fast.compile_unavailable("cpu"):
+        pytest.skip("no C++ compiler")
+    m, data = _tiny_kinetics()
+    ref = copy.deepcopy(m)
+    c, y = data.conc[:4], data.deriv[:4]
+    active, restore = fast.compile_model(m, "default")
+    assert active
+    _compare(m, ref, lambda mm: ((mm(c) - y) ** 2).mean(), rtol=1e-4, atol=1e-6)
+    restore()

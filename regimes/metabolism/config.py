@@ -164,6 +164,11 @@ class TrainingConfig(_Strict):
     #: phase-1 learning-rate schedule: constant, or cosine (every group's lr times
     #: 0.5 (1 + cos(pi step / steps)) over the phase-1 steps, so the last steps settle instead of jitter)
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    #: torch.compile of the model's forward in phase 1 (fast.py): off; default (CPU: ~1.4x steps/s, but a
+    #: cold compile takes ~2 min on a loaded 2-core machine, so it pays only past ~90k steps);
+    #: reduce-overhead (on CUDA: CUDA graphs, one replay instead of ~100 kernel launches a step). Falls
+    #: back to eager, with one log line, when it cannot compile (no C++ compiler / Triton, an error).
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
     freeze_stoichiometry: bool = False
     batch_size: int = Field(8, ge=1)
     n_epochs: int = Field(1, ge=0)

@@ -413,3 +413,72 @@ class FlatAdam(torch.optim.Optimizer):
         self._flat.sub_(self._lr * (self._m / denom) / bc1)
         return None
 
+
+
+# ----- torch.compile (training.compile) -----
+
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """Why torch.compile cannot work here (None when it can): inductor needs a C++ compiler on CPU and
+    Triton on CUDA."""
+    import importlib.util
+    import os
+    import shutil
+
+    if torch.device(device).type == "cuda":
+        return None if importlib.util.find_spec("triton") is not None else "no Triton (pip install triton)"
+    cxx = os.environ.get("CXX")
+    if any(shutil.which(c) for c in ([cxx] if cxx else []) + ["g++", "c++", "clang++"]):
+        return None
+    return "no C++ compiler (g++/c++/clang++) on PATH"
+
+
+class _Compiled:
+    """A compiled callable that falls back to the eager one, once and for good, when compiling fails
+    (torch.compile is lazy: its errors come with the first call)."""
+
+    def __init__(self, eager, mode: str, log):
+        self.eager, self.log, self.mode = eager, log, mode
+        self.fn = torch.compile(eager, mode=None if mode == "default" else mode, dynamic=False)
+        self.tried = False
+
+    def __call__(self, *args, **kwargs):
+        if not self.tried:
+            self.tried = True
+            try:
+                return self.fn(*args, **kwargs)
+            except Exception as e:  # a compiler/toolchain failure must not fail the training
+                self.log(f"training.compile {self.mode}: compiling failed ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); running eager")
+                self.fn = self.eager
+        return self.fn(*args, **kwargs)
+
+
+COMPILED_METHODS = ("forward", "forward_and_sub")
+
+
+def compile_model(model: nn.Module, mode: str, log=print):
+    """Make the model's forward (and forward_and_sub) run through torch.compile(mode); returns (active,
+    restore): call restore() after the loop to get the eager methods back (the predictions run on CPU
+    without grad: a compiled forward would recompile for them). mode "off", or compile unavailable (one
+    log line), leaves the model as it is."""
+    if mode == "off":
+        return False, lambda: None
+    why = compile_unavailable(next(model.parameters()).device)
+    if why is not None:
+        log(f"training.compile {mode}: {why}; running eager")
+        return False, lambda: None
+    names = [n for n in COMPILED_METHODS if hasattr(model, n)]
+    for n in names:
+        setattr(model, n, _Compiled(getattr(model, n), mode, log))  # an instance attribute shadows the method
+
+    def restore() -> None:
+        for n in names:
+            model.__dict__.pop(n, None)
+    return True, restore
+
+
+def step_begin(active: bool, mode: str) -> None:
+    """Tell CUDA-graph trees (compile mode reduce-overhead) a new training step begins: the previous step's
+    graph outputs may be overwritten (they were consumed: the losses were detached into the StepLog)."""
+    if active and mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()

@@ -35,7 +35,7 @@ import torch
 from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
-from regimes.metabolism.fast import FlatAdam
+from regimes.metabolism.fast import FlatAdam, compile_model, step_begin
 from regimes.metabolism.model import KineticsModel, build_model, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
@@ -199,10 +199,12 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     starts = data.window_starts(T if t.recurrent_training else 0).to(dev)
     losses, reguls = History(t.n_epochs * ipe), History(t.n_epochs * ipe)
     log = StepLog(losses, reguls, progress)
+    compiled, restore = compile_model(model, t.compile)
     step = 0
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
         for _ in range(ipe):
+            step_begin(compiled, t.compile)
             if t.lr_schedule == "cosine":
                 for g in opt.param_groups:
                     g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
@@ -247,6 +249,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
             step += 1
             log.add(pred_loss, regul, step)
     log.flush()
+    restore()
     return {"loss": losses.values(), "regul": reguls.values(), "steps": step}
 
 
