@@ -14,6 +14,7 @@ process CPU time (`time.process_time`): on a machine shared with other jobs
 the CPU-time rate is the honest per-core figure.
 
     python benchmarks/throughput.py [--threads 1] [--seconds 3] [--only SUBSTR] [--json OUT] [--naive] [--ab]
+                                    [--compile off|default|reduce-overhead]
 
 A package may also expose `benchmarks_naive()` (same shape): unoptimised
 reference implementations, run with --naive to show before/after; and
@@ -41,9 +42,13 @@ PACKAGES = ["metabolism", "signal"]
 
 
 def measure(step, seconds: float, device: str, warmup: int = 3) -> dict:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    w0 = time.perf_counter()
+    step()  # the first call carries torch.compile's warm-up, when a benchmark compiles
+    sync()
+    first = time.perf_counter() - w0
     for _ in range(warmup):
         step()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     n = 0
     w0, c0 = time.perf_counter(), time.process_time()
@@ -56,7 +61,8 @@ def measure(step, seconds: float, device: str, warmup: int = 3) -> dict:
                 break
     sync()
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    return {"n": n, "wall_s": wall, "cpu_s": cpu, "per_s_wall": n / wall, "per_s_cpu": n / max(cpu, 1e-9)}
+    return {"n": n, "wall_s": wall, "cpu_s": cpu, "per_s_wall": n / wall, "per_s_cpu": n / max(cpu, 1e-9),
+            "first_call_s": first}
 
 
 def measure_ab(step_a, step_b, seconds: float, device: str, rounds: int = 10) -> dict:
@@ -119,12 +125,23 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default=None)
     ap.add_argument("--naive", action="store_true", help="also run a package's optional benchmarks_naive() references")
+    ap.add_argument("--compile", choices=("off", "default", "reduce-overhead"), default="off",
+                    help="training.compile for the packages that honour it (bench.TRAINING_OVERRIDES); the "
+                         "first call's wall time (compile warm-up) is printed")
     ap.add_argument("--ab", action="store_true",
                     help="alternate each benchmarks_ab() pair (new vs reference/original) in one process instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
+    if args.compile != "off":
+        for pkg in PACKAGES:
+            try:
+                mod = importlib.import_module(f"regimes.{pkg}.bench")
+            except ModuleNotFoundError:
+                continue
+            if hasattr(mod, "TRAINING_OVERRIDES"):
+                mod.TRAINING_OVERRIDES["compile"] = args.compile
     if args.ab:
         for name, setup_a, setup_b in collect_ab():
             if args.only and args.only not in name:
@@ -149,7 +166,8 @@ def main(argv=None) -> int:
             r.update(name=name, device=dev, unit=unit, threads=args.threads)
             rows.append(r)
             if unit == "step":
-                print(f"{name:45s} {dev:4s} {r['per_s_wall']:8.1f} {unit}s/s wall  {r['per_s_cpu']:8.1f} {unit}s/s CPU  (n={r['n']})")
+                print(f"{name:45s} {dev:4s} {r['per_s_wall']:8.1f} {unit}s/s wall  {r['per_s_cpu']:8.1f} {unit}s/s CPU  "
+                      f"(n={r['n']}, first call {r['first_call_s']:.2f} s)")
             else:
                 print(f"{name:45s} {dev:4s} {r['wall_s'] / r['n']:8.3f} s/{unit} wall  {r['cpu_s'] / r['n']:8.3f} s/{unit} CPU  (n={r['n']})")
     if args.json:

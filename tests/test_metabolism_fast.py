@@ -218,3 +218,29 @@ def test_real_compile_matches_eager():
     assert active
     _compare(m, ref, lambda mm: ((mm(c) - y) ** 2).mean(), rtol=1e-4, atol=1e-6)
     restore()
+
+
+def test_whole_step_fast_and_reference_follow_the_same_path():
+    """bench.make_step (train_phase1's step: penalties, FlatAdam vs torch's Adam): the same losses over steps."""
+    from regimes.metabolism import bench
+    from regimes.metabolism.config import parse_config
+    from tests._metabolism_tiny import kinetics_cfg, stoich_cfg
+
+    for cfg_dict, freeze, sim in ((kinetics_cfg(coeff_MLP_sub_diff=3.0, coeff_MLP_sub_zero=1.0, coeff_k_prior=2e-4),
+                                   True, TINY_CYCLES), (stoich_cfg(), False, TINY_RANDOM)):
+        cfg = parse_config(cfg_dict)
+        data = _data(sim, freeze, "cpu")
+        fast, ref = bench.make_step(cfg, data=data), bench.make_step(cfg, data=data, reference=True)
+        lf = torch.stack([fast() for _ in range(5)])
+        lr = torch.stack([ref() for _ in range(5)])
+        torch.testing.assert_close(lf, lr, rtol=1e-4, atol=1e-7)
+
+
+def test_throughput_ab_alternates_both_steps():
+    import benchmarks.throughput as tp
+
+    calls = {"a": 0, "b": 0}
+    r = tp.measure_ab(lambda: calls.__setitem__("a", calls["a"] + 1),
+                      lambda: calls.__setitem__("b", calls["b"] + 1), 0.05, "cpu", rounds=3)
+    assert calls["a"] >= 3 + 3 and calls["b"] >= 3 + 3  # warm-up and at least one per chunk each
+    assert r["n_a"] > 0 and r["n_b"] > 0 and r["ratio"] > 0

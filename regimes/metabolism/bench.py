@@ -45,6 +45,7 @@ def _data(sim: dict, freeze: bool, device: str):
 def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = False) -> Callable[[], float]:
     """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it.
     `reference`: the model's reference code path and torch's Adam (model.fast = False), for A/B runs."""
+    from regimes.metabolism.fast import compile_model, step_begin
     from regimes.metabolism.model import KineticsModel, build_model
     from regimes.metabolism.train import SubPenaltyInputs, make_optimizer, param_groups, sub_penalties, to_device
 
@@ -61,7 +62,10 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
     if sub_terms:
         sub_inputs = SubPenaltyInputs(model, data)
 
+    compiled, _restore = compile_model(model, t.compile)
+
     def step() -> torch.Tensor:
+        step_begin(compiled, t.compile)
         idx = to_device(torch.randint(0, data.n_frames, (B,), generator=gen), device)
         c = conc0[idx]
         if sub_terms:
@@ -79,9 +83,13 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
     return step
 
 
+#: training keys every benchmark config gets (throughput.py --compile sets "compile")
+TRAINING_OVERRIDES: dict = {}
+
+
 def _cfg(sim: dict, model: str, variant: str = "tied", **training) -> Config:
     return parse_config({"simulation": sim, "graph_model": {"model": model, "variant": variant},
-                         "training": {"batch_size": 8, **training}})
+                         "training": {"batch_size": 8, **training, **TRAINING_OVERRIDES}})
 
 
 def _kinetics(device: str, reference: bool = False):

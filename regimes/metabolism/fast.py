@@ -340,7 +340,7 @@ class StoichiometryFn(torch.autograd.Function):
         return (*grads, *gmsg, *grate)
 
 
-class FlatAdam(torch.optim.Optimizer):
+class FlatAdam:
     """torch.optim.Adam (defaults betas (0.9, 0.999), eps 1e-8, no weight decay, no amsgrad) over ONE flat
     buffer: the parameters become views into it, each group's lr fills its slice of a per-element lr vector,
     and a step is ~10 aten calls whatever the number of tensors (torch's Adam: ~8 per tensor, or a fused
@@ -350,10 +350,15 @@ class FlatAdam(torch.optim.Optimizer):
     Differences from torch's Adam, by design: a parameter whose .grad is None counts as a zero gradient
     (its moments decay; torch skips it) -- identical when every parameter reaches the loss, as here; the
     parameters must all be on one device, dense, and of one dtype. Host syncs: none (the step count and
-    the bias corrections are Python numbers)."""
+    the bias corrections are Python numbers). Not a torch.optim.Optimizer: its step() wrapper (profiler
+    record and hook loops) costs more than this whole update; `param_groups` is the same list of dicts."""
 
     def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(groups, {"lr": 1e-3, "betas": betas, "eps": eps})
+        self.param_groups = [{"lr": 1e-3, "betas": betas, "eps": eps, **g, "params": list(g["params"])}
+                             for g in groups]
+        self.param_groups = [g for g in self.param_groups if g["params"]]
+        if not self.param_groups:
+            raise ValueError("FlatAdam: no parameters")
         params = [p for g in self.param_groups for p in g["params"]]
         if len({tuple(g["betas"]) for g in self.param_groups}) > 1:
             raise ValueError("FlatAdam: one betas for all groups")
@@ -409,8 +414,8 @@ class FlatAdam(torch.optim.Optimizer):
         bc1, bc2 = 1 - b1 ** self._t, 1 - b2 ** self._t
         self._m.lerp_(grad, 1 - b1)
         self._v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (self._v.sqrt() / math.sqrt(bc2)).add_(self._eps)
-        self._flat.sub_(self._lr * (self._m / denom) / bc1)
+        denom = self._v.sqrt().div_(math.sqrt(bc2)).add_(self._eps)
+        self._flat.addcdiv_(self._m * self._lr, denom, value=-1.0 / bc1)
         return None
 
 

@@ -216,7 +216,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
                 for _s in range(T):
                     x = (x + dt * model(x)).clamp_min(0.0)
                     if t.noise_recurrent_level > 0:
-                        x = x + t.noise_recurrent_level * torch.randn(x.shape, generator=gen).to(dev)
+                        x = x + t.noise_recurrent_level * to_device(torch.randn(x.shape, generator=gen), dev)
                 pred_loss = ((x - conc0[idx + T]) ** 2).mean() / ((dt * T) ** 2 * ynorm2)
             elif sub_terms:  # ONE MLP_sub pass for the batch and the penalties' rows
                 d, f_sub_rows = model.forward_and_sub(c, sub_inputs.c, sub_inputs.s)
