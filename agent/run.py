@@ -369,7 +369,7 @@ def _drive(ctx: RunCtx, resume: bool) -> Path:
             outcome = "finished"
         else:
             # durability "sync": each step's checkpoint is on disk before the next step starts (SIGKILL-safe)
-            for _update in graph.stream(inp, cfg, stream_mode="updates", durability="sync"):
+            for _update in graph.stream(inp, cfg, context=ctx, stream_mode="updates", durability="sync"):
                 if ctx.kill.is_set() or ctx.stop.is_set():
                     outcome = "stopped"
                     break

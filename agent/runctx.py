@@ -1,8 +1,9 @@
 """The per-process context of a run: run.yaml, regime, store, workspace,
 tool env, policies, executor, status.json, events.
 
-Built once by `agent.run` (start or resume) and closed over by the graph's
-nodes. Everything it holds can be rebuilt from the run directory.
+Built once by `agent.run` (start or resume) and passed to the graph's nodes
+as LangGraph's runtime context (`graph.stream(..., context=ctx)`). Everything
+it holds can be rebuilt from the run directory.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rundir import paths
 from rundir.io import append_jsonl, dump_json_atomic, llm_cost, load_yaml, read_json, utc_now
 from rundir.records import FallbackRef, Launch, PolicySteps, RunInfo, RunStatus, SlotOutcome, SlotResult, SlotReview
 from rundir.store import Store
-from tools.env import ToolEnv
+from tools.env import Step, ToolEnv
 from tools.toolbox import ToolBox
 
 
@@ -42,9 +43,7 @@ class RunCtx:
         self.on_event = on_event
         self._executor = executor
         self.store = Store(self.run_dir / "nodes.jsonl")
-        self.env = ToolEnv(self.run_dir, regime, workspace, self.store, info.slots, code_enabled=info.code,
-                           policy_name=policy.name)
-        self.env.n_iter_block = info.n_iter_block
+        self.env = ToolEnv(self.run_dir, regime, workspace, self.store, info.slots, code_enabled=info.code)
         self.base_config = load_yaml(self.run_dir / "base_config.yaml")
         self._status_lock = threading.Lock()
         self.status = self._load_status()
@@ -121,18 +120,19 @@ class RunCtx:
 
     # ----- policy steps -----
 
-    def step_context(self, step: str, slots: list[int], results: list[dict], state: dict, ucb: str = "") -> StepContext:
-        code_reason = self.regime.code_edits_allowed(self.env.iter_in_block, self.env.at_block_end, self.info.code)
+    def step_context(self, step: Step, results: list[dict], ucb: str = "") -> StepContext:
+        """What the policy sees at `step`: derived from the node's Step and the run's files."""
+        code_reason = self.regime.code_edits_allowed(step.iter_in_block, step.at_block_end, self.info.code)
         return StepContext(
-            step=step, run_dir=self.run_dir, regime_name=self.regime.name, block=state.get("block", 1),
-            iter_in_block=state.get("iter_in_block", 0), n_iter_block=self.info.n_iter_block, slots=slots,
-            results=results, memory=(self.run_dir / "memory.md").read_text(),
-            instructions=(self.run_dir / "instructions.md").read_text(),
-            ucb=ucb if ucb else (self.run_dir / "ucb_scores.txt").read_text(),
+            step=step.name, run_dir=self.run_dir, regime_name=self.regime.name, block=step.block,
+            iter_in_block=step.iter_in_block, n_iter_block=self.info.n_iter_block, slots=list(step.slots),
+            results=results, memory=(self.run_dir / paths.MEMORY).read_text(),
+            instructions=(self.run_dir / paths.INSTRUCTIONS).read_text(),
+            ucb=ucb if ucb else (self.run_dir / paths.UCB).read_text(),
             code_allowed=code_reason is None, code_block_reason=code_reason, seed=self.info.seed,
-            iterations_done=state.get("iterations_done", 0), ucb_c=self.info.ucb_c)
+            iterations_done=step.iterations_done, ucb_c=self.info.ucb_c)
 
-    def run_policy_step(self, step: str, slots: list[int], results: list[dict], state: dict) -> None:
+    def run_policy_step(self, step: Step, results: list[dict]) -> None:
         """Let the policy answer `step`; on any failure roll back and re-run it with the fallback policy.
 
         Every step the main policy is asked to answer is counted (status.json
@@ -140,19 +140,18 @@ class RunCtx:
         fallback with its fault class and one-line reason. An API refusal
         (LLMRefused: bad key, model, permission) or the spend limit stops the
         run instead: no heuristic run in Claude's name."""
-        ctx = self.step_context(step, slots, results, state)
-        snap = self._step_snapshot(f"{step}:{state.get('iteration', 0)}:{state.get('block', 1)}")
-        self.env.policy_name = self.policy.name
-        tools = ToolBox(self.env, step, slots, defer_log=True)
+        ctx = self.step_context(step, results)
+        snap = self._step_snapshot(step)
+        tools = ToolBox(self.env, step, defer_log=True, policy_name=self.policy.name)
         counted = self.policy is not self.fallback
         try:
             self.policy.act(ctx, tools)
             if not tools.done():
-                raise RuntimeError(f"step {step} incomplete: missing {', '.join(tools.missing())}")
+                raise RuntimeError(f"step {step.name} incomplete: missing {', '.join(tools.missing())}")
             tools.finish(applied=True)
-            upd: dict[str, Any] = {"message": self.env.last_message or self.status.message or ""}
+            upd: dict[str, Any] = {"message": tools.last_message or self.status.message or ""}
             if counted:
-                upd.update(self._count_step(step, state, None, ""), fallback=False)
+                upd.update(self._count_step(step, None, ""), fallback=False)
             self.set_status(**upd)
             return
         except (CostLimitReached, LLMRefused) as e:
@@ -161,7 +160,8 @@ class RunCtx:
             self.env.restore(snap)
             cost = isinstance(e, CostLimitReached)
             line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            self.env.reasoning(f"[{step}] {'cost limit reached' if cost else 'LLM refused'}: {line}; stopping (resumable)")
+            self.env.reasoning(f"[{step.name}] {'cost limit reached' if cost else 'LLM refused'}: {line}; "
+                               "stopping (resumable)")
             self.status = self.status.updated(stopped_by="cost_limit" if cost else "llm_refused")
             raise RunStopped(f"cost limit reached: {line}" if cost else line) from None
         except Exception as e:  # any other policy failure (deadline, API, bug) -> heuristic fallback
@@ -171,51 +171,51 @@ class RunCtx:
                 raise
             fault = getattr(e, "fault", None) or ("error" if not isinstance(e, PolicyError) else "policy_error")
             first = str(e).splitlines()[0] if str(e) else ""
-            msg = f"policy {self.policy.name} failed at {step}: {name}: {first}"
-            self.env.reasoning(f"[{step}] FALLBACK to {self.fallback.name}: {msg} (fault: {fault})")
+            msg = f"policy {self.policy.name} failed at {step.name}: {name}: {first}"
+            self.env.reasoning(f"[{step.name}] FALLBACK to {self.fallback.name}: {msg} (fault: {fault})")
             self.env.restore(snap)
-        self.env.policy_name = self.fallback.name
-        tools = ToolBox(self.env, step, slots, defer_log=True)
+        tools = ToolBox(self.env, step, defer_log=True, policy_name=self.fallback.name)
         try:
             self.fallback.act(ctx, tools)
         finally:
             tools.finish(applied=tools.done())
         if not tools.done():
-            raise RuntimeError(f"fallback policy left step {step} incomplete: missing {', '.join(tools.missing())}")
-        counts = self._count_step(step, state, fault, msg)
+            raise RuntimeError(f"fallback policy left step {step.name} incomplete: missing {', '.join(tools.missing())}")
+        counts = self._count_step(step, fault, msg)
         self.set_status(fallback=True, message=f"fallback to {self.fallback.name}: {msg}", **counts)
-        self.emit({"type": "fallback", "step": step, "message": msg, "fault": fault})
+        self.emit({"type": "fallback", "step": step.name, "message": msg, "fault": fault})
 
-    def _count_step(self, step: str, state: dict, fault: str | None, reason: str) -> dict:
+    def _count_step(self, step: Step, fault: str | None, reason: str) -> dict:
         """Append this step's outcome to policy_steps.jsonl; the status.json fields that summarise it."""
         ts = utc_now()
         append_jsonl(self.run_dir / paths.POLICY_STEPS, {
-            "ts": ts, "step": step, "iteration": state.get("iteration"), "policy": self.policy.name,
+            "ts": ts, "step": step.name, "iteration": step.iteration, "policy": self.policy.name,
             "answered_by": self.fallback.name if fault else self.policy.name, "fault": fault, "reason": reason})
         ps = (self.status.policy_steps or PolicySteps()).model_copy(deep=True)
         ps.total += 1
         if fault:
             ps.fallbacks += 1
             ps.faults[fault] = ps.faults.get(fault, 0) + 1
-            ps.last_fallback = FallbackRef(step=step, fault=fault, reason=reason, ts=ts)
+            ps.last_fallback = FallbackRef(step=step.name, fault=fault, reason=reason, ts=ts)
         else:
             ps.answered += 1
         return {"policy_steps": ps}
 
-    def _step_snapshot(self, key: str) -> dict[Path, str | None]:
+    def _step_snapshot(self, step: Step) -> dict[Path, str | None]:
         """The files a policy step may change, as they were before its first attempt.
 
         Kept on disk (step_snapshot.json) so that a step killed after some of its tool calls is
         re-run from the same files: an append to memory.md is never made twice, an instructions
         edit never meets its own result."""
+        key = f"{step.name}:{step.iteration}:{step.block}"
         p = self.run_dir / paths.STEP_SNAPSHOT
         saved = read_json(p)  # None when absent (a torn one cannot be: it is written atomically)
         if isinstance(saved, dict) and saved.get("key") == key:
             snap = {self.run_dir / rel: text for rel, text in saved.get("files", {}).items()}
             self.env.restore(snap)
-            self.env.reasoning(f"[{key.split(':')[0]}] re-run after an interruption: its files restored first")
+            self.env.reasoning(f"[{step.name}] re-run after an interruption: its files restored first")
             return snap
-        snap = self.env.snapshot()
+        snap = self.env.snapshot(step.iteration)
         dump_json_atomic(p, {"key": key, "files": {str(q.relative_to(self.run_dir)): t for q, t in snap.items()}})
         return snap
 

@@ -26,7 +26,7 @@ def toy_run(tmp_path_factory):
 
 @pytest.fixture
 def toy_ctx(toy_run, tmp_path):
-    """A RunCtx over a private copy of `toy_run`, with the batch of iteration 1 under analysis."""
+    """A RunCtx over a private copy of `toy_run` (tests/loop_helpers.at: the Step of a node over it)."""
     from tests.loop_helpers import copy_run, open_ctx
 
-    return open_ctx(copy_run(toy_run, tmp_path / "run"), iteration=1)
+    return open_ctx(copy_run(toy_run, tmp_path / "run"))

@@ -10,6 +10,8 @@ from agent.runctx import RunCtx
 from rundir.records import RunInfo
 from regimes.registry import get_regime
 from rundir.io import load_yaml
+from tools.env import Step
+from tools.toolbox import ToolBox
 
 TOY_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "toy_regime" / "plugins"
 
@@ -23,16 +25,26 @@ def toy_options(run_dir: Path, **kw):
     return RunOptions(**base)
 
 
-def open_ctx(run_dir: Path, iteration: int = 1) -> RunCtx:
-    """A RunCtx over an existing run with the batch of `iteration` loaded into the tool env."""
+def open_ctx(run_dir: Path) -> RunCtx:
+    """A RunCtx over an existing run (heuristic policy)."""
     from sandbox.workspace import Workspace
 
     info = RunInfo.model_validate(load_yaml(run_dir / "run.yaml"))
     regime = get_regime(info.regime, [Path(p) for p in info.regime_path])
-    ctx = RunCtx(run_dir, info, regime, Workspace.open(run_dir / "workspace"), HeuristicPolicy(), HeuristicPolicy())
-    ctx.env.iteration = iteration
-    ctx.env.batch = ctx.load_batch(iteration)
-    return ctx
+    return RunCtx(run_dir, info, regime, Workspace.open(run_dir / "workspace"), HeuristicPolicy(), HeuristicPolicy())
+
+
+def at(ctx: RunCtx, name: str, slots: list[int] | None = None, iteration: int = 1, **fields) -> Step:
+    """The Step a graph node `name` would hand the tools, over `ctx`'s run: the batch of
+    `iteration` in view unless `batch` is given, every slot unless `slots` is."""
+    fields.setdefault("batch", ctx.load_batch(iteration))
+    return Step(name=name, slots=tuple(range(ctx.info.slots) if slots is None else slots), iteration=iteration,
+                **fields)
+
+
+def box(ctx: RunCtx, name: str, slots: list[int] | None = None, **fields) -> ToolBox:
+    """A ToolBox of step `name` over `ctx` (see `at`)."""
+    return ToolBox(ctx.env, at(ctx, name, slots, **fields))
 
 
 def copy_run(src: Path, dst: Path) -> Path:

@@ -12,7 +12,8 @@ from rundir.records import RunInfo, RunStatus
 from rundir.store import Store, read_nodes
 from sandbox.guard import editable_spans
 from tools.base import REGISTRY, register
-from tools.toolbox import ToolBox, _load_tools
+from tests.loop_helpers import box
+from tools.toolbox import _load_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +60,7 @@ def test_slot_scoped_tools_are_declared_at_registration(toy_ctx):
     scoped = {n for n, t in REGISTRY.items() if t.slot_scoped}
     assert scoped == {"set_config", "edit_code", "revert_code", "finish_mutation", "submit_analysis",
                       "choose_parent"}
-    res = ToolBox(toy_ctx.env, "analyse", [0]).call("submit_analysis", {"slot": 1, "visual": "v", "observation": "o"})
+    res = box(toy_ctx, "analyse", [0]).call("submit_analysis", {"slot": 1, "visual": "v", "observation": "o"})
     assert not res.ok and "slot 1 is not part of this step" in res.error
 
 
@@ -76,7 +77,7 @@ def test_show_code_marks_what_the_guard_lets_change(toy_ctx):
     """The '>' lines are the guard's editable lines: a region's interior, not its markers (show_code
     once marked the markers too, which no edit may touch)."""
     path = "toyfit/train.py"
-    shown = ToolBox(toy_ctx.env, "mutate", [0, 1]).call("show_code", {"slot": 0, "path": path}).content
+    shown = box(toy_ctx, "mutate", [0, 1]).call("show_code", {"slot": 0, "path": path}).content
     marked = {int(ln[1:6]) for ln in shown.splitlines()[1:] if ln.startswith(">")}
     text = toy_ctx.workspace.read(toy_ctx.workspace.root_commit, path)
     spans = editable_spans(toy_ctx.regime, path, text)
@@ -87,7 +88,7 @@ def test_show_code_marks_what_the_guard_lets_change(toy_ctx):
 
 
 def test_a_missing_file_names_the_workspace_error(toy_ctx):
-    res = ToolBox(toy_ctx.env, "mutate", [0, 1]).call("show_code", {"slot": 0, "path": "toyfit/nope.py"})
+    res = box(toy_ctx, "mutate", [0, 1]).call("show_code", {"slot": 0, "path": "toyfit/nope.py"})
     assert not res.ok and "no file 'toyfit/nope.py'" in res.error and "does not exist at commit" in res.error
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from agent.cli import main
 from agent.live import PlainReporter
-from tests.loop_helpers import TOY_PLUGINS, open_ctx, toy_options
+from tests.loop_helpers import TOY_PLUGINS, box, open_ctx, toy_options
 
 try:
     from tests.fake_anthropic import fake_anthropic  # noqa: F401 (fixture)
@@ -158,19 +158,18 @@ def test_a_literal_model_gets_no_rejection_and_reads_the_prefix_from_cache(tmp_p
 
 def test_tools_array_is_the_same_at_every_step_and_scoped_when_called(tmp_path):
     from agent.run import start_run
-    from tools.toolbox import ToolBox
 
     run = tmp_path / "run"
     start_run(toy_options(run, iterations=2))
     ctx = open_ctx(run)
-    arrays = {json.dumps(ToolBox(ctx.env, step, [0, 1]).all_schemas(), sort_keys=True)
+    arrays = {json.dumps(box(ctx, step, [0, 1]).all_schemas(), sort_keys=True)
               for step in ("prepare", "analyse", "log", "select_parent", "block_end", "mutate")}
     assert len(arrays) == 1
     text = arrays.pop()
     for foreign in ("learning_rate_k", "metabolism", "MLP_sub"):  # no other regime's keys or paths
         assert foreign not in text
     assert "learning_rate: 1E-3 -> 2E-3" in text and "toyfit/train.py" in text  # the toy's own examples
-    res = ToolBox(ctx.env, "log", [0, 1]).call("set_config", {"slot": 0, "changes": {"training.coeff_reg": 1.0}})
+    res = box(ctx, "log", [0, 1]).call("set_config", {"slot": 0, "changes": {"training.coeff_reg": 1.0}})
     assert not res.ok and res.error == ("tool set_config is not allowed at step log; allowed: update_memory, "
                                         "read_file")
 

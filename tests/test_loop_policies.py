@@ -9,7 +9,7 @@ import yaml
 from agent.policies.heuristic import HeuristicPolicy
 from agent.run import start_run
 from rundir.store import Store
-from tests.loop_helpers import open_ctx, toy_options
+from tests.loop_helpers import at, open_ctx, toy_options
 from tools.toolbox import ToolBox
 
 
@@ -65,14 +65,14 @@ def test_heuristic_is_deterministic_given_the_seed(tmp_path):
 def test_heuristic_code_strategy_on_plateau(tmp_path):
     d = tmp_path / "run"
     start_run(toy_options(d, iterations=2))
-    ctx = open_ctx(d, iteration=1)
+    ctx = open_ctx(d)
     env = ctx.env
-    env.iter_in_block = 2  # past the toy's warm-up
     for s in (0, 1):
         env.save_plan(env.load_plan(s).model_copy(update={"parent": 1, "strategy": "code-modification",
                                                           "commit": ctx.workspace.root_commit}))
-    tools = ToolBox(env, "mutate", [0, 1])
-    st = ctx.step_context("mutate", [0, 1], [], {"block": 1, "iter_in_block": 2, "iterations_done": 2})
+    step = at(ctx, "mutate", [0, 1], iter_in_block=2, iterations_done=2)  # past the toy's warm-up
+    tools = ToolBox(env, step)
+    st = ctx.step_context(step, [])
     assert st.code_allowed
     HeuristicPolicy(seed=0).act(st, tools)
     assert tools.done()
@@ -119,11 +119,11 @@ def test_cost_limit_stops_without_fallback_and_rolls_back(tmp_path):
 
     d = tmp_path / "run"
     start_run(toy_options(d, iterations=2))
-    ctx = open_ctx(d, iteration=1)
+    ctx = open_ctx(d)
     ctx.policy = Spender()
     before = ctx.env.slot_config(0)
     with pytest.raises(RunStopped, match="cost limit reached"):
-        ctx.run_policy_step("mutate", [0, 1], [], {"block": 1, "iter_in_block": 2})
+        ctx.run_policy_step(at(ctx, "mutate", [0, 1], iter_in_block=2), [])
     assert ctx.env.slot_config(0) == before  # rolled back, and the heuristic did not step in
     assert "FALLBACK" not in (d / "reasoning.log").read_text()
 

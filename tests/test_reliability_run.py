@@ -255,7 +255,7 @@ def _rewind_to(run_dir: Path, step: str) -> None:
     ctx = open_ctx(run_dir)
     conn = sqlite3.connect(str(run_dir / "state.sqlite"), check_same_thread=False)
     try:
-        graph = build_graph(ctx).compile(checkpointer=SqliteSaver(conn))
+        graph = build_graph().compile(checkpointer=SqliteSaver(conn))
         cfg = {"configurable": {"thread_id": ctx.info.run_id}}
         target = next(s for s in graph.get_state_history(cfg) if s.next == (step,))
         cid = target.config["configurable"]["checkpoint_id"]

@@ -10,9 +10,9 @@ import pytest
 
 from agent.run import start_run
 from tests._killwalk import FakeExecutor
-from tests.loop_helpers import copy_run, open_ctx, toy_options
+from tests.loop_helpers import box, copy_run, open_ctx, toy_options
 from tools.limits import QUOTE_CHARS, TEXT_LIMITS
-from tools.toolbox import REGISTRY, STEP_TOOLS, ToolBox, _load_tools
+from tools.toolbox import REGISTRY, STEP_TOOLS, _load_tools
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def base_run(tmp_path_factory):
 
 @pytest.fixture
 def ctx(base_run, tmp_path):
-    return open_ctx(copy_run(base_run, tmp_path / "run"), iteration=1)
+    return open_ctx(copy_run(base_run, tmp_path / "run"))
 
 
 def _str_fields(model) -> list[str]:
@@ -72,7 +72,7 @@ OVERSIZED = [
 @pytest.mark.parametrize("step,slots,tool,args", OVERSIZED, ids=[f"{t[2]}-{i}" for i, t in enumerate(OVERSIZED)])
 def test_an_oversized_text_is_rejected_and_the_logs_stay_small(ctx, step, slots, tool, args):
     before = {p: p.read_bytes() for p in (ctx.run_dir / "memory.md", ctx.run_dir / "instructions.md")}
-    res = ToolBox(ctx.env, step, slots).call(tool, args)
+    res = box(ctx, step, slots).call(tool, args)
     assert not res.ok and "characters" in res.error and "\n" not in res.error
     assert len(res.error) < 4 * QUOTE_CHARS
     assert {p: p.read_bytes() for p in before} == before
@@ -81,7 +81,7 @@ def test_an_oversized_text_is_rejected_and_the_logs_stay_small(ctx, step, slots,
 
 
 def test_memory_section_may_not_grow_past_its_limit(ctx):
-    tb = ToolBox(ctx.env, "log", [0, 1])
+    tb = box(ctx, "log", [0, 1])
     for _ in range(2):
         assert tb.call("update_memory", {"section": "Open Questions", "text": "q" * 3900, "mode": "append"}).ok
     res = tb.call("update_memory", {"section": "Open Questions", "text": "q" * 3900, "mode": "append"})
@@ -110,14 +110,14 @@ MALFORMED = [
 @pytest.mark.parametrize("step,tool,args,match", MALFORMED, ids=[f"{t[1]}-{i}" for i, t in enumerate(MALFORMED)])
 def test_malformed_input_is_one_rejected_call(ctx, step, tool, args, match):
     n = ctx.env.n_rejected()
-    res = ToolBox(ctx.env, step, [0, 1]).call(tool, args)  # must not raise
+    res = box(ctx, step, [0, 1]).call(tool, args)  # must not raise
     assert not res.ok and match in res.error and "\n" not in res.error, res.error
     assert ctx.env.n_rejected() == n + 1
     json.loads((ctx.run_dir / "rejected.jsonl").read_text().splitlines()[-1])  # still valid JSON lines
 
 
 def test_arguments_that_are_not_an_object_are_rejected(ctx):
-    tb = ToolBox(ctx.env, "mutate", [0, 1])
+    tb = box(ctx, "mutate", [0, 1])
     for bad in (["slot", 0], "slot=0", 7):
         res = tb.call("finish_mutation", bad)
         assert not res.ok and "JSON object" in res.error
@@ -128,23 +128,22 @@ def test_arguments_that_are_not_an_object_are_rejected(ctx):
 def test_a_tool_that_fails_unexpectedly_is_one_rejected_call(ctx, monkeypatch):
     from tools import toolbox
 
-    def boom(env, args):
+    def boom(env, step, args):
         raise OSError("disk on fire")
 
     monkeypatch.setitem(toolbox.REGISTRY, "read_file", toolbox.REGISTRY["read_file"].__class__(
         "read_file", "d", toolbox.REGISTRY["read_file"].input_model, boom))
-    res = ToolBox(ctx.env, "mutate", [0, 1]).call("read_file", {"path": "run.yaml"})
+    res = box(ctx, "mutate", [0, 1]).call("read_file", {"path": "run.yaml"})
     assert not res.ok and res.error == "read_file: failed: OSError: disk on fire"
 
 
 def test_a_parent_from_a_closed_block_is_rejected(ctx):
-    ctx.env.block = 2  # block 1 (nodes 1, 2) is closed
-    ctx.env.batch = {}
-    res = ToolBox(ctx.env, "select_parent", [0, 1]).call("choose_parent", {"slot": 0, "parent": 1,
-                                                                            "strategy": "exploit"})
+    closed = {"block": 2, "batch": {}}  # block 1 (nodes 1, 2) is closed
+    res = box(ctx, "select_parent", [0, 1], **closed).call("choose_parent", {"slot": 0, "parent": 1,
+                                                                             "strategy": "exploit"})
     assert not res.ok and "block 1, which is closed" in res.error
-    assert ToolBox(ctx.env, "select_parent", [0, 1]).call("choose_parent", {"slot": 0, "parent": "root",
-                                                                             "strategy": "exploit"}).ok
+    assert box(ctx, "select_parent", [0, 1], **closed).call("choose_parent", {"slot": 0, "parent": "root",
+                                                                              "strategy": "exploit"}).ok
 
 
 def test_the_heuristic_stays_within_the_limits(base_run):

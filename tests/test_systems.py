@@ -16,7 +16,7 @@ from rundir.records import NodeRecord
 from rundir.store import Store
 from agent.ucb import tag_systems, ucb_scores
 from regimes.registry import get_regime
-from tests.loop_helpers import TOY_PLUGINS, open_ctx, toy_options
+from tests.loop_helpers import TOY_PLUGINS, at, open_ctx, toy_options
 from tools.toolbox import ToolBox
 
 REGIME = get_regime("toy_systems", [TOY_PLUGINS])
@@ -144,7 +144,7 @@ def test_variance_reduction_identifiability_and_cross_seed_triggers():
 def test_seed_mutation_moves_the_slot_to_the_named_system(tmp_path):
     d = tmp_path / "run"
     start_run(toy_options(d, regime="toy_systems", iterations=2))
-    ctx = open_ctx(d, iteration=1)
+    ctx = open_ctx(d)
     env = ctx.env
     env.save_plan(env.load_plan(1).model_copy(update={
         "parent": 1, "strategy": "seed-robustness", "commit": ctx.workspace.root_commit,
@@ -153,9 +153,9 @@ def test_seed_mutation_moves_the_slot_to_the_named_system(tmp_path):
     env.save_plan(env.load_plan(0).model_copy(update={"parent": 1, "strategy": "exploit",
                                                       "commit": ctx.workspace.root_commit}))
     env.save_slot_config(0, ctx.store.get(1).config)
-    tools = ToolBox(env, "mutate", [0, 1])
-    HeuristicPolicy(seed=0).act(ctx.step_context("mutate", [0, 1], [], {"block": 1, "iter_in_block": 2,
-                                                                       "iterations_done": 2}), tools)
+    step = at(ctx, "mutate", [0, 1], iter_in_block=2, iterations_done=2)
+    tools = ToolBox(env, step)
+    HeuristicPolicy(seed=0).act(ctx.step_context(step, []), tools)
     assert tools.done()
     plan = env.load_plan(1)
     assert plan.mutation == "seed: 42 -> 57 (seed change: simulation.seed, a new system)"
@@ -208,15 +208,15 @@ def test_live_view_shows_each_slots_system(tmp_path):
 def test_variance_reduction_and_cross_seed_mutate_the_tables_keys(tmp_path):
     d = tmp_path / "run"
     start_run(toy_options(d, regime="toy_systems", iterations=2))
-    ctx = open_ctx(d, iteration=1)
+    ctx = open_ctx(d)
     env = ctx.env
     for slot, strategy in ((0, "variance-reduction"), (1, "cross-seed-optimize")):
         env.save_plan(env.load_plan(slot).model_copy(update={"parent": 1, "strategy": strategy,
                                                              "commit": ctx.workspace.root_commit}))
         env.save_slot_config(slot, ctx.store.get(1).config)
-    tools = ToolBox(env, "mutate", [0, 1])
-    HeuristicPolicy(seed=0).act(ctx.step_context("mutate", [0, 1], [], {"block": 1, "iter_in_block": 2,
-                                                                       "iterations_done": 2}), tools)
+    step = at(ctx, "mutate", [0, 1], iter_in_block=2, iterations_done=2)
+    tools = ToolBox(env, step)
+    HeuristicPolicy(seed=0).act(ctx.step_context(step, []), tools)
     assert tools.done()
     # variance-reduction: longer training (aug/epochs up), on the same system
     vr = env.load_plan(0).mutation

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.run import start_run
-from tests.loop_helpers import open_ctx, toy_options
-from tools.toolbox import ToolBox
+from tests.loop_helpers import box, open_ctx, toy_options
 
 
 @pytest.fixture
@@ -30,10 +29,10 @@ def _digest(run_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _rejected(ctx, step, slots, name, args, match):
+def _rejected(ctx, step, slots, name, args, match, **step_fields):
     before = _digest(ctx.run_dir)
     n_rej = ctx.env.n_rejected()
-    tb = ToolBox(ctx.env, step, slots)
+    tb = box(ctx, step, slots, **step_fields)
     res = tb.call(name, args)
     assert not res.ok, res
     assert match in res.error and "\n" not in res.error
@@ -54,7 +53,7 @@ def test_set_config(ctx):
     _rejected(ctx, "mutate", m, "set_config", {"slot": 0, "changes": {"claude.n_iter_block": 9}}, "frozen")
     _rejected(ctx, "mutate", m, "set_config", {"slot": 0, "changes": {}}, "changes")
     # a valid change is applied
-    res = ToolBox(ctx.env, "mutate", m).call("set_config", {"slot": 1, "changes": {"training.learning_rate": 0.02}})
+    res = box(ctx, "mutate", m).call("set_config", {"slot": 1, "changes": {"training.learning_rate": 0.02}})
     assert res.ok and ctx.env.slot_config(1)["training"]["learning_rate"] == 0.02
 
 
@@ -77,20 +76,19 @@ def test_edit_code_rejections_and_commit(ctx):
     path = "toyfit/train.py"
     good = {"slot": 0, "path": path, "old": "    return lr\n", "new": "    return lr * 2.0\n",
             "change": "double the step", "hypothesis": "escape the plateau"}
-    ctx.env.iter_in_block = 0  # inside the warm-up: no code edits yet
-    _rejected(ctx, "mutate", [0, 1], "edit_code", good, "first 2 iterations")
-    ctx.env.iter_in_block = 2
-    _rejected(ctx, "mutate", [0, 1], "edit_code", {**good, "path": "../secrets.py"}, "'..'")
-    _rejected(ctx, "mutate", [0, 1], "edit_code", {**good, "old": "no such text"}, "occurs 0 times")
+    _rejected(ctx, "mutate", [0, 1], "edit_code", good, "first 2 iterations",
+              iter_in_block=0)  # inside the warm-up: no code edits yet
+    past = {"iter_in_block": 2}
+    _rejected(ctx, "mutate", [0, 1], "edit_code", {**good, "path": "../secrets.py"}, "'..'", **past)
+    _rejected(ctx, "mutate", [0, 1], "edit_code", {**good, "old": "no such text"}, "occurs 0 times", **past)
     _rejected(ctx, "mutate", [0, 1], "edit_code",
               {**good, "old": "    ap.add_argument(\"--device\", default=\"cpu\")\n",
-               "new": "    ap.add_argument(\"--device\", default=\"cuda\")\n"}, "train.py")
-    _rejected(ctx, "mutate", [0, 1], "edit_code", {**good, "slot": 3}, "slot 3")
-    ctx.env.code_enabled = False
-    _rejected(ctx, "mutate", [0, 1], "edit_code", good, "--no-code")
+               "new": "    ap.add_argument(\"--device\", default=\"cuda\")\n"}, "train.py", **past)
+    _rejected(ctx, "mutate", [0, 1], "edit_code", {**good, "slot": 3}, "slot 3", **past)
+    ctx.env.code_enabled = False  # run-wide (--no-code)
+    _rejected(ctx, "mutate", [0, 1], "edit_code", good, "--no-code", **past)
     ctx.env.code_enabled = True
-    ctx.env.iteration = 2
-    res = ToolBox(ctx.env, "mutate", [0, 1]).call("edit_code", good)
+    res = box(ctx, "mutate", [0, 1], iteration=2, **past).call("edit_code", good)
     assert res.ok, res.error
     plan = ctx.env.load_plan(0)
     assert "return lr * 2.0" in ctx.workspace.read(plan.commit, path)
@@ -99,11 +97,11 @@ def test_edit_code_rejections_and_commit(ctx):
     assert "[iter 2 slot 0] double the step — hypothesis: escape the plateau" in msg
     assert plan.code_changes[0].function == "update"
     # show_code marks the editable region
-    shown = ToolBox(ctx.env, "mutate", [0, 1]).call("show_code", {"slot": 0, "path": path}).content
+    shown = box(ctx, "mutate", [0, 1]).call("show_code", {"slot": 0, "path": path}).content
     assert any(l.startswith(">") and "return lr * 2.0" in l for l in shown.splitlines())
     assert any(l.startswith(" ") and "def main" in l for l in shown.splitlines())
     # revert_code: back to the parent's version, then nothing left to revert
-    assert ToolBox(ctx.env, "mutate", [0, 1]).call("revert_code", {"slot": 0, "path": path}).ok
+    assert box(ctx, "mutate", [0, 1]).call("revert_code", {"slot": 0, "path": path}).ok
     assert "return lr * 2.0" not in ctx.workspace.read(ctx.env.load_plan(0).commit, path)
     _rejected(ctx, "mutate", [0, 1], "revert_code", {"slot": 0, "path": path}, "already as in the parent")
     _rejected(ctx, "mutate", [0, 1], "revert_code", {"slot": 0, "path": "toyfit/nope.py"}, "no file")
@@ -116,7 +114,7 @@ def test_choose_parent_and_finish_mutation(ctx):
     _rejected(ctx, "select_parent", s, "choose_parent", {"slot": 4, "parent": 1, "strategy": "exploit"}, "slot 4")
     _rejected(ctx, "select_parent", s, "choose_parent", {"slot": 0, "parent": "best", "strategy": "exploit"},
               "parent")
-    tb = ToolBox(ctx.env, "select_parent", s)
+    tb = box(ctx, "select_parent", s)
     assert tb.call("choose_parent", {"slot": 0, "parent": 2, "strategy": "explore", "reason": "r"}).ok
     assert not tb.done() and tb.missing() == ["choose_parent(slot=1)"]
     assert ctx.env.load_plan(0).parent == 2
@@ -126,8 +124,8 @@ def test_choose_parent_and_finish_mutation(ctx):
 def test_submit_analysis(ctx):
     a = {"slot": 0, "visual": "loss=good", "observation": "fine"}
     _rejected(ctx, "analyse", [0, 1], "submit_analysis", {**a, "classification": "converged"}, "classification")
-    ctx.env.batch.pop(1)
-    _rejected(ctx, "analyse", [0, 1], "submit_analysis", {**a, "slot": 1}, "no finished training")
+    _rejected(ctx, "analyse", [0, 1], "submit_analysis", {**a, "slot": 1}, "no finished training",
+              batch={0: ctx.load_batch(1)[0]})  # slot 1 has no finished training
     _rejected(ctx, "analyse", [0, 1], "submit_analysis", {**a, "visual": ""}, "visual")
 
 
@@ -138,7 +136,7 @@ def test_memory_and_instructions(ctx):
     _rejected(ctx, "log", [0, 1], "edit_instructions", {"old": "Change", "new": "x"}, "not allowed at step log")
     _rejected(ctx, "block_end", [0, 1], "edit_instructions", {"old": "text that is not there", "new": "x"},
               "occurs 0 times")
-    tb = ToolBox(ctx.env, "block_end", [0, 1])
+    tb = box(ctx, "block_end", [0, 1])
     assert tb.call("edit_instructions", {"old": "- Change one parameter per iteration.",
                                          "new": "- Change one parameter per iteration.\n- New rule."}).ok
     assert "- New rule." in (ctx.run_dir / "instructions.md").read_text()
@@ -152,7 +150,7 @@ def test_read_file_confined(ctx, tmp_path):
     _rejected(ctx, "analyse", [0, 1], "read_file", {"path": str(outside)}, "relative")
     _rejected(ctx, "analyse", [0, 1], "read_file", {"path": "link.txt"}, "outside the run directory")
     _rejected(ctx, "analyse", [0, 1], "read_file", {"path": "nope.txt"}, "no file")
-    res = ToolBox(ctx.env, "analyse", [0, 1]).call("read_file", {"path": "iterations/iter_001/slot_00/analysis.log"})
+    res = box(ctx, "analyse", [0, 1]).call("read_file", {"path": "iterations/iter_001/slot_00/analysis.log"})
     assert res.ok and "fit_R2:" in res.content
 
 
@@ -161,6 +159,6 @@ def test_view_plot(ctx):
     _rejected(ctx, "analyse", [0, 1], "view_plot", {"node": 42, "name": "loss.png"}, "node 42 does not exist")
     _rejected(ctx, "analyse", [0, 1], "view_plot", {"slot": 0, "name": "../../../run.yaml"}, "plots directory")
     _rejected(ctx, "analyse", [0, 1], "view_plot", {"name": "loss.png"}, "exactly one of slot or node")
-    res = ToolBox(ctx.env, "analyse", [0, 1]).call("view_plot", {"node": 2, "name": "loss.png"})
+    res = box(ctx, "analyse", [0, 1]).call("view_plot", {"node": 2, "name": "loss.png"})
     assert res.ok and res.content[1]["type"] == "image" and res.content[1]["media_type"] == "image/png"
     assert res.content[1]["path"] == "iterations/iter_001/slot_01/plots/loss.png"

@@ -1,7 +1,8 @@
 """The tool contract: what a tool is, and the registry the tool families fill.
 
 A tool is a pydantic input model (its JSON schema is what an LLM sees) plus a
-function `fn(env, args) -> content` that raises `ToolRejected("one line")` on
+function `fn(env, step, args) -> content` (the run's `ToolEnv`, the node's frozen
+`Step`, the validated input) that raises `ToolRejected("one line")` on
 bad input *before* writing anything. Each family module (tools/code.py,
 config.py, files.py, memory.py, mutation.py) registers its tools here with
 `@register`; `tools.toolbox` imports the families and dispatches calls. This
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.env import ToolEnv
+    from tools.env import Step, ToolEnv
 
 
 class ToolRejected(Exception):
@@ -42,7 +43,7 @@ class ToolDef:
     name: str
     description: str
     input_model: type[BaseModel]
-    fn: Callable[["ToolEnv", Any], "str | list"]
+    fn: Callable[["ToolEnv", "Step", Any], "str | list"]
     #: the input names one slot, which must be one of the step's slots (checked by the ToolBox)
     slot_scoped: bool = False
 
@@ -70,7 +71,7 @@ REGISTRY: dict[str, ToolDef] = {}
 
 
 def register(name: str, description: str, input_model: type[BaseModel], slot_scoped: bool = False):
-    """Decorator: register `fn(env, args)` as tool `name`. `slot_scoped`: its `slot` field must be
+    """Decorator: register `fn(env, step, args)` as tool `name`. `slot_scoped`: its `slot` field must be
     one of the slots the step concerns (a call for another slot is rejected before it acts)."""
 
     def deco(fn):

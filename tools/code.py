@@ -57,12 +57,12 @@ class ShowCodeInput(BaseModel):
           "Show a workspace file as the slot's next training will run it, with line numbers. Lines you may "
           "edit are marked with '>' (editable functions or '# >>> editable' regions); others with ' '.",
           ShowCodeInput)
-def show_code(env, args: ShowCodeInput) -> str:
+def show_code(env, step, args: ShowCodeInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"show_code: {err}")
     _check_rel_path(args.path, "show_code")
-    plan = env.load_plan(args.slot)
-    commit = plan.commit or env.node_commit(plan.parent)
+    plan = env.load_plan(args.slot, step.iteration)
+    commit = plan.commit or env.node_commit(plan.parent, step.batch)
     text = _read(env, commit, args.path, "show_code")
     spans = editable_spans(env.regime, args.path, text)
     marked = set()
@@ -92,18 +92,18 @@ class EditCodeInput(BaseModel):
           "('[iter N slot S] <change> — hypothesis: <why>'). Checked by the guard; allowed only when the "
           "regime allows code edits now. One change at a time; compare with the parent.",
           EditCodeInput, slot_scoped=True)
-def edit_code(env, args: EditCodeInput) -> str:
+def edit_code(env, step, args: EditCodeInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"edit_code: {err}")
-    reason = env.regime.code_edits_allowed(env.iter_in_block, env.at_block_end, env.code_enabled)
+    reason = env.regime.code_edits_allowed(step.iter_in_block, step.at_block_end, env.code_enabled)
     if reason:
         raise ToolRejected(f"edit_code: {reason}")
     _check_rel_path(args.path, "edit_code")
     bad = check_path(env.regime, env.workspace.root, args.path)  # before reading: where the edit goes
     if bad:
         raise ToolRejected(f"edit_code: {bad}")
-    plan = env.load_plan(args.slot)
-    base = plan.commit or env.node_commit(plan.parent)
+    plan = env.load_plan(args.slot, step.iteration)
+    base = plan.commit or env.node_commit(plan.parent, step.batch)
     old_text = _read(env, base, args.path, "edit_code")
     count = old_text.count(args.old)
     if count != 1:
@@ -112,7 +112,7 @@ def edit_code(env, args: EditCodeInput) -> str:
     if new_text == old_text:
         raise ToolRejected("edit_code: old and new text are identical")
     try:
-        msg = edit_message(env.iteration, args.slot, args.change, args.hypothesis)
+        msg = edit_message(step.iteration, args.slot, args.change, args.hypothesis)
     except ValueError as e:
         raise ToolRejected(f"edit_code: {e}") from None
     # the one edit path: the guard judges the edit, the workspace commits it only when accepted
@@ -142,13 +142,13 @@ class RevertCodeInput(BaseModel):
           "Return one file of the slot's pending code to the version of the slot's parent node "
           "(or the original code when the parent is root), as a new commit.",
           RevertCodeInput, slot_scoped=True)
-def revert_code(env, args: RevertCodeInput) -> str:
+def revert_code(env, step, args: RevertCodeInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"revert_code: {err}")
     _check_rel_path(args.path, "revert_code")
-    plan = env.load_plan(args.slot)
-    base = plan.commit or env.node_commit(plan.parent)
-    target = env.node_commit(plan.parent)  # the parent's code (root commit for root)
+    plan = env.load_plan(args.slot, step.iteration)
+    base = plan.commit or env.node_commit(plan.parent, step.batch)
+    target = env.node_commit(plan.parent, step.batch)  # the parent's code (root commit for root)
     cur = _read(env, base, args.path, "revert_code")
     try:
         ref = env.workspace.read(target, args.path)
@@ -157,7 +157,7 @@ def revert_code(env, args: RevertCodeInput) -> str:
     if ref == cur:
         raise ToolRejected(f"revert_code: {args.path} is already as in the parent's code")
     why = " ".join(args.reason.split()) or "back to the parent's version"
-    msg = f"[iter {env.iteration} slot {args.slot}] revert {args.path} — hypothesis: {why}"
+    msg = f"[iter {step.iteration} slot {args.slot}] revert {args.path} — hypothesis: {why}"
     commit = env.workspace.revert_file(base, target, args.path, msg)
     plan.commit = commit
     plan.code_changes = [c for c in plan.code_changes if c.file != args.path]

@@ -29,7 +29,7 @@ class SetConfigInput(BaseModel):
           "against the regime contract (known key, type, range, frozen, slot-fixed, claude: budget caps); "
           "a rejected change writes nothing.",
           SetConfigInput, slot_scoped=True)
-def set_config(env, args: SetConfigInput) -> str:
+def set_config(env, step, args: SetConfigInput) -> str:
     from regimes.validation import validate_config_change
 
     if (err := env.check_slot(args.slot)):

@@ -38,7 +38,7 @@ class ReadFileInput(BaseModel):
 @register("read_file",
           f"Read a text file of the run directory (including workspace/). At most {MAX_CHARS} characters.",
           ReadFileInput)
-def read_file(env, args: ReadFileInput) -> str:
+def read_file(env, step, args: ReadFileInput) -> str:
     p = confine(env.run_dir, args.path, "read_file")
     if p.is_dir():
         return "\n".join(sorted(c.name + ("/" if c.is_dir() else "") for c in p.iterdir()))
@@ -67,16 +67,16 @@ class ViewPlotInput(BaseModel):
           "Look at a plot written by a training (returned as an image). Give a slot of the current batch or a "
           "node id, and the plot name; with no name, the available plots are listed.",
           ViewPlotInput)
-def view_plot(env, args: ViewPlotInput) -> str | list:
+def view_plot(env, step, args: ViewPlotInput) -> str | list:
     if args.slot is not None:
         if (err := env.check_slot(args.slot)):
             raise ToolRejected(f"view_plot: {err}")
-        res = env.batch.get(args.slot)
+        res = step.batch.get(args.slot)
         if res is None:
             raise ToolRejected(f"view_plot: slot {args.slot} has no finished training in this batch")
         out_dir = res.out_dir
     else:
-        info = env.node_info(args.node)
+        info = env.node_info(args.node, step.batch)
         if info is None:
             raise ToolRejected(f"view_plot: node {args.node} does not exist")
         out_dir = info.get("out_dir")

@@ -25,13 +25,13 @@ class UpdateMemoryInput(BaseModel):
           "Edit one section of memory.md (replace or append its body). The section order and headings are "
           "fixed; text with headings is rejected.",
           UpdateMemoryInput)
-def update_memory(env, args: UpdateMemoryInput) -> str:
+def update_memory(env, step, args: UpdateMemoryInput) -> str:
     mem = Memory.load(env.memory_path)
     try:
         mem.update(args.section, args.text, args.mode)
     except MemoryError_ as e:
         raise ToolRejected(f"update_memory: {e}") from None
-    mem.save(env.memory_path, block=env.block)
+    mem.save(env.memory_path, block=step.block)
     return f"memory.md: {'replaced' if args.mode == 'replace' else 'appended to'} section {args.section!r}"
 
 
@@ -45,8 +45,8 @@ class EditInstructionsInput(BaseModel):
           "Replace exact text in this run's instructions.md (block end only): add or sharpen rules learned "
           "during the block.",
           EditInstructionsInput)
-def edit_instructions(env, args: EditInstructionsInput) -> str:
-    if env.step != "block_end":
+def edit_instructions(env, step, args: EditInstructionsInput) -> str:
+    if step.name != "block_end":
         raise ToolRejected("edit_instructions: allowed only at a block end")
     from tools.limits import INSTRUCTIONS_GROWTH_CHARS
 

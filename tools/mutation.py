@@ -27,14 +27,14 @@ class SubmitAnalysisInput(BaseModel):
           "Record your reading of one slot's finished training: the Visual line and a one-line Observation. "
           "Classification, score and degeneracy are computed by the regime and cannot be overridden.",
           SubmitAnalysisInput, slot_scoped=True)
-def submit_analysis(env, args: SubmitAnalysisInput) -> str:
+def submit_analysis(env, step, args: SubmitAnalysisInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"submit_analysis: {err}")
-    res = env.batch.get(args.slot)
+    res = step.batch.get(args.slot)
     if res is None:
         raise ToolRejected(f"submit_analysis: slot {args.slot} has no finished training to analyse")
     review = SlotReview(slot=args.slot, node=res.node, visual=_line(args.visual), observation=_line(args.observation))
-    write_text_atomic(env.review_path(args.slot), review.model_dump_json(indent=1))
+    write_text_atomic(env.review_path(step.iteration, args.slot), review.model_dump_json(indent=1))
     return f"analysis of node {res.node} (slot {args.slot}) recorded"
 
 
@@ -52,23 +52,23 @@ class ChooseParentInput(BaseModel):
           "Choose the parent node of a slot's next training (its config and code are the starting point) "
           "and the strategy. The parent must be an existing node id or 'root'.",
           ChooseParentInput, slot_scoped=True)
-def choose_parent(env, args: ChooseParentInput) -> str:
+def choose_parent(env, step, args: ChooseParentInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"choose_parent: {err}")
     parent = None if args.parent == "root" else args.parent
     if parent is not None:
-        info = env.node_info(parent)
+        info = env.node_info(parent, step.batch)
         if info is None:
             raise ToolRejected(f"choose_parent: node {parent} does not exist")
-        if info.get("block", env.block) != env.block:
+        if info.get("block", step.block) != step.block:
             # the UCB tree is per block: a closed block's nodes are reached through the Knowledge Base
             raise ToolRejected(f"choose_parent: node {parent} belongs to block {info.get('block')}, which is closed; "
-                               f"the parent must be a node of block {env.block} or 'root'")
+                               f"the parent must be a node of block {step.block} or 'root'")
         if info.get("status", "ok") != "ok" and args.strategy not in ("failure-probe", "boundary-probe", "code-modification"):
             # a failed node has no trained result to build on, except to probe or fix it
             raise ToolRejected(f"choose_parent: node {parent} failed ({info.get('status')}); "
                                "build on it only with strategy failure-probe or code-modification")
-    plan = SlotPlan(slot=args.slot, iteration=env.iteration + 1, parent=parent, strategy=_line(args.strategy),
+    plan = SlotPlan(slot=args.slot, iteration=step.iteration + 1, parent=parent, strategy=_line(args.strategy),
                     parent_rule=_line(args.reason) or ("block start: root" if parent is None else "chosen"),
                     reason=_line(args.reason))
     env.save_plan(plan)
@@ -101,12 +101,12 @@ class FinishMutationInput(BaseModel):
           "Declare a slot's next training ready: the exact mutation line, strategy, parent rule and hypothesis. "
           "Required once per slot at the prepare and mutate steps.",
           FinishMutationInput, slot_scoped=True)
-def finish_mutation(env, args: FinishMutationInput) -> str:
+def finish_mutation(env, step, args: FinishMutationInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"finish_mutation: {err}")
     if not args.mutation.strip():
         raise ToolRejected("finish_mutation: mutation is empty")
-    plan = env.load_plan(args.slot)
+    plan = env.load_plan(args.slot, step.iteration)
     plan.mutation = _canonical_mutation(env.regime, _line(args.mutation))
     plan.strategy = _line(args.strategy) or plan.strategy or "exploit"
     plan.parent_rule = _line(args.parent_rule) or plan.parent_rule

@@ -31,7 +31,7 @@ from rundir.io import utc_now
 from tools.base import DEFAULT_EXAMPLES, REGISTRY, ToolRejected, ToolResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tools.env import ToolEnv
+    from tools.env import Step, ToolEnv
 
 
 #: the tools allowed at each graph step (docs/architecture.md, "One batch")
@@ -118,28 +118,27 @@ def _load_tools() -> None:
 
 
 class ToolBox:
-    """The tools of one step, bound to the run's `ToolEnv`.
+    """The tools of one step: the run's `ToolEnv` and the node's frozen `Step`.
 
-    `slots` are the slots this step concerns (`done()` needs the step's
-    required call for each of them)."""
+    `step.slots` are the slots this step concerns (`done()` needs the step's required call for
+    each of them). `policy_name` is who answers (the log lines name it); the latest
+    `message()` is kept in `last_message`."""
 
-    def __init__(self, env: "ToolEnv", step: str, slots: list[int], names: tuple[str, ...] | None = None,
-                 defer_log: bool = False):
+    def __init__(self, env: "ToolEnv", step: "Step", names: tuple[str, ...] | None = None,
+                 defer_log: bool = False, policy_name: str = "heuristic"):
         _load_tools()
-        if step not in STEP_TOOLS:
-            raise ValueError(f"unknown graph step {step!r}; expected one of {sorted(STEP_TOOLS)}")
         self.env = env
         self.step = step
-        self.slots = list(slots)
-        self.names = tuple(names if names is not None else STEP_TOOLS[step])
-        self.required = STEP_REQUIRED[step]
+        self.slots = list(step.slots)
+        self.names = tuple(names if names is not None else STEP_TOOLS[step.name])
+        self.required = STEP_REQUIRED[step.name]
+        self.policy_name = policy_name
+        self.last_message = ""
         self.satisfied: set[int] = set()
         self.n_calls = 0
         self.n_rejected = 0
         self.defer_log = defer_log
         self._log: list[tuple[str, str, str | None]] = []  # (stamp, line, line if rolled back)
-        env.step = step
-        env.step_slots = list(slots)
 
     # ----- what the policy sees -----
 
@@ -186,8 +185,8 @@ class ToolBox:
 
         # bounded, and valid UTF-8 whatever the policy sent (reasoning.log must stay writable)
         text = clip(str(text).encode("utf-8", "backslashreplace").decode("utf-8"), MESSAGE_CHARS)
-        self._write(f"[{self.step}] {self.env.policy_name}: {text}")
-        self.env.last_message = text
+        self._write(f"[{self.step.name}] {self.policy_name}: {text}")
+        self.last_message = text
 
     def _write(self, line: str, rolled_back: str | None = None) -> None:
         if self.defer_log:
@@ -226,7 +225,7 @@ class ToolBox:
                 raise ToolRejected(f"{name}: arguments must be a JSON object")
             if name not in self.names:
                 if name in REGISTRY or name in _all_tool_names():
-                    raise ToolRejected(f"tool {name} is not allowed at step {self.step}; "
+                    raise ToolRejected(f"tool {name} is not allowed at step {self.step.name}; "
                                        f"allowed: {', '.join(self.names)}")
                 raise ToolRejected(f"unknown tool {name!r}; allowed: {', '.join(self.names)}")
             tool = REGISTRY[name]
@@ -239,7 +238,7 @@ class ToolBox:
             slot = getattr(parsed, "slot", None)
             if tool.slot_scoped and isinstance(slot, int) and slot not in self.slots:
                 raise ToolRejected(f"{name}: slot {slot} is not part of this step (slots {self.slots})")
-            content = tool.fn(self.env, parsed)
+            content = tool.fn(self.env, self.step, parsed)
         except Exception as e:  # ToolRejected, or a tool's own bug on odd input: one rejected call
             first = (str(e).splitlines() or [""])[0]
             if isinstance(e, ToolRejected):
@@ -250,11 +249,11 @@ class ToolBox:
             self.n_rejected += 1
             short = clip_args(args)
             self.env.record_rejection(self.step, name, short, msg)
-            self._write(f"[{self.step}] CALL {name} {_short_json(short)} -> REJECTED: {msg}")
+            self._write(f"[{self.step.name}] CALL {name} {_short_json(short)} -> REJECTED: {msg}")
             return ToolResult(ok=False, content="", error=msg)
         if self.required == name and isinstance(getattr(parsed, "slot", None), int):
             self.satisfied.add(parsed.slot)
-        head = f"[{self.step}] CALL {name} {_short_json(clip_args(args))}"
+        head = f"[{self.step.name}] CALL {name} {_short_json(clip_args(args))}"
         self._write(f"{head} -> ok: {_short_content(content)}",
                     f"{head} -> rolled back (the step was undone): {_short_content(content)}")
         return ToolResult(ok=True, content=content, error=None)

@@ -122,18 +122,18 @@ class HeuristicPolicy(Policy):
                 and p.name != "seed" and not r.is_frozen(p.key)]
 
     @staticmethod
-    def _history(ctx: StepContext, env) -> list[_N]:
+    def _history(ctx: StepContext, tools) -> list[_N]:
         """The block's finished nodes (store + the batch under analysis), by id."""
-        nodes = {n.id: _N(n.model_dump()) for n in env.store.block_nodes(ctx.block)}
-        for r in (env.batch or {}).values():
+        nodes = {n.id: _N(n.model_dump()) for n in tools.env.store.block_nodes(ctx.block)}
+        for r in tools.step.batch.values():
             if r.node not in nodes:
                 nodes[r.node] = _N(r.model_dump())
         return [nodes[k] for k in sorted(nodes)]
 
     @staticmethod
-    def _all_nodes(env) -> dict[int, _N]:
-        out = {n.id: _N(n.model_dump()) for n in env.store.nodes()}
-        for r in (env.batch or {}).values():
+    def _all_nodes(tools) -> dict[int, _N]:
+        out = {n.id: _N(n.model_dump()) for n in tools.env.store.nodes()}
+        for r in tools.step.batch.values():
             out.setdefault(r.node, _N(r.model_dump()))
         return out
 
@@ -227,7 +227,7 @@ class HeuristicPolicy(Policy):
 
     def _analyse(self, ctx: StepContext, tools) -> None:
         env = tools.env
-        nodes = self._all_nodes(env)
+        nodes = self._all_nodes(tools)
         primary = env.regime.primary_metric
         for r in ctx.results:
             if r["status"] != "ok":
@@ -284,7 +284,7 @@ class HeuristicPolicy(Policy):
     def _log(self, ctx: StepContext, tools) -> None:
         if not ctx.results:
             return
-        nodes = self._all_nodes(tools.env)
+        nodes = self._all_nodes(tools)
         best = max(ctx.results, key=lambda r: (r["score"], -r["node"]))
         helped = sum(1 for r in ctx.results if r["parent"] is not None and r["parent"] in nodes
                      and r["score"] > nodes[r["parent"]].score + 0.02)
@@ -427,11 +427,11 @@ class HeuristicPolicy(Policy):
 
     def _select_parent(self, ctx: StepContext, tools) -> None:
         env = tools.env
-        hist = self._history(ctx, env)
+        hist = self._history(ctx, tools)
         ok = [n for n in hist if n.status == "ok"]
         condition = self._conditions(ctx, hist, env)
         seed_slot = self._seed_slot(len(ctx.slots)) if ctx.slots else None
-        seed = self._seed_condition(ctx, env, self._all_nodes(env)) if seed_slot is not None else None
+        seed = self._seed_condition(ctx, env, self._all_nodes(tools)) if seed_slot is not None else None
         pending: list[int | None] = []
         for slot in ctx.slots:
             if seed is not None and slot == ctx.slots[seed_slot]:
@@ -483,8 +483,8 @@ class HeuristicPolicy(Policy):
 
     def _mutate(self, ctx: StepContext, tools) -> None:
         env = tools.env
-        nodes = self._all_nodes(env)
-        hist = self._history(ctx, env)
+        nodes = self._all_nodes(tools)
+        hist = self._history(ctx, tools)
         cands = self._candidates(env)
         for slot in ctx.slots:
             plan = env.load_plan(slot)
@@ -715,7 +715,7 @@ class HeuristicPolicy(Policy):
     def _block_end(self, ctx: StepContext, tools) -> None:
         env = tools.env
         hist = [_N(r) for r in ctx.results]
-        nodes = self._all_nodes(env)
+        nodes = self._all_nodes(tools)
         ev = self._evidence(nodes, env.regime.system_key)
         principles, questions = [], []
         for (p, d), (h, n) in sorted(ev.items()):
