@@ -342,7 +342,7 @@ def _use_live(no_live: bool, console) -> bool:
 
 def _finish(run_dir: Path, intr, console) -> int:
     """Exit code and closing lines after start_run/resume_run returned."""
-    from agent.live import best_node, fmt_score
+    from agent.fmt import best_node, fmt_score
     from rundir.readers import read_status
     from rundir.store import read_nodes
 
@@ -684,7 +684,7 @@ def replay_table(old: dict, new: dict, primary: str | None = None):
     """A rich table of old vs new metric values (primary metric first)."""
     from rich.table import Table
 
-    from agent.live import fmt_value
+    from agent.fmt import fmt_value
 
     t = Table(title="metrics: recorded vs replay", title_justify="left", header_style="bold")
     for col, just in (("metric", "left"), ("recorded", "right"), ("replay", "right"), ("diff", "right")):

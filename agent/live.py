@@ -4,25 +4,25 @@ Everything shown is read from files the loop writes (status.json, nodes.jsonl,
 ucb_scores.txt, llm_calls.jsonl, reasoning.log and each running slot's
 progress.jsonl), so `render(run_dir, width)` is a pure function of the run
 directory: the same files give the same picture, whether the run is live,
-finished, or a recorded fixture. `agent status` and `agent report` reuse the
-readers defined here.
+finished, or a recorded fixture. The readers are `rundir.readers` / `rundir.store`,
+the formatting `agent.fmt`, Ctrl-C handling `agent.interrupts`; this module renders.
 
 Without a TTY (or with --no-live) `PlainReporter` turns file changes into one
 plain log line per event: batch start, slot finished, block end, fallback, done.
+`drive` runs a run under the view and the interrupt handler.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import signal
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -30,11 +30,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from rundir.io import llm_cost, read_json, read_jsonl, tail_lines
+from agent.fmt import (best_node, best_so_far, confinement_note, fmt_duration, fmt_rate, fmt_score, key_config,
+                       phase1_note, policy_steps_line, profile_note, sparkline, varied_keys)
+from agent.interrupts import Interrupts
+from rundir.io import llm_cost, tail_lines
 from rundir.paths import PID_FILE
-from rundir.readers import (Progress, RunFileError, check_run_dir, parse_time, read_progress, read_run_yaml,
-                            read_status, read_ucb, slot_out_dir)
-from rundir.records import TERMINAL_PHASES, RunStatus
+from rundir.readers import Progress, parse_time, read_progress, read_run_yaml, read_status, read_ucb, slot_out_dir
+from rundir.records import RunStatus
 from rundir.store import read_nodes
 
 STATUS_STYLE = {"pending": "dim", "running": "bold cyan", "done": "green", "ok": "green",
@@ -43,150 +45,6 @@ CLASS_STYLE = {"converged": "bold green", "partial": "yellow", "failed": "red"}
 SPARK = "▁▂▃▄▅▆▇█"
 #: a status.json older than this (seconds) belongs to a run that is not running any more
 STALE_AFTER_S = 120.0
-
-
-# ----------------------------------------------------------------------------- formatting
-
-def policy_steps_line(st: "RunStatus") -> str | None:
-    """'N of M steps answered by claude; K fell back to heuristic (2 deadline, 1 repeated_rejection)'."""
-    ps = st.policy_steps
-    if ps is None or ps.total == 0:
-        return None
-    line = f"{ps.answered} of {ps.total} steps answered by {st.policy or 'the policy'}"
-    if ps.fallbacks:
-        faults = ", ".join(f"{v} {k}" for k, v in sorted(ps.faults.items(), key=lambda kv: -kv[1]))
-        line += f"; {ps.fallbacks} fell back to heuristic ({faults})"
-    return line
-
-
-def fmt_value(v: Any) -> str:
-    """Config values the way the seeds write them: 5E-3, 0.5, 16, True."""
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        if abs(v) < 1e-2 or abs(v) >= 1e5:
-            mant, exp = f"{v:.2E}".split("E")
-            mant = mant.rstrip("0").rstrip(".")
-            return f"{mant}E{int(exp)}"
-        return f"{v:.4g}"
-    return str(v)
-
-
-def fmt_score(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "—"
-
-
-def fmt_rate(r: float) -> str:
-    """Steps per second, compact: 0.42, 25.0, 812, 105k."""
-    if r >= 10_000:
-        return f"{r / 1000:.0f}k"
-    if r >= 100:
-        return f"{r:.0f}"
-    return f"{r:.1f}" if r >= 1 else f"{r:.2f}"
-
-
-def fmt_duration(s: float | None) -> str:
-    """Seconds as 42s, 3m05s or 2h07m."""
-    if s is None or not math.isfinite(s):
-        return "—"
-    s = int(round(s))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
-def sparkline(values: list[float]) -> str:
-    """A one-line sparkline of `values` (empty string for no values)."""
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not vals:
-        return ""
-    lo, hi = min(vals), max(vals)
-    span = hi - lo or 1.0
-    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in vals)
-
-
-def best_so_far(nodes: list[dict]) -> list[float]:
-    """Running maximum of node scores, in finishing order."""
-    out, best = [], -math.inf
-    for n in nodes:
-        s = n.get("score")
-        if isinstance(s, (int, float)) and math.isfinite(s):
-            best = max(best, s)
-        if best > -math.inf:
-            out.append(best)
-    return out
-
-
-def varied_keys(nodes: list[dict], sections: tuple[str, ...] = ("training", "graph_model")) -> list[str]:
-    """Dotted config keys (in `sections`) whose value differs between nodes: what the search explored."""
-    from regimes.base import flatten
-
-    values: dict[str, set] = {}
-    for n in nodes:
-        cfg = n.get("config")
-        if not isinstance(cfg, dict):
-            continue
-        for k, v in flatten(cfg).items():
-            if k.split(".", 1)[0] in sections:
-                values.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
-    return sorted(k for k, vs in values.items() if len(vs) > 1)
-
-
-def best_node(nodes: list[dict]) -> dict | None:
-    """The node of highest score (earliest on ties), or None."""
-    scored = [n for n in nodes if isinstance(n.get("score"), (int, float)) and math.isfinite(n["score"])]
-    return max(scored, key=lambda n: n["score"]) if scored else None
-
-
-def key_config(node: dict, keys: list[str], limit: int = 6) -> str:
-    """`name=value` pairs of a node's config for the given dotted keys."""
-    from regimes.base import get_dotted
-
-    parts = [f"{k.split('.', 1)[-1]}={fmt_value(get_dotted(node.get('config') or {}, k))}" for k in keys[:limit]]
-    if len(keys) > limit:
-        parts.append("…")
-    return ", ".join(parts)
-
-
-def confinement_note(run_cfg: dict) -> tuple[str, str]:
-    """(text, style) of the header's confinement line, from run.yaml (docs/contracts.md §2b)."""
-    label = run_cfg.get("confinement") or ""
-    if not label:  # a run from before confinement was recorded
-        return "not recorded (run.yaml predates it)", "dim"
-    if label.startswith("off") or run_cfg.get("confine") is False:
-        return label, "bold red"
-    if label.startswith("none"):
-        return label, "bold yellow"
-    return label, ""
-
-
-def phase1_note(run_dir: Path) -> str:
-    """The phase-1 figures a regime's prepare step wrote (prepare/phase1.json: homeostasis), or ''."""
-    try:
-        figures = json.loads((Path(run_dir) / "prepare" / "phase1.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(figures, dict):
-        return ""
-    return "  ".join(f"{k}={v:.3f}" for k, v in figures.items() if isinstance(v, (int, float)))
-
-
-def profile_note(profile: str | None, device: str | None = None, reason: str | None = None) -> str:
-    """The profile and why it is the one in use (run.yaml's profile_reason when the loop wrote one)."""
-    if reason:
-        # "profile quick: chosen automatically (no CUDA: ...)" -> "quick (chosen automatically (...))"
-        why = reason.split(":", 1)[1].strip() if reason.startswith("profile") and ":" in reason else reason
-        return f"{profile or '?'} — {why}"
-    if profile == "quick":
-        why = "CPU-sized" + (", default without CUDA" if device in (None, "cpu", "auto") else "")
-        return f"quick ({why})"
-    if profile == "full":
-        return "full (paper scale)"
-    return profile or "?"
 
 
 # ----------------------------------------------------------------------------- render
@@ -546,135 +404,6 @@ class PlainReporter:
 
 
 # ----------------------------------------------------------------------------- driving a run
-
-class Interrupts:
-    """Ctrl-C handling while a run is in progress.
-
-    The first Ctrl-C sets `stop` (the run ends cleanly after the current step,
-    resumable); the second sets `kill` (running trainings are ended too); a
-    third raises KeyboardInterrupt in the main thread. SIGTERM sets both at
-    once (a service manager waits seconds, not a batch), so it too leaves the
-    run stopped and resumable.
-
-    A terminal sends Ctrl-C to its whole foreground process group, which also
-    holds the helper processes the run starts (git for the workspace, the
-    homeostasis phase-1 training): killed mid-step, they would turn a clean
-    stop into an error. So SIGINT is *blocked* in the main thread while a run
-    is driven (children inherit the blocked mask and never see it); trainings
-    are cancelled through `kill` by the runner (SIGTERM/SIGKILL), never by SIGINT.
-
-    The signal still reaches this process in some thread that does not block
-    it: the small "ctrl-c" thread below, or a thread started before the run
-    (torch's pool). Python's C-level handler writes the signal number to the
-    wakeup fd in whichever thread receives it, so the ctrl-c thread, reading
-    that fd, sees every Ctrl-C at once. (A Python-level handler alone runs only
-    when the main thread next executes bytecode, which can be minutes later
-    while it waits for a batch.)
-    """
-
-    def __init__(self, say: Callable[[str], None]):
-        self.stop = threading.Event()
-        self.kill = threading.Event()
-        self._say = say
-        self._old = None
-        self._old_term = None
-        self._old_mask = None
-        self._old_wakeup = -1
-        self._pipe: tuple[int, int] | None = None
-        self._waiter: threading.Thread | None = None
-        self._closing = False
-        self._raise = False
-
-    def handle(self, signum=None, frame=None) -> None:
-        """Count one Ctrl-C: stop, then kill, then KeyboardInterrupt in the main thread."""
-        if not self.stop.is_set():
-            self.stop.set()
-            self._say("Ctrl-C: stopping after the current step (Ctrl-C again ends the running trainings)")
-        elif not self.kill.is_set():
-            self.kill.set()
-            self._say("Ctrl-C again: ending the running trainings")
-        elif threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt
-        else:
-            import _thread
-
-            self._raise = True
-            _thread.interrupt_main()  # runs _on_main() in the main thread, which raises
-
-    def terminate(self, signum=None, frame=None) -> None:
-        """SIGTERM (kill, systemd, a batch scheduler): end the running trainings and stop, resumable —
-        the same as Ctrl-C twice; a second SIGTERM counts like a third Ctrl-C."""
-        if not self.kill.is_set():
-            self.stop.set()
-            self.kill.set()
-            self._say("SIGTERM: ending the running trainings and stopping (resume with `agent resume`)")
-        else:
-            self.handle()
-
-    def _on_main(self, signum=None, frame=None) -> None:
-        # The Python-level handler: the ctrl-c thread already counted this signal
-        # through the wakeup fd; only the third Ctrl-C's interrupt_main raises here.
-        if self._raise:
-            raise KeyboardInterrupt
-
-    def _wait(self) -> None:
-        import select
-
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # this thread receives it
-        rfd = self._pipe[0]
-        while not self._closing:
-            try:
-                ready, _, _ = select.select([rfd], [], [])
-            except InterruptedError:
-                continue
-            if not ready:
-                continue
-            try:
-                data = os.read(rfd, 64)
-            except BlockingIOError:
-                continue
-            if self._closing:
-                return
-            for b in data:
-                if b == signal.SIGINT:
-                    self.handle()
-                elif b == signal.SIGTERM:
-                    self.terminate()
-
-    def __enter__(self) -> "Interrupts":
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._on_main)
-            # not blocked (trainings inherit the mask, and the runner stops them with SIGTERM): the C-level
-            # handler writes it to the wakeup fd, which the ctrl-c thread reads
-            self._old_term = signal.signal(signal.SIGTERM, self._on_main)
-            if hasattr(signal, "pthread_sigmask"):
-                r, w = os.pipe()
-                os.set_blocking(r, False)
-                os.set_blocking(w, False)
-                self._pipe = (r, w)
-                self._old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-                self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                self._waiter = threading.Thread(target=self._wait, name="ctrl-c", daemon=True)
-                self._waiter.start()
-            else:  # no signal masks (not POSIX): the Python-level handler counts
-                signal.signal(signal.SIGINT, self.handle)
-                signal.signal(signal.SIGTERM, self.terminate)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._waiter is not None:
-            self._closing = True
-            os.write(self._pipe[1], b"\0")  # wakes the ctrl-c thread, which returns
-            self._waiter.join(timeout=2)
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
-            signal.set_wakeup_fd(self._old_wakeup)
-            for fd in self._pipe:
-                os.close(fd)
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-        if self._old_term is not None:
-            signal.signal(signal.SIGTERM, self._old_term)
-
 
 def drive(target: Callable[..., Any], run_dir: Path, console: Console,
           live: bool, refresh_per_second: float = 3.0, history: bool = True) -> tuple[Any, Interrupts]:

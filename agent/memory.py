@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from agent import systems as sys_mod
-from regimes.base import Regime, format_metric, format_value, get_dotted
+from agent.fmt import fmt_metric, fmt_value
+from regimes.base import Regime, get_dotted
 from rundir.memory import ComparisonRow, Memory
 from rundir.records import NodeRecord
 
@@ -33,16 +34,6 @@ def block_info(regime: Regime, variant: str, block: int, focus: str = "") -> str
     lines = [f"Regime: {regime.name} (variant {variant}), block {block}"]
     lines.append(f"Focus: {focus or '[which parameter subspace]'}")
     return "\n".join(lines)
-
-
-# ----- number formatting (seed style: 5E-3, 0.8123) -----
-
-#: config values: the regime contract's seed-style formatter (5E-3, 0.05, 2000)
-fmt_value = format_value
-
-
-#: metrics: 4 decimals, scientific when tiny or huge (regimes.base.format_metric)
-fmt_metric = format_metric
 
 
 def config_line(regime: Regime, config: dict) -> str:

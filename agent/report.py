@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from agent import systems as sys_mod
-from agent.live import best_node, best_so_far, fmt_score, fmt_value, policy_steps_line, varied_keys
+from agent.fmt import best_node, best_so_far, fmt_score, fmt_value, policy_steps_line, varied_keys
 from rundir.io import llm_cost
 from rundir.readers import read_run_yaml, read_status, slot_out_dir
 from rundir.store import read_nodes

@@ -17,8 +17,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.live import (CLASS_STYLE, STALE_AFTER_S, best_node, fmt_duration, fmt_score, key_config, owner_pid,
-                        policy_steps_line, render, varied_keys)
+from agent.fmt import best_node, fmt_duration, fmt_score, key_config, policy_steps_line, varied_keys
+from agent.live import CLASS_STYLE, STALE_AFTER_S, owner_pid, render
 from rundir.io import llm_cost, tail_lines
 from rundir.paths import PID_FILE
 from rundir.readers import parse_time, read_status

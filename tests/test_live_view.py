@@ -13,7 +13,8 @@ import pytest
 from fixtures.make_recorded_run import make_recorded_run
 from rich.console import Console
 
-from agent.live import PlainReporter, drive, fmt_value, render, sparkline
+from agent.fmt import fmt_value, sparkline
+from agent.live import PlainReporter, drive, render
 from rundir.io import tail_lines
 from rundir.readers import read_progress
 from agent.status_view import liveness, status_renderable

@@ -197,7 +197,7 @@ def test_homeostasis_prepare_trains_phase1_with_rate_constants_config(tmp_path, 
     assert p1["graph_model"] == rc["graph_model"]
     assert any("rate_constants_R2=0.8712" in line and "test_R2_short=0.9000" in line for line in logged)
     # the run header shows the phase-1 figures
-    from agent.live import phase1_note
+    from agent.fmt import phase1_note
     assert "rate_constants_R2_identifiable=0.950" in phase1_note(tmp_path) and "test_R2_short=0.900" in phase1_note(tmp_path)
 
 
@@ -252,7 +252,7 @@ def test_homeostasis_prepare_uses_user_checkpoint(tmp_path, monkeypatch):
     assert "given by the user" in logged[0]
     # scored by trusted code on the run's simulation, figures shown in the header like the regime's own
     assert scored == [(ck.resolve(), cfg["simulation"])]
-    from agent.live import phase1_note
+    from agent.fmt import phase1_note
     assert "rate_constants_R2_identifiable=0.960" in phase1_note(tmp_path)
     cfg["training"]["phase1_checkpoint"] = str(tmp_path / "missing.pt")
     with pytest.raises(FileNotFoundError, match="training.phase1_checkpoint: .*missing.pt does not exist"):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from agent import systems as sys_mod
-from agent.memory import fmt_metric, fmt_value
+from agent.fmt import fmt_metric, fmt_value
 from agent.policies.base import Policy, StepContext
 from agent.ucb import ucb_scores
 from regimes.base import ParamSpec, get_dotted, set_dotted
