@@ -296,31 +296,6 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def resolve_device_profile(device: str, profile: str | None, cuda: bool) -> tuple[str, str, str]:
-    """(device, profile, why) for the run header: --profile defaults to full with CUDA, quick on CPU."""
-    if device == "cuda" and not cuda:
-        raise UsageError("--device cuda was given but no CUDA device is available",
-                         hint="use --device cpu (or auto) on this machine")
-    dev = ("cuda" if cuda else "cpu") if device == "auto" else device
-    if profile is not None:
-        return dev, profile, f"--profile {profile}"
-    if dev == "cuda":
-        return dev, "full", "CUDA device found, so the paper-scale profile; --profile quick for a fast run"
-    why = "no CUDA device" if device == "auto" else "--device cpu"
-    return dev, "quick", f"{why}, so the CPU-sized profile; --profile full for paper scale"
-
-
-def resolve_policy(policy: str) -> tuple[str, str]:
-    """(policy, why) — auto means claude when ANTHROPIC_API_KEY is set, else heuristic."""
-    has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
-    if policy == "claude" and not has_key:
-        raise UsageError("--policy claude needs ANTHROPIC_API_KEY in the environment",
-                         hint="export ANTHROPIC_API_KEY=... or use --policy heuristic (offline)")
-    if policy == "auto":
-        return ("claude", "ANTHROPIC_API_KEY is set") if has_key else ("heuristic", "no ANTHROPIC_API_KEY")
-    return policy, f"--policy {policy}"
-
-
 def _claude_preflight(model: str, max_cost_usd: float | None) -> None:
     """One-token call (agent.policies.claude.preflight): a bad key, model or base URL -> UsageError."""
     from agent.llm import LLMRefused
@@ -330,10 +305,6 @@ def _claude_preflight(model: str, max_cost_usd: float | None) -> None:
         preflight(model, max_cost_usd=max_cost_usd)
     except LLMRefused as e:
         raise UsageError(str(e), hint="nothing was started; fix the setting named above and run again") from None
-
-
-def _default_run_dir(regime: str) -> Path:
-    return Path("runs") / f"{regime}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def _use_live(no_live: bool, console) -> bool:
@@ -375,44 +346,23 @@ def _finish(run_dir: Path, intr, console) -> int:
 # ----------------------------------------------------------------------------- commands
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """`agent run`: validate every flag, print the header, run with the live view."""
-    regime = _load_regime(args.regime, args.regime_path)
-    variant = _check_variant(regime, args.variant)
-    if args.ray_address and args.executor != "ray":
-        raise UsageError("--ray-address needs --executor ray", hint="add --executor ray (e.g. --executor ray --ray-address auto)")
+    """`agent run`: resolve the run's start-up once (agent.run.plan_run), print it, run with the live view."""
     if args.continue_from is not None:
         _run_dir_arg(args.continue_from, "run --continue")
-    if args.phase1_checkpoint is not None and not args.phase1_checkpoint.is_file():
-        raise UsageError(f"--phase1-checkpoint {str(args.phase1_checkpoint)!r} is not a file",
-                         hint="give a phase-1 model.pt, or leave the flag out to train one")
-    run_dir = args.run_dir or _default_run_dir(regime.name)
-    if (run_dir / "status.json").exists() or (run_dir / "nodes.jsonl").exists():
-        raise UsageError(f"run directory {str(run_dir)!r} already holds a run", hint=f"continue it with `agent resume {run_dir}`")
-    policy, policy_why = resolve_policy(args.policy)
-    if policy == "claude":  # first, before the slow imports (torch, langgraph): a bad key is one line at once
+    if args.policy in ("claude", "auto") and os.environ.get("ANTHROPIC_API_KEY"):
+        # first, before the slow imports (torch, langgraph): a bad key is one line at once
         _claude_preflight(args.model, args.max_cost_usd)
-    device, profile, profile_why = resolve_device_profile(args.device, args.profile, _cuda_available())
-    try:
-        block = int(regime.default_config(variant, profile)["claude"]["n_iter_block"])
-    except OSError as e:  # e.g. the regime's profile YAML is missing
-        raise UsageError(f"regime {regime.name}: its {profile} config cannot be read ({e})",
-                         hint=f"try the other profile (--profile {'full' if profile == 'quick' else 'quick'}) "
-                              "or fix the regime plugin") from None
-    except (KeyError, TypeError, ValueError, NotImplementedError) as e:
-        raise UsageError(f"regime {regime.name}: default config has no claude.n_iter_block ({e})",
-                         hint="the regime plugin's default_config must fill the claude: section") from None
-    iterations = args.iterations
-    it_text = f"{iterations} iterations" if iterations else f"{block} iterations (one block)"
 
     from pydantic import ValidationError
 
-    from agent.run import RunOptions, start_run
+    from agent.run import RunError, RunOptions, limits_text, plan_run, start_run
+    from regimes.registry import RegimeError
 
     try:
-        opts = RunOptions(regime=regime.name, variant=variant, slots=args.slots, iterations=iterations,
-                          profile=args.profile, policy=policy, model=args.model, max_cost_usd=args.max_cost_usd,
-                          executor=args.executor, ray_address=args.ray_address, device=args.device, run_dir=run_dir,
-                          slots_per_gpu=args.slots_per_gpu,
+        opts = RunOptions(regime=args.regime, variant=args.variant, slots=args.slots, iterations=args.iterations,
+                          profile=args.profile, policy=args.policy, model=args.model, max_cost_usd=args.max_cost_usd,
+                          executor=args.executor, ray_address=args.ray_address, device=args.device,
+                          run_dir=args.run_dir, slots_per_gpu=args.slots_per_gpu,
                           code=not args.no_code, confine=not args.no_confine,
                           continue_from=args.continue_from, regime_path=args.regime_path,
                           phase1_checkpoint=args.phase1_checkpoint, seed=args.seed,
@@ -420,26 +370,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValidationError as e:
         err = e.errors()[0]
         raise UsageError(f"bad option {'.'.join(map(str, err['loc']))}: {err['msg']}", hint="see `agent run --help`") from None
-    from agent.run import RunError, limits_text, resolve_limits
-
     try:
-        limits = resolve_limits(regime, profile, device, args.timeout_min, args.memory_limit_mb)
+        plan = plan_run(opts, cuda=_cuda_available())
+    except RegimeError as e:
+        raise UsageError(str(e), hint="`agent regimes` lists the regimes; add your own with --regime-path DIR") from None
     except RunError as e:
-        raise UsageError(str(e), hint="leave --memory-limit-mb out on a GPU run" if device != "cpu"
-                         else "see `agent run --help`") from None
+        raise UsageError(str(e), hint=e.hint or "see `agent run --help`") from None
     console = _console()
-    model = f" ({args.model})" if policy == "claude" else ""
+    it_text = f"{plan.iterations} iterations" + ("" if args.iterations else " (one block)")
+    model = f" ({args.model})" if plan.policy == "claude" else ""
     cost = f", budget ${args.max_cost_usd:g}" if args.max_cost_usd is not None else ""
-    for line in (f"gnn-agent run: regime {regime.name} [{variant}], {args.slots} slots, {it_text}",
-                 f"  policy {policy}{model} ({policy_why}){cost}; code edits {'off' if args.no_code else 'on'}",
-                 f"  profile {profile} ({profile_why}); device {device}; executor {args.executor}"
+    for line in (f"gnn-agent run: regime {plan.regime.name} [{plan.variant}], {args.slots} slots, {it_text}",
+                 f"  policy {plan.policy}{model} ({plan.policy_why}){cost}; code edits {'off' if args.no_code else 'on'}",
+                 f"  profile {plan.profile} ({plan.profile_why}); device {plan.device}; executor {args.executor}"
                  + (f" at {args.ray_address}" if args.ray_address else ""),
-                 f"  {limits_text(limits)}",
+                 f"  {limits_text(plan.limits)}",
                  f"  confinement {_confinement_label(not args.no_confine)}",
-                 f"  run dir {run_dir}"):
+                 f"  run dir {plan.run_dir}"):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
-    return _drive(lambda stop, kill, on_event: start_run(opts, stop=stop, kill=kill, on_event=on_event),
-                  run_dir, args.no_live, console)
+    return _drive(lambda stop, kill, on_event: start_run(opts, stop=stop, kill=kill, on_event=on_event, plan=plan),
+                  plan.run_dir, args.no_live, console)
 
 
 def _drive(target: Callable[..., Any], run_dir: Path, no_live: bool, console, history: bool = True) -> int:
@@ -641,7 +591,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          hint=f"`agent status {run_dir}` lists the best nodes")
     run_cfg = read_run_yaml(run_dir)
     regime = _load_regime(run_cfg.get("regime") or node.get("regime") or "", run_cfg.get("regime_path") or None)
-    device, _, _ = resolve_device_profile(args.device, "quick", _cuda_available())
+    from agent.run import RunError, resolve_device_profile
+
+    try:
+        device, _, _ = resolve_device_profile(args.device, "quick", _cuda_available())
+    except RunError as e:
+        raise UsageError(str(e), hint=e.hint) from None
     out = args.out or run_dir / "replays" / f"node_{args.node}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"output directory {str(out)!r} is not empty", hint="give a fresh --out DIR")

@@ -24,10 +24,10 @@ from agent.graph import compile_graph
 from agent.llm import LLMRefused
 from agent.memory import comparison_row, initial_memory
 from agent.policies.base import DEFAULT_MODEL
-from agent.policies.registry import make_policy, resolve_policy_name
+from agent.policies.registry import make_policy
 from agent.runctx import RunCtx, RunStopped
 from agent.state import initial_state
-from regimes.base import flatten, get_dotted, set_dotted
+from regimes.base import Regime, flatten, get_dotted, set_dotted
 from rundir import paths
 from rundir.io import dump_yaml_atomic, load_yaml, utc_now, write_text_atomic
 from rundir.memory import Memory, upsert_comparison
@@ -82,6 +82,131 @@ def _cuda() -> bool:
         return False
 
 
+def resolve_device_profile(device: str, profile: str | None, cuda: bool) -> tuple[str, str, str]:
+    """(device, profile, why): --profile defaults to full on a CUDA device, quick on CPU."""
+    if device == "cuda" and not cuda:
+        raise RunError("--device cuda: no CUDA device is available", hint="use --device cpu (or auto) on this machine")
+    dev = ("cuda" if cuda else "cpu") if device == "auto" else device
+    if profile is not None:
+        return dev, profile, f"--profile {profile}"
+    if dev == "cuda":
+        return dev, "full", "CUDA device found, so the paper-scale profile; --profile quick for a fast run"
+    why = "no CUDA device" if device == "auto" else "--device cpu"
+    return dev, "quick", f"{why}, so the CPU-sized profile; --profile full for paper scale"
+
+
+def resolve_policy(policy: str) -> tuple[str, str]:
+    """(policy, why): auto means claude when ANTHROPIC_API_KEY is set, else heuristic."""
+    has_key = bool(os.environ.get("ANTHROPIC_API_KEY"))
+    if policy == "claude" and not has_key:
+        raise RunError("--policy claude needs ANTHROPIC_API_KEY in the environment",
+                       hint="export ANTHROPIC_API_KEY=... or use --policy heuristic (offline)")
+    if policy == "auto":
+        return ("claude", "ANTHROPIC_API_KEY is set") if has_key else ("heuristic", "no ANTHROPIC_API_KEY")
+    return policy, f"--policy {policy}"
+
+
+class RunPlan(BaseModel):
+    """A run's start-up, resolved once from RunOptions (`plan_run`): what `agent run` prints and
+    `start_run` creates."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+    opts: RunOptions
+    regime: Regime
+    variant: str
+    device: str
+    profile: Literal["quick", "full"]
+    profile_why: str
+    policy: str
+    policy_why: str
+    #: the run's root config (the regime's default for variant and profile, phase-1 checkpoint set)
+    config: dict
+    n_iter_block: int
+    ucb_c: float
+    iterations: int
+    #: timeout_min, memory_limit_mb, limits_reason (RunInfo fields)
+    limits: dict
+    #: where the run will be created (not yet resolved against the filesystem)
+    run_dir: Path
+
+    @property
+    def profile_reason(self) -> str:
+        """run.yaml's profile_reason ("profile quick: why")."""
+        return f"profile {self.profile}: {self.profile_why}"
+
+
+def default_run_dir(runs_root: Path, regime: str) -> Path:
+    """runs/<regime>-<UTC time>; two runs started in the same second get -2, -3, ..."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir = Path(runs_root) / f"{regime}-{stamp}"
+    k = 2
+    while run_dir.exists():
+        run_dir = Path(runs_root) / f"{regime}-{stamp}-{k}"
+        k += 1
+    return run_dir
+
+
+def plan_run(opts: RunOptions, cuda: bool | None = None) -> RunPlan:
+    """Resolve a run's start-up once: regime and variant, device and profile, policy, the root
+    config and its budget, training limits, the run directory. Raises RunError (one line, a hint)
+    or RegimeError; creates nothing and calls no API (`cuda`: None = ask torch)."""
+    from regimes.registry import get_regime
+    from regimes.validation import validate_config
+
+    if opts.slots < 1:
+        raise RunError(f"--slots must be at least 1, got {opts.slots}")
+    if opts.iterations is not None and opts.iterations < 1:
+        raise RunError(f"--iterations must be at least 1, got {opts.iterations}")
+    if opts.ray_address and opts.executor != "ray":
+        raise RunError("--ray-address needs --executor ray",
+                       hint="add --executor ray (e.g. --executor ray --ray-address auto)")
+    regime = get_regime(opts.regime, opts.regime_path or None)
+    variant = opts.variant or regime.default_variant
+    if variant not in regime.variants:
+        raise RunError(f"unknown variant {variant!r} for regime {regime.name} (choices: {', '.join(regime.variants)})",
+                       hint=f"`agent regimes show {regime.name}` describes its variants")
+    device, profile, profile_why = resolve_device_profile(opts.device, opts.profile, _cuda() if cuda is None else cuda)
+    policy, policy_why = resolve_policy(opts.policy)
+    if policy == "scripted" and opts.script is None:
+        raise RunError("--policy scripted needs a script file")
+    if opts.phase1_checkpoint is not None and not Path(opts.phase1_checkpoint).is_file():
+        raise RunError(f"--phase1-checkpoint {str(opts.phase1_checkpoint)!r} is not a file",
+                       hint="give a phase-1 model.pt, or leave the flag out to train one")
+    try:
+        config = regime.default_config(variant, profile)
+    except OSError as e:  # e.g. the regime's profile YAML is missing
+        raise RunError(f"regime {regime.name}: its {profile} config cannot be read ({e})",
+                       hint=f"try the other profile (--profile {'full' if profile == 'quick' else 'quick'}) "
+                            "or fix the regime plugin") from None
+    if opts.phase1_checkpoint is not None:
+        keys = [k for k in flatten(config) if k.endswith("phase1_checkpoint")]
+        if not keys:
+            raise RunError(f"regime {regime.name} takes no phase-1 checkpoint (no *phase1_checkpoint config key)")
+        set_dotted(config, keys[0], str(Path(opts.phase1_checkpoint).resolve()))
+    problems = validate_config(regime, config)
+    if problems:
+        raise RunError(f"regime {regime.name} default config is invalid: {problems[0]}")
+    n_iter_block = int(get_dotted(config, "claude.n_iter_block") or 4 * opts.slots)
+    ucb_c = float(get_dotted(config, "claude.ucb_c") or 1.414)
+    try:
+        limits = resolve_limits(regime, profile, device, opts.timeout_min, opts.memory_limit_mb)
+    except RunError as e:
+        raise RunError(str(e), hint="leave --memory-limit-mb out on a GPU run" if device != "cpu"
+                       else "see `agent run --help`") from None
+    run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir(opts.runs_root, regime.name)
+    if (run_dir / "status.json").exists() or (run_dir / "nodes.jsonl").exists():
+        raise RunError(f"run directory {str(run_dir)!r} already holds a run",
+                       hint=f"continue it with `agent resume {run_dir}`")
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunError(f"run directory {run_dir} exists and is not empty (use `agent resume {run_dir}`)")
+    return RunPlan(opts=opts, regime=regime, variant=variant, device=device, profile=profile,
+                   profile_why=profile_why, policy=policy, policy_why=policy_why, config=config,
+                   n_iter_block=n_iter_block, ucb_c=ucb_c,
+                   iterations=opts.iterations if opts.iterations is not None else n_iter_block,
+                   limits=limits, run_dir=run_dir)
+
+
 def _policy_kwargs(info: RunInfo, run_dir: Path, regime) -> dict:
     return {"run_dir": run_dir, "regime": regime, "model": info.model, "seed": info.seed,
             "max_cost_usd": info.budget.get("max_cost_usd"), "script": info.script, "slots": info.slots}
@@ -101,65 +226,18 @@ def _make_ctx(run_dir: Path, info: RunInfo, regime, workspace, stop, kill, on_ev
 
 
 def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threading.Event | None = None,
-              on_event: Callable[[dict], None] | None = None, executor=None) -> Path:
+              on_event: Callable[[dict], None] | None = None, executor=None, plan: RunPlan | None = None) -> Path:
     """Create a run directory and run the loop until the iteration budget; returns the run dir.
 
+    `plan`: the start-up `plan_run(opts)` resolved (the CLI passes the one it printed);
     `executor`: an object with `run_batch(specs, on_progress, cancel)` (tests, benchmarks); default:
     `sandbox.executors.make_executor(opts.executor, ...)`."""
-    from regimes.registry import get_regime
-    from regimes.validation import validate_config
     from sandbox.workspace import Workspace
 
-    if opts.slots < 1:
-        raise RunError(f"--slots must be at least 1, got {opts.slots}")
-    if opts.iterations is not None and opts.iterations < 1:
-        raise RunError(f"--iterations must be at least 1, got {opts.iterations}")
-    regime = get_regime(opts.regime, opts.regime_path or None)
-    variant = opts.variant or regime.default_variant
-    if variant not in regime.variants:
-        raise RunError(f"regime {regime.name} has no variant {variant!r}; variants: {', '.join(regime.variants)}")
-    cuda = _cuda()
-    if opts.profile is None:
-        profile = "full" if cuda else "quick"
-        profile_reason = f"profile {profile}: chosen automatically ({'CUDA available' if cuda else 'no CUDA: CPU-sized quick profile'})"
-    else:
-        profile = opts.profile
-        profile_reason = f"profile {profile}: set by --profile"
-    device = opts.device if opts.device != "auto" else ("cuda" if cuda else "cpu")
-    if device == "cuda" and not cuda:
-        raise RunError("--device cuda: no CUDA device is available")
-    policy_name = resolve_policy_name(opts.policy)
-    if policy_name == "scripted" and opts.script is None:
-        raise RunError("--policy scripted needs a script file")
-    config = regime.default_config(variant, profile)
-    if opts.phase1_checkpoint is not None:
-        keys = [k for k in flatten(config) if k.endswith("phase1_checkpoint")]
-        if not keys:
-            raise RunError(f"regime {regime.name} takes no phase-1 checkpoint (no *phase1_checkpoint config key)")
-        if not Path(opts.phase1_checkpoint).is_file():
-            raise RunError(f"phase-1 checkpoint {opts.phase1_checkpoint} does not exist")
-        set_dotted(config, keys[0], str(Path(opts.phase1_checkpoint).resolve()))
-    problems = validate_config(regime, config)
-    if problems:
-        raise RunError(f"regime {regime.name} default config is invalid: {problems[0]}")
-    n_iter_block = int(get_dotted(config, "claude.n_iter_block") or 4 * opts.slots)
-    ucb_c = float(get_dotted(config, "claude.ucb_c") or 1.414)
-    iterations = opts.iterations if opts.iterations is not None else n_iter_block
-
-    preflight_rec = _preflight(policy_name, opts.model, opts.max_cost_usd)
-    limits = resolve_limits(regime, profile, device, opts.timeout_min, opts.memory_limit_mb)
-
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    if opts.run_dir:
-        run_dir = Path(opts.run_dir)
-    else:  # two runs started in the same second get -2, -3, ...
-        run_dir = Path(opts.runs_root) / f"{regime.name}-{stamp}"
-        k = 2
-        while run_dir.exists():
-            run_dir = Path(opts.runs_root) / f"{regime.name}-{stamp}-{k}"
-            k += 1
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise RunError(f"run directory {run_dir} exists and is not empty (use `agent resume {run_dir}`)")
+    plan = plan or plan_run(opts)
+    regime, variant, config = plan.regime, plan.variant, dict(plan.config)
+    preflight_rec = _preflight(plan.policy, opts.model, opts.max_cost_usd)
+    run_dir = plan.run_dir
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     run_dir = run_dir.parent.resolve() / run_dir.name
     _sweep_stale_creations(run_dir.parent)
@@ -167,17 +245,17 @@ def start_run(opts: RunOptions, stop: threading.Event | None = None, kill: threa
     # kill at any moment leaves either no run directory (start again) or a complete one (resume).
     tmp, lock = _locked_creation_dir(run_dir)
     try:
-        info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=profile,
-                       profile_reason=profile_reason, slots=opts.slots, policy=policy_name, model=opts.model,
-                       executor=opts.executor, ray_address=opts.ray_address, device=device,
+        info = RunInfo(run_id=run_dir.name, regime=regime.name, variant=variant, profile=plan.profile,
+                       profile_reason=plan.profile_reason, slots=opts.slots, policy=plan.policy, model=opts.model,
+                       executor=opts.executor, ray_address=opts.ray_address, device=plan.device,
                        slots_per_gpu=opts.slots_per_gpu, confine=opts.confine, confinement=_confinement(opts.confine),
-                       budget={"iterations": iterations, "max_cost_usd": opts.max_cost_usd}, seed=opts.seed,
-                       code=opts.code, n_iter_block=n_iter_block, ucb_c=ucb_c,
+                       budget={"iterations": plan.iterations, "max_cost_usd": opts.max_cost_usd}, seed=opts.seed,
+                       code=opts.code, n_iter_block=plan.n_iter_block, ucb_c=plan.ucb_c,
                        regime_path=[str(Path(p).resolve()) for p in opts.regime_path],
                        continue_from=str(Path(opts.continue_from).resolve()) if opts.continue_from else None,
                        phase1_checkpoint=str(opts.phase1_checkpoint) if opts.phase1_checkpoint else None,
                        script=str(Path(opts.script).resolve()) if opts.script else None, created_at=utc_now(),
-                       **limits)
+                       **plan.limits)
         _populate(tmp, info, regime, variant, config, opts, preflight_rec)
         try:
             os.rename(tmp, run_dir)  # onto a missing or empty directory only

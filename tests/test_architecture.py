@@ -112,3 +112,26 @@ def test_the_store_and_the_views_read_a_replaced_nodes_file_again(tmp_path):
     store.refresh()
     assert [n.id for n in store.nodes()] == [3] and store.best().id == 3
     assert [n["id"] for n in read_nodes(tmp_path)] == [3]
+
+
+def test_run_start_up_is_resolved_once(tmp_path, monkeypatch):
+    """plan_run is what `agent run` prints and what start_run records: --device cpu on a CUDA machine
+    is the quick profile in both (start_run once chose full whenever CUDA existed)."""
+    import calendar
+    import time
+
+    from agent.run import RunError, RunOptions, plan_run
+    from tests.loop_helpers import TOY_PLUGINS
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    opts = RunOptions(regime="toy", regime_path=[TOY_PLUGINS], slots=2, device="cpu", runs_root=tmp_path)
+    plan = plan_run(opts, cuda=True)
+    assert (plan.device, plan.profile, plan.policy) == ("cpu", "quick", "heuristic")
+    assert plan.profile_reason == "profile quick: --device cpu, so the CPU-sized profile; --profile full for paper scale"
+    assert plan.iterations == plan.n_iter_block and plan.run_dir.parent == tmp_path
+    stamp = plan.run_dir.name.removeprefix("toy-")
+    assert abs(calendar.timegm(time.strptime(stamp, "%Y%m%d-%H%M%S")) - time.time()) < 120  # named in UTC
+    with pytest.raises(RunError, match="unknown variant 'nope'"):
+        plan_run(opts.model_copy(update={"variant": "nope"}), cuda=False)
+    with pytest.raises(RunError, match="needs ANTHROPIC_API_KEY"):
+        plan_run(opts.model_copy(update={"policy": "claude"}), cuda=False)

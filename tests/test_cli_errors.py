@@ -3,7 +3,8 @@
 import pytest
 from fixtures.make_recorded_run import make_recorded_run
 
-from agent.cli import UsageError, build_parser, main, resolve_device_profile, resolve_policy
+from agent.cli import build_parser, main
+from agent.run import RunError, resolve_device_profile, resolve_policy
 
 BUILTIN = ["homeostasis", "low_rank_connectivity", "rate_constants", "sparse_connectivity", "stoichiometry"]
 
@@ -123,7 +124,7 @@ def test_profile_and_policy_defaults(monkeypatch):
     assert resolve_device_profile("auto", None, cuda=True)[:2] == ("cuda", "full")
     assert resolve_device_profile("cpu", None, cuda=True)[:2] == ("cpu", "quick")
     assert resolve_device_profile("auto", "full", cuda=False) == ("cpu", "full", "--profile full")
-    with pytest.raises(UsageError, match="no CUDA device"):
+    with pytest.raises(RunError, match="no CUDA device"):  # the CLI shows it as a usage error (exit 2)
         resolve_device_profile("cuda", None, cuda=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     assert resolve_policy("auto") == ("heuristic", "no ANTHROPIC_API_KEY")
