@@ -32,6 +32,12 @@ def _read(env, commit: str, path: str, tool: str) -> str:
         raise ToolRejected(f"{tool}: no file {path!r} in the workspace ({e})") from None
 
 
+def _pending(env, step, slot: int):
+    """(plan, commit) of a slot's next training: its commit so far, else its parent's."""
+    plan = env.load_plan(slot, step.iteration)
+    return plan, plan.commit or env.node_commit(plan.parent, step.batch)
+
+
 def _changed_where(regime, path: str, old: str, new: str) -> str:
     """Name of the editable function/region holding the first changed line."""
     sm = difflib.SequenceMatcher(a=old.splitlines(), b=new.splitlines(), autojunk=False)
@@ -61,8 +67,7 @@ def show_code(env, step, args: ShowCodeInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"show_code: {err}")
     _check_rel_path(args.path, "show_code")
-    plan = env.load_plan(args.slot, step.iteration)
-    commit = plan.commit or env.node_commit(plan.parent, step.batch)
+    plan, commit = _pending(env, step, args.slot)
     text = _read(env, commit, args.path, "show_code")
     spans = editable_spans(env.regime, args.path, text)
     marked = set()
@@ -102,8 +107,7 @@ def edit_code(env, step, args: EditCodeInput) -> str:
     bad = check_path(env.regime, env.workspace.root, args.path)  # before reading: where the edit goes
     if bad:
         raise ToolRejected(f"edit_code: {bad}")
-    plan = env.load_plan(args.slot, step.iteration)
-    base = plan.commit or env.node_commit(plan.parent, step.batch)
+    plan, base = _pending(env, step, args.slot)
     old_text = _read(env, base, args.path, "edit_code")
     count = old_text.count(args.old)
     if count != 1:
@@ -146,8 +150,7 @@ def revert_code(env, step, args: RevertCodeInput) -> str:
     if (err := env.check_slot(args.slot)):
         raise ToolRejected(f"revert_code: {err}")
     _check_rel_path(args.path, "revert_code")
-    plan = env.load_plan(args.slot, step.iteration)
-    base = plan.commit or env.node_commit(plan.parent, step.batch)
+    plan, base = _pending(env, step, args.slot)
     target = env.node_commit(plan.parent, step.batch)  # the parent's code (root commit for root)
     cur = _read(env, base, args.path, "revert_code")
     try:
