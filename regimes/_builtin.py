@@ -124,7 +124,7 @@ SIGNAL_METRICS = [
     metric("connectivity_R2_ceiling", "best connectivity_R2 this seed's data allow: an oracle that knows W except "
            "the saturated neurons' columns, of which only the row sums are identifiable (data property)", "", None),
     metric("system_degenerate", "1 when more than 10% of the neurons are saturated (connectivity_R2 ceiling below "
-           "~0.9) or effective rank (90%) <= 2: W is poorly identifiable from this seed (data property)", "0", None),
+           "~0.9) or effective rank (99%) <= 7: W is poorly identifiable from this seed (data property)", "0", None),
 ]
 
 
