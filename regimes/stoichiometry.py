@@ -122,6 +122,8 @@ REGIME = StoichiometryRegime(
         B.coeff("coeff_S_L2", 0.0, 1e-1, "L2 on sto_all"),
         B.coeff("coeff_S_integer", 0.0, 1.0, "mean sin^2(pi*sto_all): pulls coefficients to integers"),
         B.coeff("coeff_mass_conservation", 0.0, 1.0, "penalise non-zero column sums of S (mass balance)"),
+        B.coeff("coeff_S_prior", 0.0, 1.0, "mean_j (1 - cos(column j of S, the balanced data-free column)): a "
+                "scale-free shape prior that keeps the columns the data barely see at the data-free answer"),
         B.choice("batch_size", [4, 8, 16, 32], "frames per gradient step"),
         B.integer("n_epochs", 1, 50, "epochs (seed range 5-50 at full scale; quick profiles use fewer)"),
         B.integer("data_augmentation_loop", 10, 2000, "iterations-per-epoch multiplier (seed range 100-2000)"),

@@ -76,6 +76,7 @@ KEY_CASES = [
     (stoich_cfg, "coeff_S_L2", 0.5),
     (stoich_cfg, "coeff_S_integer", 0.5),
     (stoich_cfg, "coeff_mass_conservation", 0.5),
+    (stoich_cfg, "coeff_S_prior", 0.5),
 ]
 
 
@@ -103,6 +104,38 @@ def test_two_phase_L1_schedule():
     c = _phase1(stoich_cfg(**base, n_epochs_init=1, first_coeff_L1=2.0))
     assert _differs(a, b) and _differs(b, c)
     assert b[1]["regul"][0] == 0.0 and a[1]["regul"][0] > 0 and c[1]["regul"][0] > a[1]["regul"][0]
+
+
+def test_S_shape_prior_holds_columns_at_the_data_free_direction_whatever_their_scale():
+    """coeff_S_prior pulls each column's direction to the balanced data-free answer and nothing else: its
+    gradient is orthogonal to the column (the scale gauge), and a strong prior keeps the learned columns
+    closer in direction to that answer than no prior does."""
+    from regimes.metabolism.model import data_free_S
+
+    def mean_cos(model, data):
+        s0 = data_free_S("balanced", data)
+        s = model.sto_all.detach()
+        rxn = data.rxn_all
+
+        def col(x):
+            return torch.zeros(data.n_rxn).index_add_(0, rxn, x)
+        return float((col(s * s0) / (col(s * s) * col(s0 * s0)).sqrt()).mean())
+
+    cfg = dict(learning_rate_S_start=3e-2, n_epochs=2)
+    free, _ = _phase1(stoich_cfg("untied", **cfg))
+    held, hist = _phase1(stoich_cfg("untied", coeff_S_prior=5.0, **cfg))
+    data, _ = load_or_generate(stoich_cfg()["simulation"])
+    assert mean_cos(held, data) > mean_cos(free, data) + 0.01
+    assert hist["regul"][-1] < hist["regul"][0]
+    # the penalty is scale-free: zero at the target at any column scale, and its gradient has no
+    # component along a column
+    s0 = data_free_S("balanced", data)
+    scale = torch.rand(data.n_rxn, generator=torch.Generator().manual_seed(1))[data.rxn_all] + 0.5
+    assert float(train.S_shape_prior(s0 * scale, s0, data.rxn_all, data.n_rxn)) == pytest.approx(0.0, abs=1e-6)
+    s = (s0 + 0.3 * torch.randn(len(s0), generator=torch.Generator().manual_seed(0))).requires_grad_(True)
+    train.S_shape_prior(s, s0, data.rxn_all, data.n_rxn).backward()
+    along = torch.zeros(data.n_rxn).index_add_(0, data.rxn_all, (s.grad * s).detach())
+    assert along.abs().max() < 1e-6 and s.grad.abs().max() > 1e-4
 
 
 def test_freeze_stoichiometry_and_variant():

@@ -147,6 +147,11 @@ class TrainingConfig(_Strict):
     coeff_S_L2: float = Field(0.0, ge=0)
     coeff_S_integer: float = Field(0.0, ge=0)
     coeff_mass_conservation: float = Field(0.0, ge=0)
+    #: mean over reactions of 1 - cos(angle between column j of the learned S and the balanced data-free
+    #: answer): a prior on each column's shape only (scale-free, so it leaves the column-scale gauge
+    #: alone). The data outweigh it on active reactions; it keeps the columns the data barely see (the
+    #: slowest reactions) at the data-free answer instead of letting them absorb other reactions' misfit
+    coeff_S_prior: float = Field(0.0, ge=0)
     n_epochs_init: int = Field(0, ge=0)
     first_coeff_L1: float = Field(0.0, ge=0)
     coeff_MLP_sub_diff: float = Field(0.0, ge=0)
@@ -225,7 +230,7 @@ _KINETICS_ONLY = {"learning_rate_sub": None, "learning_rate_node": None, "learni
                   "coeff_MLP_sub_diff": 0.0, "coeff_MLP_sub_norm": 0.0, "coeff_MLP_node_L1": 0.0,
                   "coeff_k_prior": 0.0, "coeff_MLP_sub_zero": 0.0, "homeostasis_training": False}
 _LEARNED_S_ONLY = {"learning_rate_S_start": 0.0, "coeff_S_L1": 0.0, "coeff_S_L2": 0.0, "coeff_S_integer": 0.0,
-                   "coeff_mass_conservation": 0.0, "n_epochs_init": 0, "first_coeff_L1": 0.0}
+                   "coeff_mass_conservation": 0.0, "coeff_S_prior": 0.0, "n_epochs_init": 0, "first_coeff_L1": 0.0}
 _NODE_ONLY = {"learning_rate_node": None, "learning_rate_embedding": None, "coeff_MLP_node_L1": 0.0,
               "homeostasis_training": False}
 

@@ -36,7 +36,7 @@ from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
 from regimes.metabolism.fast import FlatAdam, compile_model, step_begin
-from regimes.metabolism.model import KineticsModel, build_model, rollout
+from regimes.metabolism.model import KineticsModel, build_model, data_free_S, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
 #: parameters phase 2 must leave bit-identical to the phase-1 checkpoint (the evaluation checks them)
@@ -173,6 +173,15 @@ def sub_penalties(model: KineticsModel, t, inp: SubPenaltyInputs, k_center: floa
     return regul
 
 
+def S_shape_prior(s: torch.Tensor, target: torch.Tensor, rxn_all: torch.Tensor, n_rxn: int) -> torch.Tensor:
+    """Mean over reactions of 1 - cos(angle between column j of s and of target), both (E_all,) on the
+    support. Scale-free in s (its gradient has no component along a column: the scale gauge is left alone)."""
+    def col(x):
+        return x.new_zeros(n_rxn).index_add_(0, rxn_all, x)
+    cos = col(s * target) / (col(s * s) * col(target * target)).clamp_min(1e-24).sqrt()
+    return (1.0 - cos).mean()
+
+
 def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 1: fit dc/dt (or a `time_step` recurrent rollout) of run 0.
 
@@ -197,6 +206,8 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     k_center = data.log_k_center
     # frames whose rollout window stays inside one trajectory segment (all frames for derivative regression)
     starts = data.window_starts(T if t.recurrent_training else 0).to(dev)
+    if learned_S and t.coeff_S_prior:  # the shape prior's target: the balanced data-free answer
+        s_prior = data_free_S("balanced", data.to("cpu")).to(dev)
     losses, reguls = History(t.n_epochs * ipe), History(t.n_epochs * ipe)
     log = StepLog(losses, reguls, progress)
     compiled, restore = compile_model(model, t.compile)
@@ -235,6 +246,8 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
                 if t.coeff_mass_conservation:
                     col = s.new_zeros(model.n_rxn).index_add_(0, model.rxn_all, s)
                     regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
+                if t.coeff_S_prior:
+                    regul = regul + t.coeff_S_prior * S_shape_prior(s, s_prior, model.rxn_all, model.n_rxn)
             if kinetic:
                 if sub_terms:
                     regul = regul + sub_penalties(model, t, sub_inputs, k_center, f=f_sub_rows)
