@@ -214,9 +214,12 @@ def test_real_compile_matches_eager():
     m, data = _tiny_kinetics()
     ref = copy.deepcopy(m)
     c, y = data.conc[:4], data.deriv[:4]
-    active, restore = fast.compile_model(m, "default")
+    lines: list[str] = []
+    active, restore = fast.compile_model(m, "default", log=lines.append)
     assert active
     _compare(m, ref, lambda mm: ((mm(c) - y) ** 2).mean(), rtol=1e-4, atol=1e-6)
+    wrapper = m.__dict__["forward"]
+    assert wrapper.fn is not wrapper.eager and not lines, lines  # it compiled (no eager fallback)
     restore()
 
 

@@ -94,7 +94,9 @@ def mlp_forward(x: torch.Tensor, params, final_tanh: bool = False) -> tuple[torc
             b = torch.addmv(b, W, _ones(W.shape[1], W), alpha=c)  # b + c W 1
         h = torch.addmm(b, h, W.t(), beta=o, alpha=o * a)
         if o != 1.0:
-            h = h.sigmoid_()
+            # in place in eager (no allocation); out of place under torch.compile, whose tracing of a Function
+            # refuses a saved tensor that aliases another
+            h = torch.sigmoid(h) if torch.compiler.is_compiling() else h.sigmoid_()
             ss.append(h)
     return h, ss
 
@@ -166,21 +168,20 @@ class KineticsFn(torch.autograd.Function):
         sub, node = params[:n_sub], params[n_sub:]
         B, M = c.shape
         P = m.pair_met.numel()
-        fidx = m.pair_met.unsqueeze(0) + torch.arange(0, B * M, M, device=c.device).unsqueeze(1)
-        fidx = fidx.reshape(-1)
+        fidx = torch.add(m.pair_met.repeat(B), torch.arange(0, B * M, M, device=c.device).repeat_interleave(P))
         x = torch.stack((torch.cat((c.reshape(-1).index_select(0, fidx), extra_c)),
                          torch.cat((m.pair_s.repeat(B), extra_s))), 1)
-        u, hs = mlp_forward(x, sub)
-        u = u.view(-1)
-        f = F.softplus(u)
+        u2, hs = mlp_forward(x, sub)  # (N, 1)
+        f = F.softplus(u2.view(-1))
         fe = torch.cat((f[: B * P].view(B, P), f.new_ones(B, 1)), 1)
         lay = m.pad_pair
-        gathered = fe.index_select(1, lay.reshape(-1)).view(B, lay.shape[0], lay.shape[1])
-        p = gathered.prod(-1)
+        g_flat = fe.index_select(1, lay.reshape(-1))  # (B, R * W)
+        p = g_flat.view(B, lay.shape[0], lay.shape[1]).prod(-1)
         k = torch.pow(10.0, log_k)
         S_T = m.S_frozen_T
         d = torch.mm(k * p, S_T)
-        saved = [c, x, u, gathered, p, k, fidx, *hs]
+        # only tensors that are not views are saved (torch.compile's tracing of a Function requires it)
+        saved = [c, x, u2, g_flat, p, k, fidx, *hs]
         n_hs = len(hs)
         if node:
             a = node[-1]
@@ -196,7 +197,8 @@ class KineticsFn(torch.autograd.Function):
     def backward(ctx, g_d, g_fx):
         m, n_sub, n_hs, P, Q = ctx.m, ctx.n_sub, ctx.n_hs, ctx.P, ctx.Q
         saved = ctx.saved_tensors
-        c, x, u, gathered, p, k, fidx = saved[:7]
+        c, x, u2, g_flat, p, k, fidx = saved[:7]
+        u = u2.view(-1)
         hs = list(saved[7:7 + n_hs])
         rest = saved[7 + n_hs:]
         need = ctx.needs_input_grad  # (m, with_node, c, extra_c, extra_s, log_k, *params)
@@ -213,8 +215,8 @@ class KineticsFn(torch.autograd.Function):
         if need[5]:
             grads[5] = (g_v * p).sum(0) * (k * LN10)
         g_p = g_v * k
-        g_g = g_p.unsqueeze(-1) * _others_product(gathered)
         lay = m.pad_pair
+        g_g = g_p.unsqueeze(-1) * _others_product(g_flat.view(B, lay.shape[0], lay.shape[1]))
         g_fe = g_d.new_zeros(B, P + 1).index_add_(1, lay.reshape(-1), g_g.reshape(B, -1))
         g_fx = g_fx if g_fx is not None else g_d.new_zeros(Q)
         g_f = torch.cat((g_fe[:, :P].reshape(-1), g_fx))
@@ -257,25 +259,29 @@ class StoichiometryFn(torch.autograd.Function):
             mag, S_T = m.sto_sub, m.S_frozen_T
         else:
             mag = sto_sub.abs() if sto_sub is not None else sto_all.index_select(0, m.sub_to_all).abs()
-            S_T = sto_all.new_zeros(R * M).index_put_((m.lin_all_T,), sto_all).view(R, M)
-        x = torch.stack((c.index_select(1, m.met_sub), mag.expand(B, E)), -1).view(B * E, 2)
+            S_flat = sto_all.new_zeros(R * M).index_put_((m.lin_all_T,), sto_all)
+            S_T = S_flat.view(R, M)
+        x3 = torch.stack((c.index_select(1, m.met_sub), mag.expand(B, E)), -1)  # (B, E, 2)
+        x = x3.view(B * E, 2)
         # every msg_mlp layer but the last, per edge; the sum over substrate edges; then the last layer
         # (kept as s, h = 2 s - 1: sum_e (Wl h_e + bl) = 2 Wl sum_e s_e + n_sub (bl - Wl 1))
         s0, hs = mlp_forward(x, msg[:-2], final_tanh=True)
         H = s0.shape[1]
-        A = s0.new_zeros(B, R, H).index_add_(1, m.rxn_sub, s0.view(B, E, H)).view(B * R, H)
+        A3 = s0.new_zeros(B, R, H).index_add_(1, m.rxn_sub, s0.view(B, E, H))
+        A = A3.view(B * R, H)
         Wl, bl = msg[-2], msg[-1]
         nb = torch.outer(m.n_sub_f, torch.addmv(bl, Wl, _ones(Wl.shape[1], Wl), alpha=-1.0))
         h = torch.addmm(nb.repeat(B, 1), A, Wl.t(), alpha=2.0)
-        u, hr = mlp_forward(h, rate)
-        u = u.view(B, R)
+        u2, hr = mlp_forward(h, rate)  # (B R, 1)
+        u = u2.view(B, R)
         k = torch.pow(10.0, log_k)
         sp = F.softplus(u)
         v = k * sp
         d = torch.mm(v, S_T)
         ctx.m, ctx.n_msg, ctx.n_hs, ctx.tied = m, n_msg, len(hs), sto_sub is None
-        ctx.save_for_backward(c, x, A, h, u, sp, k, v, S_T, sto_all, *([] if sto_sub is None else [sto_sub]),
-                              *hs, *hr, *params)
+        # only tensors that are not views are saved (torch.compile's tracing of a Function requires it)
+        ctx.save_for_backward(c, x3, A3, h, u2, sp, k, v, S_flat if not m.freeze_S else sto_all, sto_all,
+                              *([] if sto_sub is None else [sto_sub]), *hs, *hr, *params)
         return d
 
     @staticmethod
@@ -283,7 +289,7 @@ class StoichiometryFn(torch.autograd.Function):
         m, n_msg, n_hs = ctx.m, ctx.n_msg, ctx.n_hs
         need = ctx.needs_input_grad  # (m, c, log_k, sto_all, sto_sub, *params)
         saved = ctx.saved_tensors
-        c, x, A, h, u, sp, k, v, S_T, sto_all = saved[:10]
+        c, x3, A3, h, u2, sp, k, v, S_flat, sto_all = saved[:10]
         i = 10
         sto_sub = None
         if not ctx.tied:
@@ -296,6 +302,9 @@ class StoichiometryFn(torch.autograd.Function):
         msg, rate = params[:n_msg], params[n_msg:]
         B, M = c.shape
         R, E = m.n_rxn, m.met_sub.numel()
+        x, u = x3.view(B * E, 2), u2.view(B, R)
+        A = A3.view(B * R, -1)
+        S_T = m.S_frozen_T if m.freeze_S else S_flat.view(R, M)
         grads: list = [None] * 5
         g_v = torch.mm(g_d, S_T.t())
         if need[2]:
