@@ -247,3 +247,35 @@ def test_throughput_ab_alternates_both_steps():
                       lambda: calls.__setitem__("b", calls["b"] + 1), 0.05, "cpu", rounds=3)
     assert calls["a"] >= 3 + 3 and calls["b"] >= 3 + 3  # warm-up and at least one per chunk each
     assert r["n_a"] > 0 and r["n_b"] > 0 and r["ratio"] > 0
+
+
+def test_step_log_fetches_in_chunks_and_reports_divergence_at_its_step(monkeypatch):
+    from regimes import runtime
+    from regimes.metabolism.train import History, StepLog
+
+    seen = []
+
+    class Progress:
+        base = 0
+
+        def __call__(self, step, loss, force=False):
+            seen.append((step, loss))
+
+    losses, reguls = History(4), History(4)
+    log = StepLog(losses, reguls, Progress(), every=3, every_s=1e9)
+    for step in range(1, 6):
+        log.add(torch.tensor(float(step)), torch.tensor(0.5), step)
+    assert len(losses) == 3 and seen == [(3, 3.0)]  # one fetch after 3 steps, none per step
+    log.flush()
+    assert losses.values().tolist() == [1.0, 2.0, 3.0, 4.0, 5.0] and reguls.values().tolist() == [0.5] * 5
+    assert seen[-1] == (5, 5.0)
+
+    slow = StepLog(History(4), History(4), Progress(), every=100, every_s=0.0)  # slow steps: fetched by time
+    slow.add(torch.tensor(1.0), torch.tensor(0.0), 1)
+    assert seen[-1] == (1, 1.0)
+
+    bad = StepLog(History(4), History(4), Progress(), every=10, every_s=1e9)
+    for step, v in ((1, 1.0), (2, float("nan")), (3, 1.0)):
+        bad.add(torch.tensor(v), torch.tensor(0.0), step)
+    with pytest.raises(runtime.EntryError, match="at step 2"):
+        bad.flush()

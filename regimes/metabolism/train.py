@@ -65,19 +65,22 @@ class History:
 
 
 class StepLog:
-    """Per-step (loss, regul) kept as device tensors and fetched every `every` steps: `.item()` each step is
-    a host sync on CUDA (the CPU waits for the GPU, which then idles while Python queues the next step).
-    Divergence is caught at the next fetch (at most `every` steps late) and reported with its own step."""
+    """Per-step (loss, regul) kept as device tensors and fetched every `every` steps or `every_s` seconds:
+    `.item()` each step is a host sync on CUDA (the CPU waits for the GPU, which then idles while Python
+    queues the next step). Divergence is caught at the next fetch (at most `every` steps late) and reported
+    with its own step; progress lines lag by at most `every_s` (slow steps: long rollouts)."""
 
-    def __init__(self, losses: History, reguls: History, progress: ProgressWriter, every: int = 64):
-        self.losses, self.reguls, self.progress, self.every = losses, reguls, progress, every
+    def __init__(self, losses: History, reguls: History, progress: ProgressWriter, every: int = 64,
+                 every_s: float = 1.0):
+        self.losses, self.reguls, self.progress, self.every, self.every_s = losses, reguls, progress, every, every_s
         self._pending: list[torch.Tensor] = []
         self._step = 0
+        self._last = time.perf_counter()
 
     def add(self, pred_loss: torch.Tensor, regul: torch.Tensor, step: int) -> None:
         self._pending += [pred_loss.detach(), regul.detach()]
         self._step = step
-        if len(self._pending) >= 2 * self.every:
+        if len(self._pending) >= 2 * self.every or time.perf_counter() - self._last >= self.every_s:
             self.flush()
 
     def flush(self) -> None:
@@ -85,6 +88,7 @@ class StepLog:
             return
         vals = torch.stack(self._pending).double().cpu().tolist()  # the one sync per chunk
         self._pending = []
+        self._last = time.perf_counter()
         first = self._step - len(vals) // 2 + 1
         for i in range(0, len(vals), 2):
             lv, rv = vals[i], vals[i + 1]
