@@ -211,16 +211,21 @@ def test_real_compile_matches_eager():
 
     if fast.compile_unavailable("cpu"):
         pytest.skip("no C++ compiler")
-    m, data = _tiny_kinetics()
-    ref = copy.deepcopy(m)
-    c, y = data.conc[:4], data.deriv[:4]
-    lines: list[str] = []
-    active, restore = fast.compile_model(m, "default", log=lines.append)
-    assert active
-    _compare(m, ref, lambda mm: ((mm(c) - y) ** 2).mean(), rtol=1e-4, atol=1e-6)
-    wrapper = m.__dict__["forward"]
-    assert wrapper.fn is not wrapper.eager and not lines, lines  # it compiled (no eager fallback)
-    restore()
+    kin, data = _tiny_kinetics()
+    sdata = _data(TINY_RANDOM, False, "cpu")
+    torch.manual_seed(0)
+    sto = StoichiometryModel(GraphModelConfig.model_validate({"model": "stoichiometry", "hidden_dim": 8,
+                                                               "msg_dim": 4, "init_S": "balanced"}), sdata, False)
+    for m, d in ((kin, data), (sto, sdata)):
+        ref = copy.deepcopy(m)
+        c, y = d.conc[:4], d.deriv[:4]
+        lines: list[str] = []
+        active, restore = fast.compile_model(m, "default", log=lines.append)
+        assert active
+        _compare(m, ref, lambda mm: ((mm(c) - y) ** 2).mean(), rtol=1e-4, atol=1e-6)
+        wrapper = m.__dict__["forward"]
+        assert wrapper.fn is not wrapper.eager and not lines, lines  # it compiled (no eager fallback)
+        restore()
 
 
 def test_whole_step_fast_and_reference_follow_the_same_path():

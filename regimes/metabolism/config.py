@@ -169,10 +169,10 @@ class TrainingConfig(_Strict):
     #: phase-1 learning-rate schedule: constant, or cosine (every group's lr times
     #: 0.5 (1 + cos(pi step / steps)) over the phase-1 steps, so the last steps settle instead of jitter)
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    #: torch.compile of the model's forward in phase 1 (fast.py): off; default (CPU: ~1.4x steps/s, but a
-    #: cold compile takes ~2 min on a loaded 2-core machine, so it pays only past ~90k steps);
-    #: reduce-overhead (on CUDA: CUDA graphs, one replay instead of ~100 kernel launches a step). Falls
-    #: back to eager, with one log line, when it cannot compile (no C++ compiler / Triton, an error).
+    #: torch.compile of the model's forward in phase 1 (fast.py): off; default (CPU, measured on the
+    #: fast path: ~1.06x steps/s for 1-3 min of compile on a loaded 2-core machine: not worth it);
+    #: reduce-overhead (meant for CUDA: CUDA graphs, one replay instead of ~100 kernel launches; not yet
+    #: measured on a GPU). Falls back to eager, with one log line, when it cannot compile.
     compile: Literal["off", "default", "reduce-overhead"] = "off"
     freeze_stoichiometry: bool = False
     batch_size: int = Field(8, ge=1)

@@ -255,11 +255,13 @@ class StoichiometryFn(torch.autograd.Function):
         msg, rate = params[:n_msg], params[n_msg:]
         B, M = c.shape
         R, E = m.n_rxn, m.met_sub.numel()
+        tracing = torch.compiler.is_compiling()  # saved tensors must not be in-place results under compile
         if m.freeze_S:
             mag, S_T = m.sto_sub, m.S_frozen_T
         else:
             mag = sto_sub.abs() if sto_sub is not None else sto_all.index_select(0, m.sub_to_all).abs()
-            S_flat = sto_all.new_zeros(R * M).index_put_((m.lin_all_T,), sto_all)
+            S_flat = (torch.index_put if tracing else torch.Tensor.index_put_)(
+                sto_all.new_zeros(R * M), (m.lin_all_T,), sto_all)
             S_T = S_flat.view(R, M)
         x3 = torch.stack((c.index_select(1, m.met_sub), mag.expand(B, E)), -1)  # (B, E, 2)
         x = x3.view(B * E, 2)
@@ -267,7 +269,8 @@ class StoichiometryFn(torch.autograd.Function):
         # (kept as s, h = 2 s - 1: sum_e (Wl h_e + bl) = 2 Wl sum_e s_e + n_sub (bl - Wl 1))
         s0, hs = mlp_forward(x, msg[:-2], final_tanh=True)
         H = s0.shape[1]
-        A3 = s0.new_zeros(B, R, H).index_add_(1, m.rxn_sub, s0.view(B, E, H))
+        A3 = (torch.index_add if tracing else torch.Tensor.index_add_)(
+            s0.new_zeros(B, R, H), 1, m.rxn_sub, s0.view(B, E, H))
         A = A3.view(B * R, H)
         Wl, bl = msg[-2], msg[-1]
         nb = torch.outer(m.n_sub_f, torch.addmv(bl, Wl, _ones(Wl.shape[1], Wl), alpha=-1.0))
