@@ -13,7 +13,6 @@ import argparse
 import math
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -597,7 +596,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         device, _, _ = resolve_device_profile(args.device, "quick", _cuda_available())
     except RunError as e:
         raise UsageError(str(e), hint=e.hint) from None
-    out = args.out or run_dir / "replays" / f"node_{args.node}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    from rundir.io import utc_stamp
+
+    out = args.out or run_dir / "replays" / f"node_{args.node}-{utc_stamp()}"
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"output directory {str(out)!r} is not empty", hint="give a fresh --out DIR")
     out.mkdir(parents=True, exist_ok=True)

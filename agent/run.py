@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -29,7 +28,7 @@ from agent.runctx import RunCtx, RunStopped
 from agent.state import initial_state
 from regimes.base import Regime, flatten, get_dotted, set_dotted
 from rundir import paths
-from rundir.io import dump_yaml_atomic, load_yaml, utc_now, write_text_atomic
+from rundir.io import dump_yaml_atomic, load_yaml, utc_now, utc_stamp, write_text_atomic
 from rundir.memory import Memory, upsert_comparison
 from rundir.records import RunInfo
 from rundir.store import Store
@@ -138,7 +137,7 @@ class RunPlan(BaseModel):
 
 def default_run_dir(runs_root: Path, regime: str) -> Path:
     """runs/<regime>-<UTC time>; two runs started in the same second get -2, -3, ..."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    stamp = utc_stamp()
     run_dir = Path(runs_root) / f"{regime}-{stamp}"
     k = 2
     while run_dir.exists():

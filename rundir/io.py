@@ -30,6 +30,11 @@ def utc_now() -> str:
     return time.strftime(TIME_FORMAT, time.gmtime())
 
 
+def utc_stamp() -> str:
+    """Now as a directory-name suffix (``20261202-010203``, UTC): run and replay directories."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` via tmp + rename (parent directories created)."""
     path = Path(path)
