@@ -284,3 +284,62 @@ def test_step_log_fetches_in_chunks_and_reports_divergence_at_its_step(monkeypat
         bad.add(torch.tensor(v), torch.tensor(0.0), step)
     with pytest.raises(runtime.EntryError, match="at step 2"):
         bad.flush()
+
+
+def test_shipped_reference_source_is_the_one_fast_py_mirrors():
+    """fast.REFERENCE_SOURCE names the shipped code: else every model silently trains on the slow path."""
+    from regimes.metabolism.fast import REFERENCE_SOURCE
+    from regimes.metabolism.model import reference_source_sha
+
+    now = {cls.__name__: reference_source_sha(cls) for cls in (StoichiometryModel, KineticsModel)}
+    assert now == REFERENCE_SOURCE, (
+        "a method fast.py mirrors changed: make fast.py compute the same maths (the twin tests here check it), "
+        f"then set fast.REFERENCE_SOURCE = {now}")
+
+
+_EDIT_CHECK = r"""
+import sys
+sys.path[:0] = [{ws!r}, {root!r}]
+import torch
+import regimes.metabolism.model as M
+assert M.__file__.startswith({ws!r}), M.__file__
+from regimes.metabolism.bench import _data
+from regimes.metabolism.config import GraphModelConfig
+from tests._metabolism_tiny import TINY_RANDOM
+data = _data(TINY_RANDOM, True, "cpu")
+torch.manual_seed(0)
+m = M.KineticsModel(GraphModelConfig.model_validate({{"model": "kinetics", "hidden_dim": 16, "msg_dim": 8}}), data, True).double()
+c = data.conc[:4].double()
+fast_on = m.fast_ok()
+line = M.fast_path_line(m)
+edited = m(c)
+m.fast = False
+print(fast_on, line is not None, torch.allclose(edited, m(c), rtol=1e-12, atol=0))
+with torch.no_grad():
+    f = m.f_sub(c[:, m.pair_met], m.pair_s)
+print(bool(torch.allclose(f, 2.0 * torch.nn.functional.softplus(
+    m.mlp_sub(torch.stack(torch.broadcast_tensors(c[:, m.pair_met], m.pair_s), -1)).squeeze(-1)))))
+"""
+
+
+def test_an_agent_edit_to_mirrored_code_takes_effect(tmp_path):
+    """model.py is agent-editable: an edit to f_sub in a checkout must change what trains (fast path off)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ws = tmp_path / "checkout"
+    shutil.copytree(root / "regimes", ws / "regimes", ignore=shutil.ignore_patterns("__pycache__"))
+    model_py = ws / "regimes" / "metabolism" / "model.py"
+    src = model_py.read_text()
+    old = "return F.softplus(self.mlp_sub(torch.stack((c, s), dim=-1)).squeeze(-1))"
+    assert src.count(old) == 1
+    model_py.write_text(src.replace(old, "return 2.0 * " + old[len("return "):]))
+    out = subprocess.run([sys.executable, "-c", _EDIT_CHECK.format(ws=str(ws), root=str(root))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.split("\n")[:2]
+    # fast path off, the log line said so, forward is the (edited) reference; and the edit is what runs
+    assert first == "False True True" and second == "True"

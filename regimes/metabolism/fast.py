@@ -28,6 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 
 LN10 = math.log(10.0)
+
+#: sha256 of the reference methods this file reproduces (model.MIRRORED), as shipped. model.py is
+#: agent-editable: when an edit changes one of them, the model's fast_ok() is False and it trains on
+#: the reference code as edited. Changing the maths here and in model.py together? Update these from
+#: `model.reference_source_sha(cls)` (tests/test_metabolism_fast.py prints the new values).
+REFERENCE_SOURCE = {
+    "StoichiometryModel": "37bb200f504b01cbdfbc23278295f57d89d59639ff50303150f538f644895248",
+    "KineticsModel": "c5f1380a1df0aabecc36d575f804d43feef31c140632d564f7a2ca287513b162",
+}
 _tanh_backward = torch.ops.aten.tanh_backward
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _softplus_backward = torch.ops.aten.softplus_backward

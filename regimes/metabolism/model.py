@@ -20,9 +20,19 @@ default `fast = True` runs fast.py's fused Functions (hand-written backward,
 ~5x fewer aten calls), checked against the reference by
 tests/test_metabolism_fast.py. A change to the maths goes into both (or set
 `fast = False` until fast.py follows): that test fails until they agree.
+
+This file is editable by the agent (a code strategy or the LLM may change
+`rates`, `f_sub`, ...). fast.py would not see such an edit, so the fast path
+runs only while the source of every method it mirrors (`MIRRORED`) is the
+shipped one (`fast.REFERENCE_SOURCE`); an edited model trains on the
+reference code, slower but as written, and the training log says so.
 """
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +40,7 @@ from torch import nn
 
 from regimes.metabolism.config import GraphModelConfig
 from regimes.metabolism.data import TrainingData
-from regimes.metabolism.fast import KineticsFn, StoichiometryFn, linear_layers, mlp_params
+from regimes.metabolism.fast import REFERENCE_SOURCE, KineticsFn, StoichiometryFn, linear_layers, mlp_params
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -155,7 +165,8 @@ class StoichiometryModel(_Stoichiometry):
     def fast_ok(self) -> bool:
         """fast.py covers this model: `fast` on and both MLPs plain `mlp()` stacks (msg_mlp with a hidden layer)."""
         msg = linear_layers(self.msg_mlp)
-        return self.fast and msg is not None and len(msg) >= 2 and linear_layers(self.rate_mlp) is not None
+        return (self.fast and reference_unedited(type(self)) and msg is not None and len(msg) >= 2
+                and linear_layers(self.rate_mlp) is not None)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         if self.fast_ok():
@@ -239,7 +250,7 @@ class KineticsModel(_Stoichiometry):
 
     def fast_ok(self) -> bool:
         """fast.py covers this model: `fast` on, S frozen, and the MLPs plain `mlp()` stacks."""
-        return (self.fast and self.freeze_S and linear_layers(self.mlp_sub) is not None
+        return (self.fast and reference_unedited(type(self)) and self.freeze_S and linear_layers(self.mlp_sub) is not None
                 and (not self.use_node or linear_layers(self.mlp_node) is not None))
 
     def _fast(self, c: torch.Tensor, with_node: bool, sub_c: torch.Tensor | None = None,
@@ -268,6 +279,41 @@ class KineticsModel(_Stoichiometry):
         if self.fast_ok():
             return self._fast(c, self.use_node, sub_c, sub_s)
         return self.forward(c), self.f_sub(sub_c, sub_s)
+
+
+#: the reference code fast.py reproduces, per model class (module-level `mlp` is part of every entry)
+MIRRORED = {
+    "StoichiometryModel": ("substrate_magnitude", "S_T", "reaction", "rates", "fast_ok", "forward"),
+    "KineticsModel": ("substrate_magnitude", "S_T", "f_sub", "rates", "node", "node_fn", "fast_ok", "_fast",
+                      "reaction", "forward", "forward_and_sub"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def reference_source_sha(cls: type) -> str | None:
+    """sha256 of the source of the methods of `cls` that fast.py mirrors (None: source not readable)."""
+    names = MIRRORED.get(cls.__name__)
+    if names is None:
+        return None
+    try:
+        text = inspect.getsource(mlp) + "".join(inspect.getsource(getattr(cls, n)) for n in names)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reference_unedited(cls: type) -> bool:
+    """Whether the mirrored reference code of `cls` is the shipped one, so fast.py computes what it says."""
+    sha = reference_source_sha(cls)
+    return sha is not None and REFERENCE_SOURCE.get(cls.__name__) == sha
+
+
+def fast_path_line(model: nn.Module) -> str | None:
+    """One line for the training log when the fast path is off for a reason worth saying (None otherwise)."""
+    if getattr(model, "fast", False) and not reference_unedited(type(model)):
+        return (f"model code edited ({type(model).__name__}: a method fast.py mirrors differs from the shipped one): "
+                "fast path off, training on the reference autograd code as edited (slower)")
+    return None
 
 
 def build_model(gm: GraphModelConfig, data: TrainingData, freeze_S: bool) -> _Stoichiometry:

@@ -36,7 +36,7 @@ from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
 from regimes.metabolism.fast import FlatAdam, compile_model, step_begin
-from regimes.metabolism.model import KineticsModel, build_model, data_free_S, rollout
+from regimes.metabolism.model import KineticsModel, build_model, data_free_S, fast_path_line, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
 #: parameters phase 2 must leave bit-identical to the phase-1 checkpoint (the evaluation checks them)
@@ -398,6 +398,8 @@ def run(cfg: Config, inputs_dir: Path, out: Path, device: str = "cpu", log=print
     data = data.to(device)
     torch.manual_seed(t.seed)
     model = build_model(cfg.graph_model, data, t.freeze_stoichiometry).to(device)
+    if (line := fast_path_line(model)) is not None:
+        print(line, flush=True)
     hist: dict = {}
     t0 = time.perf_counter()
     if ck_path is not None:
