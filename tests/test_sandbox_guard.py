@@ -247,7 +247,7 @@ def test_real_package_edits_of_the_rate_constants_regime():
              for ef in regime.editable}
     train = "regimes/metabolism/train.py"
     old = files[train]
-    new = old.replace("    opt = torch.optim.Adam(param_groups(model, cfg))\n",
+    new = old.replace("    opt = make_optimizer(model, param_groups(model, cfg))\n",
                       "    # AdamW: decoupled weight decay\n    opt = torch.optim.AdamW(param_groups(model, cfg))\n", 1)
     assert new != old
     assert check_code_edit(regime, train, old, new) == []
