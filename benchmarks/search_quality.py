@@ -37,7 +37,6 @@ policy, with the noise band). Not part of the test suite's timing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -47,6 +46,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rundir.io import append_jsonl, read_json, read_jsonl  # noqa: E402
 
 POLICIES = ("heuristic", "optuna", "cmaes", "random", "claude")
 DEFAULT_POLICIES = ("heuristic", "optuna", "cmaes", "random")
@@ -83,37 +85,17 @@ def iterations_to_fraction(curve: list[float], fraction: float = 0.9) -> int | N
 
 def read_nodes(run_dir: Path) -> list[dict]:
     """Finished nodes (tolerant of a torn last line)."""
-    path = run_dir / "nodes.jsonl"
-    nodes = []
-    if not path.is_file():
-        return nodes
-    for line in path.read_text().splitlines():
-        try:
-            nodes.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return nodes
+    return read_jsonl(run_dir / "nodes.jsonl")
 
 
 def run_cost(run_dir: Path) -> float:
     """LLM spend of a run (status.json's total), 0 for offline policies."""
-    try:
-        return float(json.loads((run_dir / "status.json").read_text()).get("cost_usd") or 0.0)
-    except (OSError, ValueError):
-        return 0.0
+    status = read_json(run_dir / "status.json")
+    return float(status.get("cost_usd") or 0.0) if isinstance(status, dict) else 0.0
 
 
 def read_results(out: Path) -> list[dict]:
-    path = out / "results.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(out / "results.jsonl")
 
 
 def latest(rows: list[dict]) -> list[dict]:
@@ -125,8 +107,7 @@ def latest(rows: list[dict]) -> list[dict]:
 
 
 def append_result(out: Path, row: dict) -> None:
-    with open(out / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_jsonl(out / "results.jsonl", row)
 
 
 # ---------------------------------------------------------------- one job (runs in a worker process)

@@ -21,7 +21,6 @@ alone, so its study lives in a journal file in the run directory
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from agent.policies.base import Policy, StepContext
 from regimes.base import ParamSpec, Regime, get_dotted
+from rundir.io import read_jsonl
 
 #: training keys bounded by the claude: budget cap of the same name
 _CAPPED = {"training.n_epochs": "claude.n_epochs",
@@ -70,16 +70,7 @@ def mutation_line(old: dict, new: dict) -> str:
 
 def _finished_nodes(run_dir: Path) -> list[dict]:
     """Finished node records from nodes.jsonl (tolerant of a torn last line)."""
-    path = Path(run_dir) / "nodes.jsonl"
-    out: list[dict] = []
-    if not path.exists():
-        return out
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return read_jsonl(Path(run_dir) / "nodes.jsonl")
 
 
 class _SearchPolicy(Policy):
