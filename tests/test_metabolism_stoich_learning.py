@@ -5,8 +5,8 @@ Run with: .venv/bin/python -m pytest -m slow tests/test_metabolism_stoich_learni
 
 What is locked: the data are of the learned model's family (limited reaction-frames < 5%, activity rank
 >= 20), the default starts exactly at the data-free baseline (skill 0 at step 0), and the whole quick
-training reaches the issue's quick goal (skill >= 0.5) with an exact fraction above the data-free
-answers' (both decoded per column the same way). The figures over 3 training seeds and 2 systems come
+training clearly beats it (skill bounds below), with an exact fraction above the data-free answers'
+(both decoded per column the same way). The figures over 3 training seeds and 2 systems come
 from `benchmarks/stoichiometry_quality.py`.
 """
 
@@ -23,15 +23,16 @@ from regimes.runtime import DATA_SECRET_ENV
 
 #: a fixed data secret: seed 42 is then one system everywhere (a fresh cache would draw its own)
 SECRET = "5eed0013" * 4
-#: quick-profile skill measured with SECRET, training seed 42 (see MEASURED); the bound leaves room for
-#: platform-level float differences, never below the issue's quick goal of 0.5
+#: lower bounds on the quick-profile skill. The defaults scored tied 0.67 and untied 0.34-0.43 (training
+#: seeds 0-2) on another system (seed 42 of another cache); the bounds leave room for the spread between
+#: systems (the previous defaults: 0.45-0.80 tied across two draws). The untied quick goal (0.5) is not met.
 MIN_SKILL = {"tied": 0.3, "untied": 0.1}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("variant", ["tied", "untied"])
-def test_quick_stoichiometry_defaults_reach_the_quick_goal(tmp_path, monkeypatch, variant):
+def test_quick_stoichiometry_defaults_beat_the_data_free_answer(tmp_path, monkeypatch, variant):
     monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(DATA_SECRET_ENV, SECRET)
     raw = yaml.safe_load((CONFIG_DIR / f"stoichiometry_{variant}_quick.yaml").read_text())
