@@ -23,10 +23,11 @@ from regimes.runtime import DATA_SECRET_ENV
 
 #: a fixed data secret: seed 42 is then one system everywhere (a fresh cache would draw its own)
 SECRET = "5eed0013" * 4
-#: lower bounds on the quick-profile skill. The defaults scored tied 0.67 and untied 0.34-0.43 (training
-#: seeds 0-2) on another system (seed 42 of another cache); the bounds leave room for the spread between
-#: systems (the previous defaults: 0.45-0.80 tied across two draws). The untied quick goal (0.5) is not met.
-MIN_SKILL = {"tied": 0.3, "untied": 0.1}
+#: lower bounds on the quick-profile skill. Measured with SECRET and the shipped training seed: tied 0.681
+#: (exact_frac 0.778, data-free 0.584), untied 0.390 (exact_frac 0.720); on another system the training
+#: seeds 0-2 spread by 0.09 (untied 0.34-0.43), so the bounds leave about that much room for
+#: platform-level float differences. The untied quick goal (0.5) is not met.
+MIN_SKILL = {"tied": 0.58, "untied": 0.3}
 
 
 @pytest.mark.slow
