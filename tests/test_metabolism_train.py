@@ -66,6 +66,7 @@ KEY_CASES = [
     (kinetics_cfg, "coeff_k_prior", 1.0),
     (kinetics_cfg, "coeff_MLP_sub_zero", 10.0),
     (kinetics_cfg, "lr_schedule", "cosine"),
+    (kinetics_cfg, "k_least_squares", True),
     (kinetics_cfg, "batch_size", 8),
     (kinetics_cfg, "n_epochs", 2),
     (kinetics_cfg, "data_augmentation_loop", 3),
@@ -325,7 +326,8 @@ def test_k_prior_acts_on_the_gauge_corrected_log_k():
     assert torch.all(torch.sign(model.log_k.grad) == math.copysign(1.0, math.log10(alpha)))
 
 
-@pytest.mark.parametrize("key,value", [("coeff_k_prior", 1e-3), ("coeff_MLP_sub_zero", 1.0), ("lr_schedule", "cosine")])
+@pytest.mark.parametrize("key,value", [("coeff_k_prior", 1e-3), ("coeff_MLP_sub_zero", 1.0), ("lr_schedule", "cosine"),
+                                       ("k_least_squares", True)])
 def test_phase1_recipe_keys_are_config_errors_where_they_cannot_act(key, value):
     h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint="/x/model.pt",
                      learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0,
@@ -335,3 +337,58 @@ def test_phase1_recipe_keys_are_config_errors_where_they_cannot_act(key, value):
     if key != "lr_schedule":  # the schedule acts on the stoichiometry model too
         with pytest.raises(ValueError, match=f"training.{key}: only acts on graph_model.model: kinetics"):
             parse_config(stoich_cfg(**{key: value}))
+
+
+def _gm(cfg: dict, **gm) -> dict:
+    cfg["graph_model"].update(gm)
+    return cfg
+
+
+def test_mlp_sub_form_c_softplus_vanishes_at_zero_and_acts():
+    cfg = parse_config(_gm(kinetics_cfg(), mlp_sub_form="c_softplus"))
+    data, _ = load_or_generate(cfg.simulation, given_stoichiometry=True)
+    torch.manual_seed(0)
+    model = build_model(cfg.graph_model, data, True)
+    c = torch.tensor([0.0, 1e-3, 0.5, 3.0])
+    f = model.f_sub(c, torch.ones_like(c))
+    assert f[0] == 0.0 and torch.all(f[1:] > 0)
+    # c times what the softplus form gives with the same weights
+    torch.manual_seed(0)
+    plain = build_model(parse_config(kinetics_cfg()).graph_model, data, True)
+    assert torch.allclose(f, c * plain.f_sub(c, torch.ones_like(c)))
+    assert _differs(_phase1(kinetics_cfg()), _phase1(_gm(kinetics_cfg(), mlp_sub_form="c_softplus")))
+
+
+def test_mlp_sub_form_and_k_least_squares_are_config_errors_where_they_cannot_act():
+    with pytest.raises(ValueError, match="training.coeff_MLP_sub_zero: has no effect with graph_model.mlp_sub_form"):
+        parse_config(_gm(kinetics_cfg(coeff_MLP_sub_zero=1.0), mlp_sub_form="c_softplus"))
+    with pytest.raises(ValueError, match="graph_model.mlp_sub_form: only acts on graph_model.model: kinetics"):
+        parse_config(_gm(stoich_cfg(), mlp_sub_form="c_softplus"))
+    with pytest.raises(ValueError, match="training.k_least_squares: needs freeze_stoichiometry"):
+        parse_config(kinetics_cfg(k_least_squares=True, freeze_stoichiometry=False))
+
+
+def test_least_squares_k_recovers_the_true_k_for_the_true_rate_law():
+    """With f = c (mass action, |s| = 1) and the true homeostasis as MLP_node, the derivative fit is linear
+    in k and exact: the solve returns the true k for every reaction the data determine."""
+    import types
+
+    from regimes.metabolism.evaluate import load_truth, shared_substrate_reactions
+
+    cfg = parse_config(kinetics_cfg())
+    data, truth_path = load_or_generate(cfg.simulation, given_stoichiometry=True)
+    truth = load_truth(truth_path)
+    torch.manual_seed(0)
+    model = build_model(cfg.graph_model, data, True)
+    model.f_sub = types.MethodType(lambda self, c, s: torch.broadcast_tensors(c, s)[0] ** s, model)
+    lam, base, ty = truth["lambda"], truth["baseline"], truth["types"]
+    model.node = types.MethodType(lambda self, c: -lam[ty] * (c - base[ty]), model)
+    with torch.no_grad():
+        model.log_k.fill_(-1.5)
+    assert train.least_squares_k(model, data) == 0
+    keep = torch.from_numpy(~shared_substrate_reactions(data, truth))
+    err = (model.log_k.detach() - truth["log_k"]).abs()[keep]
+    assert float(err.max()) < 1e-3, err
+    # and the fit itself: the derivatives are reproduced
+    with torch.no_grad():
+        assert float(((model(data.conc) - data.deriv) ** 2).mean() / data.ynorm ** 2) < 1e-8

@@ -276,3 +276,16 @@ def test_homeostasis_prepare_refuses_a_poor_user_checkpoint(tmp_path, monkeypatc
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and "test_R2_short 0.3000 < 0.5" in msg and "--phase1-checkpoint" in msg
     assert (tmp_path / "prepare" / "phase1.json").is_file()
+
+
+def test_rate_constants_degeneracy_reads_the_short_rollout():
+    """Seed 001's degeneracy table, on test_pearson_short: over 2000 chaotic frames test_pearson decorrelates
+    even for a near-exact law, so good dynamics from wrong k would read "failed" instead of "degenerate"."""
+    rc = get_regime("rate_constants")
+    m = {"rate_constants_R2": 0.95, "test_pearson": 0.2, "test_pearson_short": 0.99}
+    d = rc.degeneracy(m)
+    assert d.diagnosis == "healthy" and d.gap == pytest.approx(0.04)
+    assert rc.degeneracy({"rate_constants_R2": 0.4, "test_pearson": 0.1, "test_pearson_short": 0.98}).diagnosis \
+        == "degenerate"
+    # without the short figure (an older run), the seed's full-length figure: the same model reads "failed"
+    assert rc.degeneracy({"rate_constants_R2": 0.4, "test_pearson": 0.1}).diagnosis == "failed"

@@ -264,9 +264,10 @@ def check_phase1_checkpoint(ck: Any, cfg: Config, dataset_key: str, where: str) 
         raise ConfigError(f"config error: {key}: {where} was trained on a different simulation section "
                           "(or an older dataset format)")
     gm_ck, gm = ck["config"]["graph_model"], cfg.graph_model
-    for f in ("model", "hidden_dim", "embedding_dim", "use_mlp_node"):
-        if gm_ck.get(f) != getattr(gm, f):
-            raise ConfigError(f"config error: {key}: {where} has graph_model.{f}={gm_ck.get(f)!r}, "
+    for f in ("model", "hidden_dim", "embedding_dim", "use_mlp_node", "mlp_sub_form"):
+        have = gm_ck.get(f, type(gm).model_fields[f].default)  # a key older checkpoints lack: its default
+        if have != getattr(gm, f):
+            raise ConfigError(f"config error: {key}: {where} has graph_model.{f}={have!r}, "
                               f"this config has {getattr(gm, f)!r}")
     if not ck["config"]["training"].get("freeze_stoichiometry"):
         raise ConfigError(f"config error: {key}: {where} was trained with a learned S (phase 1 needs freeze_stoichiometry)")

@@ -59,7 +59,7 @@ ORDER = ["final_loss", "stoichiometry_skill", "stoichiometry_R2", "stoichiometry
          "MLP_node_slope_1", "MLP_node_gt_slope_1", "MLP_node_slope_ratio_1",
          "MLP_node_offset_1", "MLP_node_gt_offset_1", "MLP_node_offset_ratio_1",
          "embedding_cluster_acc", "embedding_cluster_acc_chance", "embedding_n_clusters", "embedding_silhouette",
-         "phase2_loss", "phase2_node_magnitude", "test_R2", "test_pearson", "test_R2_short",
+         "phase2_loss", "phase2_node_magnitude", "test_R2", "test_pearson", "test_R2_short", "test_pearson_short",
          "training_time_min", "steps_per_second", "activity_rank_90", "activity_rank_99", "limited_fraction",
          "n_shared_substrate_reactions", "n_inactive_reactions", "system_degenerate"]
 
@@ -475,8 +475,8 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_c
             m["test_R2"], m["test_pearson"] = series_scores(true1, pred1)
             how = f"free rollout of {n} frames from run 1 frame 0, per-metabolite means"
             n_short = min(n, TEST_SHORT_FRAMES)
-            m["test_R2_short"] = series_scores(true1[:n_short], pred1[:n_short])[0]
-            notes.append(f"test_R2_short: the same rollout's first {n_short} frames (the dynamics are chaotic: over "
+            m["test_R2_short"], m["test_pearson_short"] = series_scores(true1[:n_short], pred1[:n_short])
+            notes.append(f"test_R2_short / test_pearson_short: the same rollout's first {n_short} frames (the dynamics are chaotic: over "
                          "2000 frames even a near-exact law decorrelates)")
         if not math.isfinite(m["test_R2"]):
             notes.append("test rollout diverged (non-finite); test_R2 and test_pearson are nan")

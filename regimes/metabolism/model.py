@@ -7,7 +7,8 @@ variant `tied` the substrate magnitude is |sto_all| at that edge; in `untied`
 it is a separate parameter |sto_sub|.
 
 - `StoichiometryModel`: v_j = k_j softplus(rate_mlp(sum_e msg_mlp([c, |s|]))).
-- `KineticsModel`: v_j = k_j prod_{e in sub(j)} MLP_sub(c_e, |s_e|) (+ MLP_node([c_i, a_i])).
+- `KineticsModel`: v_j = k_j prod_{e in sub(j)} f(c_e, |s_e|) (+ MLP_node([c_i, a_i])), with
+  f = softplus(MLP_sub(c, |s|)) or, for graph_model.mlp_sub_form c_softplus, c softplus(MLP_sub(c, |s|)).
   With S frozen, MLP_sub runs once per distinct (metabolite, |s|) pair.
 
 dc/dt = S v, computed as v @ S_dense^T (S_dense assembled from the edge
@@ -186,6 +187,7 @@ class KineticsModel(_Stoichiometry):
     def __init__(self, gm: GraphModelConfig, data: TrainingData, freeze_S: bool = True):
         super().__init__(gm, data, freeze_S)
         self.mlp_sub = mlp([2, gm.hidden_dim, gm.hidden_dim, 1])
+        self.c_times_sub = gm.mlp_sub_form == "c_softplus"
         self.use_node = gm.use_mlp_node
         self.embedding_dim = gm.embedding_dim
         self.init_embedding_std = gm.init_embedding_std
@@ -223,9 +225,11 @@ class KineticsModel(_Stoichiometry):
             self.a.copy_(torch.randn_like(self.a) * self.init_embedding_std)
 
     def f_sub(self, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """MLP_sub(c, s) >= 0 (softplus output), elementwise over broadcast c and s."""
+        """f(c, s) >= 0, elementwise over broadcast c and s: softplus(MLP_sub(c, s)), times c when
+        mlp_sub_form is c_softplus (then f(0, s) = 0 exactly and f is linear near c = 0)."""
         c, s = torch.broadcast_tensors(c, s)
-        return F.softplus(self.mlp_sub(torch.stack((c, s), dim=-1)).squeeze(-1))
+        f = F.softplus(self.mlp_sub(torch.stack((c, s), dim=-1)).squeeze(-1))
+        return c * f if self.c_times_sub else f
 
     def rates(self, c: torch.Tensor) -> torch.Tensor:
         B = c.shape[0]

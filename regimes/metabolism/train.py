@@ -186,6 +186,35 @@ def S_shape_prior(s: torch.Tensor, target: torch.Tensor, rxn_all: torch.Tensor, 
     return (1.0 - cos).mean()
 
 
+def least_squares_k(model: KineticsModel, data: TrainingData, ridge: float = 1e-8, chunk: int = 512) -> int:
+    """Set log k to the least-squares fit of the training derivatives with MLP_sub and MLP_node fixed.
+
+    With S given the model is linear in k: dc/dt = (V(c) * k) S^T + node(c), V the rates at k = 1. The
+    normal equations are G k = b with G = (V^T V) * (S^T S) (elementwise) and b_j = sum_t V_tj ((y S)_tj),
+    y = dc/dt - node, summed over all frames in float64; a ridge `ridge` mean(diag G) towards the current k
+    settles the directions the data leave open (reactions sharing a substrate set, inactive ones). Returns
+    the number of reactions whose solution was not positive (those keep their trained k)."""
+    with torch.no_grad():
+        dev = data.conc.device
+        S = model.S_T().T.double()  # (n_met, n_rxn)
+        k0 = torch.pow(10.0, model.log_k.detach().double())
+        G = torch.zeros(model.n_rxn, model.n_rxn, dtype=torch.float64, device=dev)
+        b = torch.zeros(model.n_rxn, dtype=torch.float64, device=dev)
+        for i in range(0, data.n_frames, chunk):
+            c = data.conc[i:i + chunk]
+            V = (model.rates(c) / torch.pow(10.0, model.log_k)).double()  # rates at k = 1
+            y = (data.deriv[i:i + chunk] - model.node(c)).double()
+            G += V.T @ V
+            b += (V * (y @ S)).sum(0)
+        G = G * (S.T @ S)
+        reg = ridge * float(torch.diagonal(G).mean())
+        k = torch.linalg.solve(G + reg * torch.eye(model.n_rxn, dtype=G.dtype, device=dev), b + reg * k0)
+        bad = ~(k > 0) | ~torch.isfinite(k)
+        k = torch.where(bad, k0, k)
+        model.log_k.copy_(torch.log10(k).to(model.log_k.dtype))
+    return int(bad.sum())
+
+
 def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 1: fit dc/dt (or a `time_step` recurrent rollout) of run 0.
 
@@ -267,6 +296,8 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
             log.add(pred_loss, regul, step)
     log.flush()
     restore()
+    if t.k_least_squares:  # the exact k for the learned MLP_sub / MLP_node (see least_squares_k)
+        least_squares_k(model, data)
     return {"loss": losses.values(), "regul": reguls.values(), "steps": step}
 
 
