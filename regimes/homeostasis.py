@@ -28,7 +28,8 @@ PHASE1_KEYS = ["training.learning_rate_start", "training.learning_rate_k", "trai
                "training.coeff_mass_conservation", "training.coeff_MLP_sub_diff", "training.coeff_MLP_sub_norm",
                "training.coeff_MLP_node_L1", "training.coeff_k_center", "training.n_epochs_init",
                "training.first_coeff_L1", "training.recurrent_training", "training.time_step",
-               "training.coeff_k_prior", "training.coeff_MLP_sub_zero", "training.lr_schedule"]
+               "training.coeff_k_prior", "training.coeff_MLP_sub_zero", "training.lr_schedule",
+               "training.k_least_squares"]
 
 
 # ----- the seed's literature strategies, as exact edits inside the phase2_loop region -----

@@ -99,7 +99,10 @@ REGIME = RateConstantsRegime(
         B.coeff("coeff_k_center", 0.0, 10.0, "(mean log_k - centre of the log k range)^2: breaks the k/MLP_sub scale gauge"),
         B.coeff("coeff_k_prior", 0.0, 1e-2, "mean of (gauge-corrected log k - centre)^2: settles the k the data leave "
                 "open (shared substrate sets, inactive reactions)"),
-        B.coeff("coeff_MLP_sub_zero", 0.0, 100.0, "(f(0,s)/f(1,s))^2: no substrate, no rate (removes the softplus floor)"),
+        # coeff_MLP_sub_zero is not mutable: the default mlp_sub_form c_softplus has f(0) = 0 exactly (a config
+        # error if set), and graph_model.* is frozen
+        B.boolean("k_least_squares", "after the steps, k = the exact least-squares fit for the learned MLP_sub / "
+                  "MLP_node (the model is linear in k)"),
         B.choice("lr_schedule", ["constant", "cosine"], "phase-1 lr schedule (cosine: every lr decays to 0)"),
     ],
     frozen=["simulation.*", "graph_model.*", "training.*", *S_FROZEN],

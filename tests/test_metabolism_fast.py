@@ -59,10 +59,12 @@ def _recurrent(c, T=3, dt=0.1):
     return loss
 
 
-@pytest.mark.parametrize("sim, use_node", [(TINY_CYCLES, True), (TINY_RANDOM, False), (TINY_RANDOM, True)])
-def test_kinetics_loss_grads_and_penalty_rows_match(sim, use_node):
+@pytest.mark.parametrize("sim, use_node, form", [(TINY_CYCLES, True, "softplus"), (TINY_RANDOM, False, "softplus"),
+                                                  (TINY_RANDOM, True, "softplus"), (TINY_CYCLES, True, "c_softplus"),
+                                                  (TINY_RANDOM, False, "c_softplus")])
+def test_kinetics_loss_grads_and_penalty_rows_match(sim, use_node, form):
     data = _data(sim, True, "cpu")
-    fast, ref = _twins(KineticsModel, {"model": "kinetics", "use_mlp_node": use_node}, data, True)
+    fast, ref = _twins(KineticsModel, {"model": "kinetics", "use_mlp_node": use_node, "mlp_sub_form": form}, data, True)
     c, y = _batch(data)
     sub_c = torch.linspace(0.0, 9.0, 7, dtype=torch.float64)
     sub_s = torch.tensor([1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0], dtype=torch.float64)

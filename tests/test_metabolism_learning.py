@@ -63,13 +63,14 @@ def test_default_recipe_at_reduced_scale_recovers_k(tmp_path, monkeypatch):
     """Locks the quick recipe's figures at reduced scale (40 metabolites, 102 reactions, 7,200 steps: two
     trainings of about a minute each on a free core): the recipe recovers
     the identifiable k and the short-horizon dynamics, and each of its parts is needed (the seed's
-    recipe, init log k in [-2, 1], coeff_k_center 5, constant lr, no f(0) penalty, is far below)."""
+    recipe, init log k in [-2, 1], coeff_k_center 5, constant lr, the softplus MLP_sub, no k solve, is far below)."""
     monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(DATA_SECRET_ENV, SECRET)
     raw = yaml.safe_load((CONFIG_DIR / "rate_constants_quick.yaml").read_text())
     new = _reduced(raw)
-    seed_recipe = _reduced(raw, coeff_k_center=5.0, coeff_k_prior=0.0, coeff_MLP_sub_zero=0.0, lr_schedule="constant")
-    seed_recipe["graph_model"]["init_log_k_max"] = 1.0
+    seed_recipe = _reduced(raw, coeff_k_center=5.0, coeff_k_prior=0.0, coeff_MLP_sub_zero=0.0, lr_schedule="constant",
+                           k_least_squares=False)
+    seed_recipe["graph_model"].update(init_log_k_max=1.0, mlp_sub_form="softplus")
     assert stage_train_evaluate(tmp_path, new, "new")[:2] == (0, 0)
     assert stage_train_evaluate(tmp_path, seed_recipe, "seed")[:2] == (0, 0)
     m, s = read_metrics(tmp_path / "new"), read_metrics(tmp_path / "seed")
@@ -79,3 +80,38 @@ def test_default_recipe_at_reduced_scale_recovers_k(tmp_path, monkeypatch):
     assert m["rate_constants_R2"] >= REDUCED["all"]
     assert m["test_R2_short"] >= REDUCED["test_short"]
     assert s["rate_constants_R2_identifiable"] < m["rate_constants_R2_identifiable"] - 0.3
+
+
+#: homeostasis at reduced scale, default phase 2 on the default phase 1 (measured with SECRET: see the test)
+REDUCED_HOMEO = {"ratio_lo": 0.8, "ratio_hi": 1.2, "node_fn": 0.8, "emb": 0.9}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_homeostasis_default_recovers_at_reduced_scale(tmp_path, monkeypatch):
+    """Locks the quick homeostasis goal at reduced scale (40 metabolites, 102 reactions): the rate_constants
+    default as phase 1 (a third of its steps), then the homeostasis default (slot 0: 4-step rollout) on it,
+    as prepare() and the runner do: every type's slope ratio in 0.8-1.2, MLP_node_function_R2 >= 0.8 and
+    embedding accuracy >= 0.9, with no type label anywhere in training."""
+    monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(DATA_SECRET_ENV, SECRET)
+    raw = yaml.safe_load((CONFIG_DIR / "rate_constants_quick.yaml").read_text())
+    p1 = _reduced(raw)
+    p1["training"]["freeze_stoichiometry"] = True
+    assert stage_train_evaluate(tmp_path, p1, "phase1")[:2] == (0, 0)
+    m1 = read_metrics(tmp_path / "phase1")
+    h = yaml.safe_load((CONFIG_DIR / "homeostasis_quick.yaml").read_text())
+    h.pop("claude", None)
+    h["simulation"] = p1["simulation"]
+    h["training"]["phase1_checkpoint"] = str(tmp_path / "phase1" / "model.pt")
+    assert stage_train_evaluate(tmp_path, h, "phase2")[:2] == (0, 0)
+    m = read_metrics(tmp_path / "phase2")
+    keys = ("MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1", "MLP_node_function_R2", "embedding_cluster_acc",
+            "frozen_params_changed")
+    print(f"\nphase 1: identifiable {m1['rate_constants_R2_identifiable']:.4f} test_R2_short {m1['test_R2_short']:.3f}\n"
+          + "  ".join(f"{k}={m[k]:.3f}" for k in keys))
+    assert m["frozen_params_changed"] == 0.0
+    for t in (0, 1):
+        assert REDUCED_HOMEO["ratio_lo"] <= m[f"MLP_node_slope_ratio_{t}"] <= REDUCED_HOMEO["ratio_hi"]
+    assert m["MLP_node_function_R2"] >= REDUCED_HOMEO["node_fn"]
+    assert m["embedding_cluster_acc"] >= REDUCED_HOMEO["emb"]

@@ -118,3 +118,22 @@ def test_phase1_trains_in_a_given_work_dir_then_caches(tmp_path, monkeypatch):
     assert not (work / "stale.txt").exists()
     assert path.is_file() and tmp_path / "cache" in path.parents and (path.parent / "progress.jsonl").is_file()
     assert json.loads((path.parent / "metrics.json").read_text()) == metrics
+
+
+def test_phase2_config_must_have_the_checkpoints_mlp_sub_form(tmp_path, monkeypatch):
+    """The MLP_sub form is part of the frozen reaction model: a phase 2 with another form would score a
+    different f than phase 1 trained. A checkpoint without the key (older) counts as the default softplus."""
+    from regimes.metabolism.config import simulation_hash
+    from regimes.metabolism.data import check_phase1_checkpoint
+
+    h = kinetics_cfg(homeostasis_training=True, skip_phase1=True, phase1_checkpoint="/x/model.pt",
+                     learning_rate_k=None, learning_rate_sub=None, learning_rate_node=None, coeff_k_center=0.0)
+    h["graph_model"]["mlp_sub_form"] = "c_softplus"
+    cfg = parse_config(h)
+    key = simulation_hash(cfg.simulation)
+    ck = {"state_dict": {}, "simulation_hash": key, "config": {"graph_model": dict(h["graph_model"]),
+                                                                "training": {"freeze_stoichiometry": True}}}
+    check_phase1_checkpoint(ck, cfg, key, "ck")  # same form: fine
+    del ck["config"]["graph_model"]["mlp_sub_form"]
+    with pytest.raises(ConfigError, match="graph_model.mlp_sub_form='softplus', this config has 'c_softplus'"):
+        check_phase1_checkpoint(ck, cfg, key, "ck")

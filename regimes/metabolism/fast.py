@@ -9,7 +9,8 @@ each model is ~25 forward + ~35 backward aten calls, tanh is 2 sigmoid(2x) - 1 o
 
 What stays exactly the reference's maths (checked by tests/test_metabolism_fast.py, losses and
 gradients on a fixed batch, float tolerance):
-- kinetics (S frozen): MLP_sub once per distinct (metabolite, |s|) pair per batch row, plus any
+- kinetics (S frozen): MLP_sub once per distinct (metabolite, |s|) pair per batch row (f = softplus(u),
+  or c softplus(u) for graph_model.mlp_sub_form c_softplus), plus any
   extra (c, s) rows the caller asks for (the phase-1 penalties: one MLP pass serves both), the
   product over each reaction's substrates on the padded layout, k = 10^log_k, v @ S^T, + MLP_node;
 - stoichiometry: the per-edge message MLP's last Linear is moved after the sum over a reaction's
@@ -182,6 +183,8 @@ class KineticsFn(torch.autograd.Function):
                          torch.cat((m.pair_s.repeat(B), extra_s))), 1)
         u2, hs = mlp_forward(x, sub)  # (N, 1)
         f = F.softplus(u2.view(-1))
+        if m.c_times_sub:  # mlp_sub_form c_softplus: f = c softplus(u)
+            f = f * x[:, 0]
         fe = torch.cat((f[: B * P].view(B, P), f.new_ones(B, 1)), 1)
         lay = m.pad_pair
         g_flat = fe.index_select(1, lay.reshape(-1))  # (B, R * W)
@@ -229,11 +232,14 @@ class KineticsFn(torch.autograd.Function):
         g_fe = g_d.new_zeros(B, P + 1).index_add_(1, lay.reshape(-1), g_g.reshape(B, -1))
         g_fx = g_fx if g_fx is not None else g_d.new_zeros(Q)
         g_f = torch.cat((g_fe[:, :P].reshape(-1), g_fx))
-        g_u = _softplus_backward(g_f, u, 1.0, 20.0).unsqueeze(1)
+        g_sp = g_f * x[:, 0] if m.c_times_sub else g_f  # c_softplus: d f / d softplus = c
+        g_u = _softplus_backward(g_sp, u, 1.0, 20.0).unsqueeze(1)
         gsub, gz, kz = mlp_backward(g_u, x, hs, sub, list(need[6:6 + n_sub]), need_c)
         gc = None
         if need_c:  # only the c column of the input gradient, only on the batch's rows
             gx0 = torch.mv(gz[: B * P], sub[0][:, 0] * kz)
+            if m.c_times_sub:  # and the direct term d f / d c = softplus(u)
+                gx0 = gx0 + g_f[: B * P] * F.softplus(u[: B * P])
             gc = g_d.new_zeros(B * M).index_add_(0, fidx, gx0).view(B, M)
         gnode: list = []
         if node:
