@@ -336,9 +336,9 @@ def test_an_agent_edit_to_mirrored_code_takes_effect(tmp_path):
     shutil.copytree(root / "regimes", ws / "regimes", ignore=shutil.ignore_patterns("__pycache__"))
     model_py = ws / "regimes" / "metabolism" / "model.py"
     src = model_py.read_text()
-    old = "return F.softplus(self.mlp_sub(torch.stack((c, s), dim=-1)).squeeze(-1))"
+    old = "f = F.softplus(self.mlp_sub(torch.stack((c, s), dim=-1)).squeeze(-1))"
     assert src.count(old) == 1
-    model_py.write_text(src.replace(old, "return 2.0 * " + old[len("return "):]))
+    model_py.write_text(src.replace(old, "f = 2.0 * " + old[len("f = "):]))
     out = subprocess.run([sys.executable, "-c", _EDIT_CHECK.format(ws=str(ws), root=str(root))],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

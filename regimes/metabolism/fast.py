@@ -36,7 +36,7 @@ LN10 = math.log(10.0)
 #: `model.reference_source_sha(cls)` (tests/test_metabolism_fast.py prints the new values).
 REFERENCE_SOURCE = {
     "StoichiometryModel": "37bb200f504b01cbdfbc23278295f57d89d59639ff50303150f538f644895248",
-    "KineticsModel": "c5f1380a1df0aabecc36d575f804d43feef31c140632d564f7a2ca287513b162",
+    "KineticsModel": "96544f7eda0bf65a52d2223fb0a28e4dcc51fd13bb63b391ec28553bcca5a5e0",
 }
 _tanh_backward = torch.ops.aten.tanh_backward
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
