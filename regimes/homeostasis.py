@@ -235,6 +235,7 @@ class HomeostasisRegime(Regime):
         from regimes.metabolism import phase1 as P1  # heavy (torch): only when needed
 
         user = get_dotted(config, "training.phase1_checkpoint")
+        overrides: dict = {}
         if user:
             path = Path(user).expanduser()
             if not path.is_file():
@@ -243,6 +244,11 @@ class HomeostasisRegime(Regime):
             log(f"homeostasis: using the phase-1 checkpoint {path} (given by the user); scoring it ...")
             metrics = P1.evaluate_phase1_checkpoint(path, config["simulation"])
             source = "given by the user"
+            # MLP_sub's form belongs to the frozen reaction model: phase 2 takes the checkpoint's
+            form = P1.checkpoint_sub_form(path)
+            if form != get_dotted(config, "graph_model.mlp_sub_form"):
+                overrides["graph_model.mlp_sub_form"] = form
+                log(f"homeostasis: graph_model.mlp_sub_form={form} (the checkpoint's)")
         else:
             profile = run_profile(Path(run_dir), config, self)
             phase1 = phase1_config(config, profile)
@@ -260,7 +266,7 @@ class HomeostasisRegime(Regime):
             raise Phase1Refused(f"phase-1 model refused: {why}; phase 2 on it would fit reaction error, not "
                                 f"homeostasis ({path}). Give a better one with --phase1-checkpoint PATH "
                                 "(the model.pt of a rate_constants training, S frozen, on this simulation)")
-        return {"training.phase1_checkpoint": str(path)}
+        return {"training.phase1_checkpoint": str(path), **overrides}
 
 
 class Phase1Refused(RuntimeError):

@@ -362,6 +362,8 @@ def test_phase1_checkpoint_scored_by_trusted_code_as_the_evaluation_scores_it(tm
     ck = _phase1_checkpoint(tmp_path)
     entry = read_metrics(tmp_path / "phase1")
     got = evaluate_phase1_checkpoint(ck, kinetics_cfg()["simulation"])
+    from regimes.metabolism.phase1 import checkpoint_sub_form
+    assert checkpoint_sub_form(ck) == "softplus"  # kinetics_cfg's form (the default)
     for k in ("rate_constants_R2", "rate_constants_R2_identifiable", "test_R2", "MLP_sub_R2"):
         if k in entry:
             assert got[k] == pytest.approx(entry[k], rel=1e-6, abs=1e-9), k

@@ -244,14 +244,19 @@ def test_homeostasis_prepare_uses_user_checkpoint(tmp_path, monkeypatch):
         return {"rate_constants_R2": 0.7, "rate_constants_R2_identifiable": 0.96, "test_R2_short": 0.93}
 
     monkeypatch.setattr(phase1, "evaluate_phase1_checkpoint", fake_evaluate)
+    monkeypatch.setattr(phase1, "checkpoint_sub_form", lambda path: cfg["graph_model"]["mlp_sub_form"])
     ck = tmp_path / "mine.pt"
     ck.write_bytes(b"x")
     cfg["training"]["phase1_checkpoint"] = str(ck)
     logged = []
     assert h.prepare(tmp_path, cfg, "cpu", logged.append) == {"training.phase1_checkpoint": str(ck.resolve())}
+    # a checkpoint with another MLP_sub form (e.g. the seed's softplus): phase 2 takes the checkpoint's
+    monkeypatch.setattr(phase1, "checkpoint_sub_form", lambda path: "softplus")
+    assert h.prepare(tmp_path, cfg, "cpu", logged.append) == {"training.phase1_checkpoint": str(ck.resolve()),
+                                                              "graph_model.mlp_sub_form": "softplus"}
     assert "given by the user" in logged[0]
     # scored by trusted code on the run's simulation, figures shown in the header like the regime's own
-    assert scored == [(ck.resolve(), cfg["simulation"])]
+    assert scored[0] == (ck.resolve(), cfg["simulation"])
     from agent.fmt import phase1_note
     assert "rate_constants_R2_identifiable=0.960" in phase1_note(tmp_path)
     cfg["training"]["phase1_checkpoint"] = str(tmp_path / "missing.pt")
@@ -268,6 +273,7 @@ def test_homeostasis_prepare_refuses_a_poor_user_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(phase1, "evaluate_phase1_checkpoint",
                         lambda *a, **k: {"rate_constants_R2": 0.9, "rate_constants_R2_identifiable": 0.9,
                                          "test_R2_short": 0.3})
+    monkeypatch.setattr(phase1, "checkpoint_sub_form", lambda path: "c_softplus")
     ck = tmp_path / "mine.pt"
     ck.write_bytes(b"x")
     cfg["training"]["phase1_checkpoint"] = str(ck)

@@ -29,6 +29,16 @@ from regimes.metabolism.data import stage
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def checkpoint_sub_form(path: Path | str) -> str:
+    """graph_model.mlp_sub_form of a phase-1 model.pt (older checkpoints, without the key: softplus)."""
+    from regimes.metabolism.config import GraphModelConfig
+    from regimes.metabolism.data import read_checkpoint
+
+    ck = read_checkpoint(Path(path))
+    gm = ck.get("config", {}).get("graph_model", {}) if isinstance(ck, dict) else {}
+    return gm.get("mlp_sub_form", GraphModelConfig.model_fields["mlp_sub_form"].default)
+
+
 def evaluate_phase1_checkpoint(path: Path | str, sim_cfg: dict, root: Path | None = None) -> dict:
     """The metrics (rate_constants_R2_identifiable, test_R2_short, ...) of the phase-1 model.pt at `path` on
     the simulation `sim_cfg`, computed here (trusted code) from its weights. ConfigError (one line naming
