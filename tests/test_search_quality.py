@@ -1,19 +1,17 @@
 """benchmarks/search_quality.py end to end at a tiny budget (toy regime): every policy, the
 noise floor, budgets read off one run, resuming a run to a larger budget, the summary."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+from tests._bench import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "tests/fixtures/toy_regime/plugins")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("search_quality", ROOT / "benchmarks" / "search_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("search_quality")
 
 
 def test_curve_helpers():

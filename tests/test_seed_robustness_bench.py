@@ -1,20 +1,15 @@
 """benchmarks/seed_robustness.py: a candidate recipe replays on chosen systems (--set, --seed-list)
 and the summary keeps recipes apart (issue 15: does a block's best recipe lift the worst seed)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests._bench import load_benchmark
 
 
 def _mod():
-    spec = importlib.util.spec_from_file_location("seed_robustness", ROOT / "benchmarks" / "seed_robustness.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("seed_robustness")
 
 
 BASE = {"simulation": {"seed": 42}, "training": {"learning_rate_W_start": 3e-3, "coeff_W_L1": 1e-5}}

@@ -1,23 +1,17 @@
 """benchmarks/signal_oracles.py: least squares recovers W from a lively system's data; W alone,
 fitted by the recipe's optimizer with the true functions, approaches it; a missing system is one error."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from regimes.signal.config import SimulationConfig
 from regimes.signal.data import open_cache
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._bench import load_benchmark
 
 
 def _mod():
-    spec = importlib.util.spec_from_file_location("signal_oracles", ROOT / "benchmarks" / "signal_oracles.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("signal_oracles")
 
 
 def test_oracles_on_a_tiny_system(tmp_path, monkeypatch, capsys):
