@@ -98,7 +98,9 @@ def test_explicit_slots_per_gpu_spreads_evenly_and_caps_each_gpu(monkeypatch, tm
         e.run_batch(_specs(tmp_path, 6))
     finally:
         e.shutdown()
-    assert sorted(s[1] for s in seen) == ["0", "0", "0", "1", "1", "1"]
+    # which GPU the last two runs get depends on which GPU's runs end first (4/2 or 3/3); the cap is
+    # what must hold: never more than 2 at once on a GPU, both GPUs used, every run placed
+    assert len(seen) == 6 and {s[1] for s in seen} == {"0", "1"}
     assert peak == {"0": 2, "1": 2}
 
 
