@@ -1,7 +1,7 @@
 """Science benchmark: the default config's figures over several training seeds.
 
     python benchmarks/science.py [--regime rate_constants|homeostasis] [--profile quick|full]
-                                 [--seeds 0 1 2] [--json OUT]
+                                 [--seeds 0 1 2] [--json OUT] [--keep DIR]
 
 Each training runs as the runner drives it (docs/contracts.md §2b), unconfined: stage the
 inputs, the training entry and the evaluation entry as two subprocesses, one thread each,
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=["quick", "full"], default="quick")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", type=Path, help="write the per-seed metrics here")
+    ap.add_argument("--keep", type=Path, help="train in this folder and keep it (checkpoints, logs) for analysis")
     args = ap.parse_args(argv)
 
     from regimes.metabolism.phase1 import CONFIG_DIR, default_phase1_config, ensure_phase1_checkpoint
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     names = METRICS[args.regime]
     rows = []
     with tempfile.TemporaryDirectory(prefix="science_bench.") as tmp:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.keep)
         for seed in args.seeds:
             cfg = json.loads(json.dumps(base))
             cfg["training"]["seed"] = seed
