@@ -1,7 +1,7 @@
 """Science benchmark: the default config's figures over several training seeds.
 
     python benchmarks/science.py [--regime rate_constants|homeostasis] [--profile quick|full]
-                                 [--seeds 0 1 2] [--json OUT] [--keep DIR]
+                                 [--seeds 0 1 2] [--set SECTION.KEY=VALUE ...] [--json OUT] [--keep DIR]
 
 Each training runs as the runner drives it (docs/contracts.md §2b), unconfined: stage the
 inputs, the training entry and the evaluation entry as two subprocesses, one thread each,
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=["quick", "full"], default="quick")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", type=Path, help="write the per-seed metrics here")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a key of the default config (YAML value), e.g. training.homeostasis_time_step=16; "
+                         "the training's config validation rejects a key that does not exist")
     ap.add_argument("--keep", type=Path, help="train in this folder and keep it (checkpoints, logs) for analysis")
     args = ap.parse_args(argv)
 
@@ -83,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
 
     base = yaml.safe_load((CONFIG_DIR / f"{args.regime}_{args.profile}.yaml").read_text())
     base.pop("claude", None)
-    if args.regime == "homeostasis":
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not isinstance(base.get(section), dict):
+            ap.error(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of {sorted(k for k, v in base.items() if isinstance(v, dict))}")
+        base[section][name] = yaml.safe_load(value)
+    if args.regime == "homeostasis" and base["training"].get("phase1_checkpoint"):
+        print(f"phase 1: the given checkpoint {base['training']['phase1_checkpoint']} (scored and checked at staging)")
+    elif args.regime == "homeostasis":
         t0 = time.perf_counter()
         path, m1 = ensure_phase1_checkpoint(base["simulation"], default_phase1_config(args.profile), log=lambda *a: None)
         print(f"phase 1 ({args.profile} rate_constants default, {time.perf_counter() - t0:.0f}s incl. cache): "
