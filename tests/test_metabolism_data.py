@@ -211,7 +211,7 @@ def test_stage_writes_no_truth_and_no_run_1(tmp_path, builder, given):
     data, _ = load_or_generate(sim)
     assert torch.equal(inputs["conc"], data.conc) and torch.equal(inputs["deriv"], data.deriv)
     assert ("s_all" in inputs) == given and ("s_sub" in inputs) == given
-    assert set(queries) == {"c_grid", "s_values", "rollout_c0", "rollout_frames", "node_frame_idx"}
+    assert set(queries) == {"c_grid", "node_c_grid", "s_values", "rollout_c0", "rollout_frames", "node_frame_idx"}
     assert torch.equal(queries["rollout_c0"], held["conc"][0])
     assert torch.equal(queries["c_grid"], query_grid(data.conc, parse_config(cfg).graph_model.eval_grid))
     secret = [truth[k] for k in ("S", "log_k", "k", "types", "lambda", "baseline")]

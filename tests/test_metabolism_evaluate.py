@@ -13,7 +13,7 @@ from _metabolism_tiny import TINY_CYCLES, TINY_RANDOM, kinetics_cfg, read_metric
 from regimes import runtime
 from regimes.metabolism import evaluate, train
 from regimes.metabolism.config import GraphModelConfig
-from regimes.metabolism.data import S_VALUES, load_heldout, load_or_generate, node_frame_idx, query_grid
+from regimes.metabolism.data import S_VALUES, load_heldout, load_or_generate, node_frame_idx, own_range_grid, query_grid
 from regimes.metabolism.evaluate import Learned, compute_metrics, load_truth, write_outputs
 from regimes.registry import get_regime
 
@@ -38,7 +38,8 @@ def _dataset(sim):
 def _true_lines(truth, c_grid, scale=None) -> torch.Tensor:
     lam, base, types = truth["lambda"].double(), truth["baseline"].double(), truth["types"]
     r = torch.ones(len(types), dtype=torch.float64) if scale is None else scale[types]
-    return -(r * lam[types])[:, None] * (c_grid.double()[None, :] - base[types][:, None])
+    c = c_grid.double()
+    return -(r * lam[types])[:, None] * ((c if c.ndim == 2 else c[None, :]) - base[types][:, None])
 
 
 def _type_embeddings(truth) -> torch.Tensor:
@@ -61,6 +62,7 @@ def _oracle(truth, data, held, gm=GM) -> Learned:
     return Learned(log_k=truth["log_k"].clone(), s_all=truth["s_all"].clone(),
                    f_sub_grid=torch.stack([c_grid ** s for s in S_VALUES]), alpha=1.0,
                    node_grid=_true_lines(truth, c_grid), embeddings=_type_embeddings(truth),
+                   node_own_grid=_true_lines(truth, own_range_grid(data.conc, gm.eval_grid)),
                    node_on_frames=node_frames, rollout=held[: min(gm.test_rollout_frames, data.n_frames)].clone())
 
 
@@ -136,38 +138,72 @@ def test_stoichiometry_oracle_and_data_free_answers():
 def test_homeostasis_data_free_answers_score_near_zero():
     data, truth, _ = _dataset(REAL_CYCLES)
     c_grid = query_grid(data.conc, GM.eval_grid)
-    true = _true_lines(truth, c_grid)
+    own = own_range_grid(data.conc, GM.eval_grid)
     n = data.n_met
 
-    def homeo(node_grid, emb):
-        m = compute_metrics(Learned(node_grid=node_grid, embeddings=emb), truth, data, None, GM).metrics
+    def homeo(curve, emb):
+        """curve(c) -> (n_met, G) for c the pooled grid (G,) or the own-range grids (n_met, G)."""
+        learned = Learned(node_grid=curve(c_grid), node_own_grid=curve(own), embeddings=emb)
+        m = compute_metrics(learned, truth, data, None, GM).metrics
         m["frozen_params_changed"] = 0.0
         return m, HOMEO.score(m), HOMEO.classify(m)
+
+    def true(c):
+        return _true_lines(truth, c)
 
     m, score, cls = homeo(true, _type_embeddings(truth))
     assert score > 0.99 and cls == "converged"
     # type-blind: the best single line through all metabolites' true curves (avg ratio 1.125 in the issue)
     A = torch.stack([c_grid.double().repeat(n), torch.ones(n * len(c_grid), dtype=torch.float64)], 1)
-    coef = torch.linalg.lstsq(A, true.reshape(-1, 1)).solution.flatten()
-    blind = (coef[0] * c_grid.double() + coef[1]).expand(n, -1)
-    m, score, cls = homeo(blind, _untrained_embeddings(n))
+    coef = torch.linalg.lstsq(A, true(c_grid).reshape(-1, 1)).solution.flatten()
+    m, score, cls = homeo(lambda c: (coef[0] * c.double() + coef[1]).expand(n, -1), _untrained_embeddings(n))
     assert 1.0 < m["avg_slope_ratio"] < 1.25 and score < 0.05 and cls != "converged"
     # ratios 0.2 and 1.8: average 1.0
-    m, score, cls = homeo(_true_lines(truth, c_grid, torch.tensor([0.2, 1.8], dtype=torch.float64)), _type_embeddings(truth))
+    m, score, cls = homeo(lambda c: _true_lines(truth, c, torch.tensor([0.2, 1.8], dtype=torch.float64)),
+                          _type_embeddings(truth))
     assert m["avg_slope_ratio"] == pytest.approx(1.0) and score < 0.05 and cls == "failed"
     # an overshoot (x2) with perfect embeddings
-    m, score, _ = homeo(2 * true, _type_embeddings(truth))
+    m, score, _ = homeo(lambda c: 2 * true(c), _type_embeddings(truth))
     assert score < 0.05
+
+    def zigzag(c):
+        """The right lines plus a zigzag with no slope or offset of its own along each metabolite's grid."""
+        c2 = c.double().expand(n, -1)
+        alt = torch.tensor([(-1.0) ** i for i in range(c2.shape[1])], dtype=torch.float64).expand(n, -1)
+        cm = c2 - c2.mean(1, keepdim=True)
+        am = alt - alt.mean(1, keepdim=True)
+        alt = am - cm * (am * cm).sum(1, keepdim=True) / (cm * cm).sum(1, keepdim=True)
+        return true(c) + 0.05 * alt
+
     # a lucky slope: the right slopes on a zigzag curve
-    alt = torch.tensor([(-1.0) ** i for i in range(len(c_grid))], dtype=torch.float64)
-    B = torch.stack([c_grid.double(), torch.ones(len(c_grid), dtype=torch.float64)], 1)
-    alt = alt - B @ torch.linalg.lstsq(B, alt.unsqueeze(1)).solution.flatten()  # no slope, no offset of its own
-    zig = true + 0.05 * alt
-    m, score, cls = homeo(zig, _type_embeddings(truth))
+    m, score, cls = homeo(zigzag, _type_embeddings(truth))
     assert m["MLP_node_slope_ratio_0"] == pytest.approx(1.0) and score < 0.05 and cls == "partial"
     # flat at -1.2 (make run's best node), and an untrained MLP_node (zero output, initial embeddings)
-    assert homeo(torch.full_like(true, -1.2), _type_embeddings(truth))[1] < 0.05
-    assert homeo(torch.zeros_like(true), _untrained_embeddings(n))[1] == 0.0
+    assert homeo(lambda c: torch.full_like(true(c), -1.2), _type_embeddings(truth))[1] < 0.05
+    assert homeo(lambda c: torch.zeros_like(true(c)), _untrained_embeddings(n))[1] == 0.0
+
+
+def test_node_slopes_are_fitted_on_each_metabolites_own_range():
+    """Right on every metabolite's own range, wrong only beyond it (where its data say nothing): the slope
+    ratios are 1; the pooled-grid diagnostic and the function R2 (on the pooled grid) see the difference."""
+    data, truth, _ = _dataset(REAL_CYCLES)
+    c_grid = query_grid(data.conc, GM.eval_grid)
+    own = own_range_grid(data.conc, GM.eval_grid)
+    assert own.shape == (data.n_met, GM.eval_grid) and bool((own[:, -1] <= c_grid[-1] * 1.5).all())
+    assert float(own[:, -1].median()) < float(c_grid[-1])  # most metabolites never reach the pooled top
+    top = own[:, -1:].double()
+
+    def bent(c):  # the true line up to the metabolite's own top, flat beyond it
+        return _true_lines(truth, torch.minimum(c.double().expand(data.n_met, -1), top))
+
+    learned = Learned(node_grid=bent(c_grid), node_own_grid=bent(own), embeddings=_type_embeddings(truth))
+    m = compute_metrics(learned, truth, data, None, GM).metrics
+    for t in (0, 1):
+        assert m[f"MLP_node_slope_ratio_{t}"] == pytest.approx(1.0, abs=1e-6)
+        assert m[f"MLP_node_slope_ratio_{t}_pooled_grid"] < 0.95
+    assert m["MLP_node_function_R2"] < 0.999
+    with pytest.raises(ValueError, match="node_own_grid"):
+        compute_metrics(Learned(node_grid=bent(c_grid), embeddings=_type_embeddings(truth)), truth, data, None, GM)
 
 
 def test_untrained_models_score_zero(tmp_path):
@@ -254,6 +290,7 @@ def test_predictions_round_trip_and_malformed_predictions_exit_4(tmp_path, capsy
     breakages = {
         "missing": lambda p: None,
         "no node_grid": lambda p: {k: v for k, v in p.items() if k != "node_grid"},
+        "no node_own_grid": lambda p: {k: v for k, v in p.items() if k != "node_own_grid"},
         "wrong shape": lambda p: {**p, "node_grid": p["node_grid"][:, :3]},
         "nan": lambda p: {**p, "log_k": p["log_k"] * float("nan")},
         "short rollout": lambda p: {**p, "rollout": p["rollout"][:5]},

@@ -15,6 +15,7 @@ training) writes into a private directory only what the training may read:
 
     dest/inputs.pt        run 0 + support (+ s_sub / s_all when S is frozen)
     dest/queries.pt       what the predictions must answer: c_grid (the 1-99 % quantiles of run 0),
+                          node_c_grid (each metabolite's own 1-99 % quantiles),
                           s_values, rollout_c0 (run 1's first frame), rollout_frames, node_frame_idx
     dest/phase1_model.pt  homeostasis only: a copy of the phase-1 checkpoint
     dest/manifest.json    format, dataset key, file list
@@ -226,6 +227,16 @@ def query_grid(conc: torch.Tensor, n: int) -> torch.Tensor:
     return torch.linspace(lo, hi, n, dtype=torch.float32)
 
 
+def own_range_grid(conc: torch.Tensor, n: int) -> torch.Tensor:
+    """(n_met, n): for each metabolite, n concentrations evenly spaced over the 1-99 % quantiles of its own
+    run-0 concentrations. MLP_node's slopes are fitted here: a metabolite's homeostasis is seen only where
+    its concentration goes (the median metabolite's 99 % quantile is about a third of the pooled grid's top),
+    and a line over the pooled grid would mostly measure extrapolation."""
+    q = torch.quantile(conc.detach().float(), torch.tensor(GRID_QUANTILES), dim=0)  # (2, n_met)
+    lo, hi = q[0], torch.maximum(q[1], q[0] + 1e-6)
+    return lo[:, None] + (hi - lo)[:, None] * torch.linspace(0.0, 1.0, n)[None, :]
+
+
 def node_frame_idx(n_frames: int) -> torch.Tensor:
     """Frames of run 0 where MLP_node's magnitude is measured (about NODE_FRAMES, evenly spaced)."""
     return torch.arange(0, n_frames, max(1, n_frames // NODE_FRAMES))
@@ -252,6 +263,7 @@ def make_queries(cfg: Config, inputs: dict, heldout: dict) -> dict:
     else:
         c0, frames = heldout["conc"][0:shape[0] * shape[1]:shape[1]].clone(), shape[1]
     return {"c_grid": query_grid(inputs["conc"], gm.eval_grid), "s_values": torch.tensor(S_VALUES),
+            "node_c_grid": own_range_grid(inputs["conc"], gm.eval_grid),
             "rollout_c0": c0, "rollout_frames": int(frames), "node_frame_idx": node_frame_idx(n_frames)}
 
 

@@ -30,7 +30,7 @@ import torch
 from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, GraphModelConfig, load_config
 from regimes.metabolism.data import S_VALUES, TrainingData, dataset_dir, load_heldout, load_or_generate, \
-    node_frame_idx, phase1_checkpoint_path, query_grid, read_checkpoint, rollout_shape
+    node_frame_idx, own_range_grid, phase1_checkpoint_path, query_grid, read_checkpoint, rollout_shape
 from regimes.metabolism.simulator import activity_rank
 
 #: parameters phase 2 must leave bit-identical to the phase-1 checkpoint (same as train.FROZEN_PREFIXES;
@@ -55,9 +55,9 @@ ORDER = ["final_loss", "stoichiometry_skill", "stoichiometry_R2", "stoichiometry
          "rate_constants_R2_shifted", "rate_constants_R2_trimmed", "MLP_sub_R2", "MLP_sub_R2_normalized",
          "frozen_params_changed", "avg_slope_ratio", "MLP_node_function_R2",
          "MLP_node_slope_0", "MLP_node_gt_slope_0", "MLP_node_slope_ratio_0",
-         "MLP_node_offset_0", "MLP_node_gt_offset_0", "MLP_node_offset_ratio_0",
+         "MLP_node_offset_0", "MLP_node_gt_offset_0", "MLP_node_offset_ratio_0", "MLP_node_slope_ratio_0_pooled_grid",
          "MLP_node_slope_1", "MLP_node_gt_slope_1", "MLP_node_slope_ratio_1",
-         "MLP_node_offset_1", "MLP_node_gt_offset_1", "MLP_node_offset_ratio_1",
+         "MLP_node_offset_1", "MLP_node_gt_offset_1", "MLP_node_offset_ratio_1", "MLP_node_slope_ratio_1_pooled_grid",
          "embedding_cluster_acc", "embedding_cluster_acc_chance", "embedding_n_clusters", "embedding_silhouette",
          "phase2_loss", "phase2_node_magnitude", "test_R2", "test_pearson", "test_R2_short", "test_pearson_short",
          "training_time_min", "steps_per_second", "activity_rank_90", "activity_rank_99", "limited_fraction",
@@ -75,6 +75,8 @@ class Learned:
     f_sub_grid: torch.Tensor | None = None  # (len(S_VALUES), G): f(c_grid, s) for s in S_VALUES
     alpha: float | None = None  # f(1, 1), the gauge factor between k and MLP_sub
     node_grid: torch.Tensor | None = None  # (n_met, G): MLP_node([c_grid, a_i]) for every metabolite
+    #: (n_met, G): MLP_node([c, a_i]) on metabolite i's own range (data.own_range_grid): where slopes are fitted
+    node_own_grid: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None  # (n_met, d)
     node_on_frames: torch.Tensor | None = None  # (F, n_met): MLP_node on run 0 at node_frame_idx
     rollout: torch.Tensor | None = None  # (n, n_met) from run 1's first frame, or (n_seg, seg, n_met) per segment
@@ -294,10 +296,11 @@ def system_identifiability(data: TrainingData, truth: dict, rank_90: int) -> dic
 # ----- homeostasis -----
 
 def line_fits(c: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares slope and offset of each row of y (n, G) against c (G,)."""
-    cm = c - c.mean()
-    slope = (y - y.mean(1, keepdims=True)) @ cm / float((cm ** 2).sum())
-    offset = y.mean(1) - slope * c.mean()
+    """Least-squares slope and offset of each row of y (n, G) against c: (G,) shared, or (n, G) per row."""
+    c = np.broadcast_to(c, y.shape)
+    cm = c - c.mean(1, keepdims=True)
+    slope = ((y - y.mean(1, keepdims=True)) * cm).sum(1) / np.maximum((cm ** 2).sum(1), 1e-300)
+    offset = y.mean(1) - slope * c.mean(1)
     return slope, offset
 
 
@@ -410,10 +413,16 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_c
     homeo = bool(truth.get("homeostasis"))
     types = _np(truth["types"]).astype(int)
     if learned.node_grid is not None and learned.embeddings is not None:
+        if learned.node_own_grid is None:
+            raise ValueError("Learned.node_own_grid is required with node_grid: MLP_node's slopes are fitted on "
+                             "each metabolite's own range (data.own_range_grid)")
         emb = _np(learned.embeddings)
         y = _np(learned.node_grid)
         cg = _np(c_grid)
-        slope, offset = line_fits(cg, y)
+        own_c = _np(own_range_grid(conc0, gm.eval_grid))
+        own_y = _np(learned.node_own_grid)
+        slope, offset = line_fits(own_c, own_y)
+        slope_pooled, _ = line_fits(cg, y)
         lam, base = _np(truth["lambda"]), _np(truth["baseline"])
         ratios = []
         for tp in range(len(lam)):
@@ -428,6 +437,7 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_c
                 m[f"MLP_node_gt_offset_{tp}"] = go
                 m[f"MLP_node_slope_ratio_{tp}"] = m[f"MLP_node_slope_{tp}"] / gs
                 m[f"MLP_node_offset_ratio_{tp}"] = m[f"MLP_node_offset_{tp}"] / go if go != 0 else float("nan")
+                m[f"MLP_node_slope_ratio_{tp}_pooled_grid"] = float(slope_pooled[sel].mean()) / gs
                 ratios.append(m[f"MLP_node_slope_ratio_{tp}"])
         if ratios:
             m["avg_slope_ratio"] = float(np.mean(ratios))
@@ -437,9 +447,12 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_c
             notes.append("MLP_node_function_R2: identity R² of every metabolite's learned MLP_node curve against its "
                          "true line -lambda_t (c - b_t), pooled over metabolites and the grid (a flat or spiky curve "
                          "cannot score by a lucky slope)")
-        notes.append(f"MLP_node lines fitted per metabolite over {grid_txt}, averaged per type"
-                     + ("" if homeo else "; no homeostasis in this dataset, so no ratios"))
-        pd["MLP_node"] = (cg, y, types, lam if homeo else None, base if homeo else None)
+        notes.append("MLP_node lines fitted per metabolite over its own range (the 1-99 % quantiles of its run-0 "
+                     f"concentrations; median top {float(np.median(own_c[:, -1])):.3g}), averaged per type"
+                     + (f"; MLP_node_slope_ratio_t_pooled_grid: the same lines over the pooled grid {grid_txt} (a "
+                        "diagnostic: for most metabolites its upper part is extrapolation, where no data of theirs "
+                        "constrains MLP_node)" if homeo else "; no homeostasis in this dataset, so no ratios"))
+        pd["MLP_node"] = (cg, y, types, lam if homeo else None, base if homeo else None, own_c, own_y)
         if homeo:
             cm, labels = cluster_metrics(emb, types, gm.dbscan_eps, gm.dbscan_min_samples)
             m.update(cm)
@@ -513,6 +526,7 @@ def required_predictions(cfg: Config, data: TrainingData, checkpoint_state: dict
         req["f_sub_11"] = ()
         if gm.use_mlp_node:
             req["node_grid"] = (data.n_met, G)
+            req["node_own_grid"] = (data.n_met, G)
             req["embeddings"] = (data.n_met, gm.embedding_dim)
             req["node_on_frames"] = (len(node_frame_idx(data.n_frames)), data.n_met)
     if not t.skip_phase1:
@@ -531,7 +545,7 @@ def learned_from_predictions(p: dict) -> Learned:
         return v if isinstance(v, torch.Tensor) else None
     alpha = get("f_sub_11")
     return Learned(log_k=get("log_k"), s_all=get("s_all"), f_sub_grid=get("f_sub_grid"),
-                   alpha=None if alpha is None else float(alpha), node_grid=get("node_grid"),
+                   alpha=None if alpha is None else float(alpha), node_grid=get("node_grid"), node_own_grid=get("node_own_grid"),
                    embeddings=get("embeddings"), node_on_frames=get("node_on_frames"), rollout=get("rollout"))
 
 

@@ -79,18 +79,27 @@ def plot_mlp_sub(path: Path, c: np.ndarray, s_vals: list[float], f: np.ndarray) 
     _save(fig, path)
 
 
-def plot_mlp_node(path: Path, c: np.ndarray, y: np.ndarray, types: np.ndarray, lam, base) -> None:
+def plot_mlp_node(path: Path, c: np.ndarray, y: np.ndarray, types: np.ndarray, lam, base,
+                  own_c: np.ndarray | None = None, own_y: np.ndarray | None = None) -> None:
+    """Each metabolite's learned curve: solid over its own range (where its slope is fitted and scored),
+    faint over the rest of the pooled grid (extrapolation for that metabolite)."""
     fig, ax = plt.subplots(figsize=SIZE)
     for tp in np.unique(types):
         col = TYPE_COLORS[int(tp) % len(TYPE_COLORS)]
         sel = np.where(types == tp)[0]
         for j, i in enumerate(sel):
-            ax.plot(c, y[i], color=col, lw=0.6, alpha=0.3, label=f"learned, type {tp}" if j == 0 else None)
+            if own_c is None:
+                ax.plot(c, y[i], color=col, lw=0.6, alpha=0.3, label=f"learned, type {tp}" if j == 0 else None)
+                continue
+            ax.plot(c, y[i], color=col, lw=0.5, alpha=0.08)
+            ax.plot(own_c[i], own_y[i], color=col, lw=0.7, alpha=0.4,
+                    label=f"learned, type {tp} (own range)" if j == 0 else None)
         if lam is not None:
             ax.plot(c, -lam[tp] * (c - base[tp]), color=col, ls="--", lw=2.5, label=f"true type {tp}: -{lam[tp]:g}(c - {base[tp]:g})")
     ax.set_xlabel("concentration c")
     ax.set_ylabel("MLP_node([c, a_i])")
-    ax.set_title("Homeostasis function MLP_node per metabolite (dashed: ground truth)")
+    ax.set_title("MLP_node per metabolite (solid: its own 1-99 % range, scored; faint: extrapolation; dashed: truth)",
+                 fontsize=10)
     ax.legend(fontsize=9)
     _save(fig, path)
 

@@ -390,6 +390,8 @@ def predictions(model: torch.nn.Module, data: TrainingData, queries: dict, hist:
             if model.use_node:
                 n, G = model.n_met, len(c_grid)
                 p["node_grid"] = model.node_fn(c_grid.expand(n, -1), model.a.unsqueeze(1).expand(-1, G, -1))
+                own = queries["node_c_grid"].float()
+                p["node_own_grid"] = model.node_fn(own, model.a.unsqueeze(1).expand(-1, own.shape[1], -1))
                 p["embeddings"] = model.a.detach().clone()
                 frames = data.conc[queries["node_frame_idx"]]
                 p["node_on_frames"] = model.node(frames)
