@@ -247,6 +247,15 @@ DATA_SECRET_ENV = "GNN_AGENT_DATA_SECRET"
 DATA_SECRET_FILE = "data-secret"
 
 
+def cache_root(root: Path | str | None = None) -> Path:
+    """The data cache: `root` when given, else $GNN_AGENT_CACHE, else ~/.cache/gnn-agent (where the data
+    secret lives too, see `data_secret`)."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("GNN_AGENT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gnn-agent"
+
+
 def data_secret(cache_root: Path | str) -> bytes:
     """The secret mixed into every simulation seed (docs/contracts.md §2b).
 

@@ -47,6 +47,77 @@ def test_layers_import_only_downwards(package, forbidden):
     assert bad == []
 
 
+PACKAGES = ("agent", "tools", "rundir", "sandbox", "regimes")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (incl. lazy, function-level ones; not TYPE_CHECKING).
+    `from pkg import name` is an edge to pkg.name where that is a module (`from regimes import runtime`)."""
+    mods = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+            for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING" for n in ast.walk(node)}
+        out = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names if a.name in mods)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & mods.keys()
+                out |= subs or ({node.module} & mods.keys())
+        graph[mod] = out - {mod}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    """No two modules import each other, not even through a function-level import (a lazy import
+    that dodges a circle still ties the two modules together; move the shared part down instead)."""
+    assert _cycles(_module_graph()) == []
+
+
+def test_the_circle_check_sees_lazy_imports():
+    graph = _module_graph()
+    assert "regimes.metabolism.plots" in graph["regimes.metabolism.evaluate"]  # function-level import
+    assert "regimes.runtime" in graph["regimes.metabolism.data"]  # `from regimes import runtime` in a function
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
 def test_the_tool_contract_imports_no_tool():
     """tools/base.py is what the tool families import: importing a tool from it would close a circle."""
     families = ("code", "config", "files", "memory", "mutation")

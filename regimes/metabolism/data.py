@@ -40,6 +40,7 @@ import torch
 from regimes.metabolism.config import DATA_FORMAT, PACKAGE, Config, ConfigError, SimulationConfig, load_config, \
     simulation_hash
 from regimes.metabolism.simulator import activity_rank, simulate, stream_seeds
+from regimes.runtime import cache_root  # one definition for every package (phase1 takes it from here)
 
 SUPPORT_KEYS = ("met_sub", "rxn_sub", "met_all", "rxn_all", "sub_to_all", "delta_t", "n_met", "n_rxn", "log_k_center",
                 "segment_frames")
@@ -95,13 +96,6 @@ class TrainingData:
         kw = {f.name: (getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), torch.Tensor) else getattr(self, f.name))
               for f in fields(self)}
         return TrainingData(**kw)
-
-
-def cache_root(root: Path | str | None = None) -> Path:
-    if root is not None:
-        return Path(root)
-    env = os.environ.get("GNN_AGENT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "gnn-agent"
 
 
 def dataset_dir(sim: SimulationConfig, root: Path | str | None = None) -> Path:

@@ -31,6 +31,7 @@ from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, GraphModelConfig, load_config
 from regimes.metabolism.data import S_VALUES, TrainingData, dataset_dir, load_heldout, load_or_generate, \
     node_frame_idx, own_range_grid, phase1_checkpoint_path, query_grid, read_checkpoint, rollout_shape
+from regimes.metabolism.fits import r2_fit, r2_identity
 from regimes.metabolism.simulator import activity_rank
 
 #: parameters phase 2 must leave bit-identical to the phase-1 checkpoint (same as train.FROZEN_PREFIXES;
@@ -91,23 +92,6 @@ class EvalResult:
 
 def load_truth(path: Path | str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def r2_identity(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """1 - SS_res / SS_tot against the identity line."""
-    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
-    ss_tot = float(((y_true - y_true.mean()) ** 2).sum())
-    if ss_tot == 0.0 or not np.isfinite(y_pred).all():
-        return float("nan")
-    return 1.0 - float(((y_true - y_pred) ** 2).sum()) / ss_tot
-
-
-def r2_fit(x: np.ndarray, y: np.ndarray) -> float:
-    """R² of the least-squares line (= Pearson r²); 0 when either side is constant."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()) or x.std() == 0 or y.std() == 0:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1] ** 2)
 
 
 def _np(t) -> np.ndarray:

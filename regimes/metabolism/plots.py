@@ -8,6 +8,7 @@ rollout.png, stoichiometry.png (each only when it applies).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,7 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from regimes.metabolism.evaluate import EvalResult, r2_fit, r2_identity  # noqa: E402
+from regimes.metabolism.fits import r2_fit, r2_identity  # noqa: E402
+
+if TYPE_CHECKING:  # the evaluation imports this module (when it plots): no import back at run time
+    from regimes.metabolism.evaluate import EvalResult
 
 SIZE = (8, 6)  # inches at 100 dpi -> 800 x 600 px
 DPI = 100

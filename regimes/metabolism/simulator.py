@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from regimes.metabolism.config import SimulationConfig
+from regimes.runtime import cache_root, system_seed
 
 DTYPE = torch.float32
 
@@ -144,9 +145,6 @@ STREAMS = ("network", "rates", "types", "initial")
 def stream_seeds(sim: SimulationConfig, root=None) -> dict[str, int]:
     """The generator seed of each stream: simulation.seed mixed with the data secret of the cache root
     (`root`, default the configured cache root; GNN_AGENT_DATA_SECRET overrides the secret)."""
-    from regimes.metabolism.data import cache_root  # lazy: data imports this module
-    from regimes.runtime import system_seed
-
     r = cache_root(root)
     return {s: system_seed(sim.seed, r, s) for s in STREAMS}
 
