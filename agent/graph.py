@@ -115,7 +115,7 @@ def run_slots(state: LoopState, runtime: Runtime[RunCtx]) -> dict:
                              timeout_s=timeout_s, memory_limit_mb=memory_mb,
                              extra_env=run_env(ctx.run_dir)))  # the tag `agent resume` finds leftovers by
         ctx.set_status(slots={s: {"node": nid, "parent": launch.parent, "strategy": launch.strategy,
-                                  "mutation": launch.mutation, "status": "pending", "out_dir": str(d),
+                                  "mutation": launch.mutation.line(), "status": "pending", "out_dir": str(d),
                                   "score": None, "started_at": None}})
     if specs:
         ctx.emit({"type": "batch_start", "iteration": it, "slots": [sp.slot for sp in specs]})
@@ -236,7 +236,7 @@ def block_end(state: LoopState, runtime: Runtime[RunCtx]) -> dict:
             shutil.copyfile(ctx.run_dir / name, snap / name)
     block_nodes = ctx.store.block_nodes(b)
     step = _step(ctx, state, "block_end", at_block_end=True, batch=ctx.load_batch(state["iteration"]))
-    ctx.run_policy_step(step, [n.model_dump() for n in block_nodes])
+    ctx.run_policy_step(step, [], block_nodes)
     # the next block starts: clear its iterations, bump Block Info (the policy wrote summary/focus)
     mem = Memory.load(ctx.run_dir / "memory.md")
     mem.update("Iterations This Block", "", "replace")
@@ -314,7 +314,7 @@ def _announce(ctx: RunCtx, iteration: int) -> None:
     system = ({s: format_value(ctx.regime.system_of(ctx.env.slot_config(s))) for s in plans}
               if ctx.regime.system_mutable() else {})
     ctx.set_status(slots={s: {"status": "pending", "node": ctx.node_id(iteration, s), "parent": p.parent,
-                              "strategy": p.strategy, "mutation": p.mutation, "score": None,
+                              "strategy": p.strategy, "mutation": p.mutation.line(), "score": None,
                               "out_dir": str(slot_dir(ctx.run_dir, iteration, s)), "started_at": None,
                               **({"system": system[s]} if s in system else {})}
                           for s, p in plans.items()})
@@ -339,9 +339,9 @@ def block_ucb(ctx: RunCtx, block: int, batch: dict[int, SlotOutcome]) -> list[uc
     return ucb_mod.tag_systems(ucb_mod.ucb_scores(nodes.values(), ctx.info.ucb_c), system)
 
 
-def _results(batch: dict[int, SlotOutcome]) -> list[dict]:
+def _results(batch: dict[int, SlotOutcome]) -> list[SlotOutcome]:
     """The batch as the policy's StepContext carries it (by slot)."""
-    return [batch[s].model_dump() for s in sorted(batch)]
+    return [batch[s] for s in sorted(batch)]
 
 
 def _code_checkout(ctx: RunCtx, commit: str) -> Path:

@@ -36,7 +36,7 @@ from agent.interrupts import Interrupts
 from rundir.io import llm_cost, tail_lines
 from rundir.paths import PID_FILE
 from rundir.readers import Progress, parse_time, read_progress, read_run_yaml, read_status, read_ucb, slot_out_dir
-from rundir.records import RunStatus
+from rundir.records import Mutation, RunStatus
 from rundir.store import read_nodes
 
 STATUS_STYLE = {"pending": "dim", "running": "bold cyan", "done": "green", "ok": "green",
@@ -355,7 +355,7 @@ class PlainReporter:
             self._seen_nodes.add(nid)
             cls = n.get("classification") or n.get("status") or ""
             lines.append(f"slot {n.get('slot')} finished: node {nid} (parent {n.get('parent') or 'root'}, "
-                         f"{n.get('strategy') or '-'}: {n.get('mutation') or '-'}) score {fmt_score(n.get('score'))}"
+                         f"{n.get('strategy') or '-'}: {Mutation.of(n.get('mutation')).line() or '-'}) score {fmt_score(n.get('score'))}"
                          f" {cls}".rstrip()
                          + (f" on system {sys_mod.fmt_system(sys_mod.system_of(n))}" if mixed else ""))
         if st is None:

@@ -88,7 +88,7 @@ def render_entry(regime: Regime, rec: NodeRecord) -> str:
     else:
         lines.append(f"Metrics: {metrics_line(regime, rec.metrics)}")
     lines.append(f"Visual: {_one_line(rec.visual) or '-'}")
-    lines.append(f"Mutation: {_one_line(rec.mutation) or '-'}")
+    lines.append(f"Mutation: {rec.mutation.line() or '-'}")
     if regime.slot_fixed:
         names = [cc.strategy for cc in rec.code_changes if cc.strategy]
         lines.append(f"Strategy: {', '.join(names) if names else 'hyperparameter-only'}")
@@ -104,7 +104,7 @@ def memory_line(regime: Regime, rec: NodeRecord) -> str:
     parent = "root" if rec.parent is None else rec.parent
     system = f", system={fmt_value(regime.system_of(rec.config))}" if _shows_system(regime) else ""
     return (f"- Iter {rec.id} ({rec.classification}, slot {rec.slot}, parent={parent}, {rec.strategy}{system}): "
-            f"{_one_line(rec.mutation)} -> score={rec.score:.4f}"
+            f"{rec.mutation.line()} -> score={rec.score:.4f}"
             + (f"; {_one_line(rec.observation)}" if rec.observation else ""))
 
 

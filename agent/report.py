@@ -27,6 +27,7 @@ from agent import systems as sys_mod
 from agent.fmt import best_node, best_so_far, fmt_score, fmt_value, policy_steps_line, varied_keys
 from rundir.io import llm_cost
 from rundir.readers import read_run_yaml, read_status, slot_out_dir
+from rundir.records import Mutation
 from rundir.store import read_nodes
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
@@ -456,13 +457,13 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         + metric_names,
         [[x["id"], "root" if x.get("parent") is None else x["parent"], x.get("block", ""), x.get("slot", "")]
          + ([sys_mod.fmt_system(sys_mod.system_of(x, skey))] if mixed else [])
-         + [x.get("strategy") or "—", x.get("mutation") or "—", fmt_score(x["score"]), x.get("classification") or "—"]
+         + [x.get("strategy") or "—", Mutation.of(x.get("mutation")).line() or "—", fmt_score(x["score"]), x.get("classification") or "—"]
          + [fmt_value((x.get("metrics") or {}).get(m)) if m in (x.get("metrics") or {}) else "—" for m in metric_names]
          for x in top]), ""]
 
     md += [f"## Best node: {best['id']}", ""]
     chain = lineage(nodes, best["id"])
-    md.append("Lineage: root → " + " → ".join(f"{x['id']} ({x.get('mutation') or '—'})" for x in chain))
+    md.append("Lineage: root → " + " → ".join(f"{x['id']} ({Mutation.of(x.get('mutation')).line() or '—'})" for x in chain))
     md.append("")
     for label, field in (("Observation", "observation"), ("Visual", "visual"), ("Next", "next")):
         if best.get(field):

@@ -18,7 +18,8 @@ from agent.policies.base import Policy, PolicyError, StepContext
 from regimes.base import Degeneracy, Regime
 from rundir import paths
 from rundir.io import append_jsonl, dump_json_atomic, llm_cost, load_yaml, read_json, utc_now
-from rundir.records import FallbackRef, Launch, PolicySteps, RunInfo, RunStatus, SlotOutcome, SlotResult, SlotReview
+from rundir.records import FallbackRef, Launch, NodeRecord, PolicySteps, RunInfo, RunStatus, SlotOutcome, SlotResult, \
+    SlotReview
 from rundir.store import Store
 from tools.env import Step, ToolEnv
 from tools.toolbox import ToolBox
@@ -120,19 +121,33 @@ class RunCtx:
 
     # ----- policy steps -----
 
-    def step_context(self, step: Step, results: list[dict], ucb: str = "") -> StepContext:
+    def step_context(self, step: Step, results: list[SlotOutcome],
+                     block_nodes: list[NodeRecord] | None = None, ucb: str = "") -> StepContext:
         """What the policy sees at `step`: derived from the node's Step and the run's files."""
         code_reason = self.regime.code_edits_allowed(step.iter_in_block, step.at_block_end, self.info.code)
         return StepContext(
             step=step.name, run_dir=self.run_dir, regime_name=self.regime.name, block=step.block,
             iter_in_block=step.iter_in_block, n_iter_block=self.info.n_iter_block, slots=list(step.slots),
-            results=results, memory=(self.run_dir / paths.MEMORY).read_text(),
+            results=results, block_nodes=block_nodes or [], nodes=self.search_tree(step),
+            regime=self.regime, code_enabled=self.info.code, memory=(self.run_dir / paths.MEMORY).read_text(),
             instructions=(self.run_dir / paths.INSTRUCTIONS).read_text(),
             ucb=ucb if ucb else (self.run_dir / paths.UCB).read_text(),
             code_allowed=code_reason is None, code_block_reason=code_reason, seed=self.info.seed,
             iterations_done=step.iterations_done, ucb_c=self.info.ucb_c)
 
-    def run_policy_step(self, step: Step, results: list[dict]) -> None:
+    def search_tree(self, step: Step) -> list[NodeRecord]:
+        """The run's nodes by id, with the step's batch where it is not logged yet (analyse, select_parent):
+        as the log step will record it (this block, its place in the block), without the review."""
+        nodes = {n.id: n for n in self.store.nodes()}
+        for k, s in enumerate(sorted(step.batch)):
+            o = step.batch[s]
+            if o.node not in nodes:
+                nodes[o.node] = NodeRecord.of_outcome(o, None, "", step.block, step.iter_in_block + k + 1,
+                                                      step.iteration, self.run_dir, o.finished_at)
+        return [nodes[k] for k in sorted(nodes)]
+
+    def run_policy_step(self, step: Step, results: list[SlotOutcome],
+                        block_nodes: list[NodeRecord] | None = None) -> None:
         """Let the policy answer `step`; on any failure roll back and re-run it with the fallback policy.
 
         Every step the main policy is asked to answer is counted (status.json
@@ -140,7 +155,7 @@ class RunCtx:
         fallback with its fault class and one-line reason. An API refusal
         (LLMRefused: bad key, model, permission) or the spend limit stops the
         run instead: no heuristic run in Claude's name."""
-        ctx = self.step_context(step, results)
+        ctx = self.step_context(step, results, block_nodes)
         snap = self._step_snapshot(step)
         tools = ToolBox(self.env, step, defer_log=True, policy_name=self.policy.name)
         counted = self.policy is not self.fallback

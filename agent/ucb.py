@@ -13,12 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+from rundir.records import Mutation
+
 
 class _Node(Protocol):
     id: int
     parent: int | None
     score: float
-    mutation: str
+    mutation: Mutation
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def ucb_scores(nodes: Iterable[_Node], c: float, pending_parents: Iterable[int |
         credit(p)
     big_n = len(nodes)
     out = [UCBEntry(n.id, n.parent, visits[n.id], float(n.score),
-                    float(n.score) + c * math.sqrt(big_n) / (1 + visits[n.id]), n.mutation)
+                    float(n.score) + c * math.sqrt(big_n) / (1 + visits[n.id]), Mutation.of(n.mutation).line())
            for n in nodes]
     out.sort(key=lambda e: (-e.ucb, e.id))
     return out

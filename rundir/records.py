@@ -10,12 +10,13 @@ regime's reading), built from those files by `agent.runctx.RunCtx.load_batch`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from regimes.base import Degeneracy
+from regimes.base import Degeneracy, format_value
 
 TrainingStatus = Literal["ok", "failed", "timeout", "killed"]
 Classification = Literal["converged", "partial", "failed"]
@@ -182,6 +183,150 @@ class CodeChange(BaseModel):
     commit: str = ""
 
 
+class ConfigChange(BaseModel):
+    """One config key a mutation changes: `name: old -> new` in the seeds' Mutation line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: the key as the line names it: without its section (`learning_rate`) when the regime knows the key
+    name: str
+    #: the dotted config key (`training.learning_rate`); "" where the name alone does not say it
+    key: str = ""
+    old: Any = None
+    new: Any = None
+
+    @classmethod
+    def of(cls, key: str, old: Any, new: Any) -> "ConfigChange":
+        """The change of dotted config `key` from `old` to `new` (named without its section)."""
+        return cls(name=key.split(".", 1)[1] if "." in key else key, key=key, old=old, new=new)
+
+    @property
+    def direction(self) -> int:
+        """+1 / -1 when a number went up / down; 0 otherwise (no change, bools, choices, text)."""
+        a, b = self.old, self.new
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
+            return 0
+        return 1 if b > a else -1 if b < a else 0
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_CHANGE = re.compile(r"(?P<name>[^:\[\s][^:]*?)\s*:\s*(?P<old>.*?)\s+->\s+(?P<new>.*)")
+CODE_TAG = "[code]"
+
+
+def _value(text: str) -> Any:
+    """A value as a Mutation line writes it: a number, a bool, else the text itself."""
+    if text in ("True", "true", "False", "false"):
+        return text in ("True", "true")
+    if _NUMBER.fullmatch(text):
+        return int(text) if text.lstrip("+-").isdigit() else float(text)
+    return text
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else format_value(v)
+
+
+class Mutation(BaseModel):
+    """What a training changes from its parent, as its plan declares it (finish_mutation): config
+    changes `name: old -> new` (one or more, `; `-separated), or a code change `[code] function:
+    change`, or neither (`baseline`, `recombine: node 3 + node 5 (...)`: the whole line is the note).
+    After config changes the note is the remark that follows them in parentheses.
+
+    `line()` is the one place the seeds' line format is written; `parse` the one place it is read
+    (the text finish_mutation receives, and the string mutations of runs made before this record:
+    a string validates as its parse, so their nodes.jsonl, plans and launch.json still load)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    changes: list[ConfigChange] = Field(default_factory=list)
+    #: the code change the line names (function, change); the edits themselves are the plan's code_changes
+    code: CodeChange | None = None
+    note: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_line(cls, data: Any) -> Any:
+        return cls._fields(data) if isinstance(data, str) else data
+
+    @classmethod
+    def parse(cls, text: str, keys: dict[str, str] | None = None) -> "Mutation":
+        """The record of a Mutation line. `keys` (name or dotted key -> dotted key, the regime's mutable
+        keys) resolves the names: 'training.lr: a -> b' is recorded as name 'lr', key 'training.lr'."""
+        return cls.model_validate(cls._fields(text, keys))
+
+    @classmethod
+    def of(cls, value: Any) -> "Mutation":
+        """Lenient, for the views' raw JSON: a record, its JSON, a string, None; anything else its text."""
+        if isinstance(value, Mutation):
+            return value
+        if value is None or value == "":
+            return cls()
+        try:
+            return cls.model_validate(value)
+        except ValueError:
+            return cls(note=" ".join(str(value).split()))
+
+    @staticmethod
+    def _fields(text: str, keys: dict[str, str] | None = None) -> dict:
+        t = " ".join(str(text).split())
+        if not t:
+            return {}
+        if t.startswith(CODE_TAG):
+            rest = t[len(CODE_TAG):].strip()
+            fn, sep, change = rest.partition(":")
+            if sep and fn.strip() and " " not in fn.strip():
+                return {"code": {"file": "", "function": fn.strip(), "change": change.strip()}}
+            return {"code": {"file": "", "change": rest}}
+        segments = t.split("; ")
+        matches = [_CHANGE.fullmatch(seg) for seg in segments]
+        if not all(matches):  # a remark with '; ' in it: the line is one change (or none)
+            matches = [_CHANGE.fullmatch(t)]
+        if matches[0] is None:
+            return {"note": t}
+        changes, note = [], ""
+        for k, m in enumerate(matches):
+            new = m.group("new")
+            if k == len(matches) - 1 and " (" in new:
+                new, rest = new.split(" (", 1)
+                note = "(" + rest
+            name, key = m.group("name"), ""
+            if keys and name in keys:
+                key = keys[name]
+                if name == key:  # written with its section: recorded (and shown) by its name
+                    name = key.split(".", 1)[1]
+            changes.append({"name": name, "key": key, "old": _value(m.group("old")), "new": _value(new)})
+        return {"changes": changes, "note": note}
+
+    def line(self) -> str:
+        """The seeds' Mutation line: `lr_W: 2E-3 -> 5E-3`, `[code] data_train_signal: short description`."""
+        if self.code is not None:
+            c = self.code
+            return f"{CODE_TAG} " + (f"{c.function}: {c.change}".rstrip() if c.function else c.change)
+        if not self.changes:
+            return self.note
+        body = "; ".join(f"{c.name}: {_text(c.old)} -> {_text(c.new)}" for c in self.changes)
+        return f"{body} {self.note}" if self.note else body
+
+    @property
+    def param(self) -> str | None:
+        """The (first) config key the mutation changes, by name; None for code and other mutations."""
+        return self.changes[0].name if self.changes else None
+
+    @property
+    def direction(self) -> int:
+        """The direction of a one-key numeric change (+1 / -1), else 0."""
+        return self.changes[0].direction if len(self.changes) == 1 else 0
+
+
+def mutable_keys(regime: Any) -> dict[str, str]:
+    """What `Mutation.parse` resolves for `regime`: each mutable dotted key, and each name that only one
+    mutable key has, -> the dotted key."""
+    specs = list(getattr(regime, "mutable", []) or [])
+    names: dict[str, list[str]] = {}
+    for p in specs:
+        names.setdefault(p.name, []).append(p.key)
+    return {**{n: ks[0] for n, ks in names.items() if len(ks) == 1}, **{p.key: p.key for p in specs}}
+
+
 class SlotPlan(BaseModel):
     """What the next training of one slot will be (plans/slot_SS.json)."""
 
@@ -193,7 +338,7 @@ class SlotPlan(BaseModel):
     parent_rule: str = ""
     strategy: str = ""
     reason: str = ""
-    mutation: str = ""
+    mutation: Mutation = Field(default_factory=Mutation)
     hypothesis: str = ""
     commit: str | None = None  # workspace commit the training will run on
     code_changes: list[CodeChange] = Field(default_factory=list)
@@ -223,7 +368,7 @@ class Launch(BaseModel):
     launched_at: str = ""
     parent: int | None = None
     strategy: str = ""
-    mutation: str = ""
+    mutation: Mutation = Field(default_factory=Mutation)
     parent_rule: str = ""
     hypothesis: str = ""
     code_changes: list[CodeChange] = Field(default_factory=list)
@@ -260,7 +405,7 @@ class SlotOutcome(BaseModel):
     parent: int | None
     commit: str
     strategy: str = ""
-    mutation: str = ""
+    mutation: Mutation = Field(default_factory=Mutation)
     parent_rule: str = ""
     hypothesis: str = ""
     code_changes: list[CodeChange] = Field(default_factory=list)
@@ -298,7 +443,7 @@ class NodeRecord(BaseModel):
     iteration: int  # 1-based batch index
     slot: int
     strategy: str = ""
-    mutation: str = ""
+    mutation: Mutation = Field(default_factory=Mutation)
     parent_rule: str = ""
     config: dict[str, Any] = Field(default_factory=dict)
     commit: str | None = None

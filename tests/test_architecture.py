@@ -206,3 +206,12 @@ def test_run_start_up_is_resolved_once(tmp_path, monkeypatch):
         plan_run(opts.model_copy(update={"variant": "nope"}), cuda=False)
     with pytest.raises(RunError, match="needs ANTHROPIC_API_KEY"):
         plan_run(opts.model_copy(update={"policy": "claude"}), cuda=False)
+
+
+def test_the_heuristic_reads_its_step_context_and_the_toolbox_only():
+    """No reach into the ToolEnv (store, regime, slot files) or the ToolBox's Step: the heuristic reads
+    the typed records of its StepContext and what the step's tools wrote (ToolBox.slot_config / plan)."""
+    tree = ast.parse((ROOT / "agent" / "policies" / "heuristic.py").read_text())
+    reaches = [f"line {n.lineno}: .{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+               and (n.attr == "env" or (n.attr == "step" and isinstance(n.value, ast.Name) and n.value.id == "tools"))]
+    assert reaches == []

@@ -42,6 +42,9 @@ class RecordingToolBox:
     def message(self, text):
         self.calls.append(("message", text))
 
+    def slot_config(self, slot):
+        return self.env.slot_config(slot)
+
 
 def _regime(tmp_path) -> Regime:
     return Regime(

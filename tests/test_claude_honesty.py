@@ -28,6 +28,7 @@ import yaml
 
 from agent.cli import main
 from agent.live import PlainReporter
+from rundir.records import Mutation
 from tests.loop_helpers import TOY_PLUGINS, box, open_ctx, toy_options
 
 try:
@@ -148,10 +149,9 @@ def test_a_literal_model_gets_no_rejection_and_reads_the_prefix_from_cache(tmp_p
     memory = (run / "memory.md").read_text()
     iter_lines = re.findall(r"^- Iter (\d+) \(", memory, re.M)
     assert len(iter_lines) == len(set(iter_lines)) > 0  # one line per node, written by the loop only
-    nodes = [json.loads(x) for x in (run / "nodes.jsonl").read_text().splitlines()]
+    lines = [Mutation.of(json.loads(x)["mutation"]).line() for x in (run / "nodes.jsonl").read_text().splitlines()]
     # one mutation format in the records: 'name: old -> new', the key without its section
-    assert all(re.fullmatch(r"learning_rate: [0-9.E-]+ -> [0-9.E-]+", n["mutation"]) for n in nodes
-               if n["mutation"] != "baseline"), [n["mutation"] for n in nodes]
+    assert all(re.fullmatch(r"learning_rate: [0-9.E-]+ -> [0-9.E-]+", m) for m in lines if m != "baseline"), lines
     log = (run / "reasoning.log").read_text()
     assert "-> rolled back" not in log and "REJECTED" not in log
 

@@ -143,12 +143,12 @@ def analyse_setup(tmp_path):
         (d / "plots" / "mlp_sub.png").write_bytes(png_bytes(rgb=(10 * i, 0, 0)))
         (d / "plots" / "loss.png").write_bytes(png_bytes(rgb=(0, 10 * i, 0)))
     results = [
-        {"slot": 0, "node": 3, "parent": None, "status": "ok", "classification": "partial", "score": 0.7123,
+        {"slot": 0, "node": 3, "parent": None, "commit": "c0", "status": "ok", "classification": "partial", "score": 0.7123,
          "metrics": {"rate_constants_R2": 0.7123, "test_pearson": 0.98}, "degeneracy": {"gap": 0.2677,
                                                                                        "diagnosis": "degenerate"},
          "mutation": "training.learning_rate_k: 1E-3 -> 5E-3", "config": {"training": {"learning_rate_k": 0.005}},
          "plots": ["plots/mlp_sub.png", "plots/loss.png"], "out_dir": str(out0)},
-        {"slot": 1, "node": 4, "parent": None, "status": "failed", "classification": "failed", "score": 0.0,
+        {"slot": 1, "node": 4, "parent": None, "commit": "c0", "status": "failed", "classification": "failed", "score": 0.0,
          "metrics": {}, "traceback_tail": "Traceback...\nRuntimeError: training diverged: loss is nan at step 12",
          "plots": [str(out1 / "plots" / "mlp_sub.png")], "out_dir": str(out1)},
     ]

@@ -6,8 +6,10 @@ from types import SimpleNamespace as NS
 import yaml
 
 from rundir.memory import Memory, parse_comparison
-from agent.policies.heuristic import HeuristicPolicy, _N
+from agent.policies.heuristic import HeuristicPolicy
 from agent.run import start_run
+from regimes.base import Degeneracy
+from rundir.records import NodeRecord
 from rundir.store import Store
 from tests.loop_helpers import toy_options
 
@@ -53,25 +55,24 @@ def test_failed_training_is_recorded_and_logged(tmp_path):
 def _hist(scores, muts=None, gaps=None, parents=None):
     out = []
     for i, s in enumerate(scores, 1):
-        out.append(_N({"id": i, "parent": (parents or {}).get(i), "score": s,
-                       "mutation": (muts or {}).get(i, f"p{i}: 1 -> 2"),
-                       "degeneracy": {"gap": (gaps or {}).get(i)}, "status": "ok"}))
+        out.append(NodeRecord(id=i, parent=(parents or {}).get(i), block=1, iter_in_block=i, iteration=i, slot=0,
+                              score=s, mutation=(muts or {}).get(i, f"p{i}: 1 -> 2"), status="ok",
+                              degeneracy=Degeneracy(gap=(gaps or {}).get(i), diagnosis="n/a")))
     return out
 
 
 def test_strategy_table_conditions():
-    env = NS(regime=NS(code_strategies=[], editable=[]), code_enabled=True)
+    ctx = NS(regime=NS(code_strategies=[], editable=[]), code_enabled=True)
     h = HeuristicPolicy()
-    ctx = None
-    assert h._conditions(ctx, _hist([0.95, 0.92, 0.91], parents={2: 1, 3: 2}), env) == "failure-probe"
-    assert h._conditions(ctx, _hist([0.5, 0.6, 0.55], gaps={1: 0.4, 2: 0.5, 3: 0.35}), env) == "degeneracy-break"
+    assert h._conditions(ctx, _hist([0.95, 0.92, 0.91], parents={2: 1, 3: 2})) == "failure-probe"
+    assert h._conditions(ctx, _hist([0.5, 0.6, 0.55], gaps={1: 0.4, 2: 0.5, 3: 0.35})) == "degeneracy-break"
     same = {i: f"lr: {i} -> {i + 1}" for i in range(1, 5)}
-    assert h._conditions(ctx, _hist([0.1, 0.3, 0.5, 0.7], muts=same), env) == "switch-dimension"
-    assert h._conditions(ctx, _hist([0.95, 0.2, 0.93]), env) == "recombine"
-    assert h._conditions(ctx, _hist([0.2, 0.5, 0.52, 0.51]), env) == "forced-branch"
-    env.regime = NS(code_strategies=["x"], editable=["f"])
-    assert h._conditions(ctx, _hist([0.2, 0.5, 0.52, 0.51]), env) == "code-modification"
-    assert h._conditions(ctx, _hist([0.1, 0.5]), env) is None
+    assert h._conditions(ctx, _hist([0.1, 0.3, 0.5, 0.7], muts=same)) == "switch-dimension"
+    assert h._conditions(ctx, _hist([0.95, 0.2, 0.93])) == "recombine"
+    assert h._conditions(ctx, _hist([0.2, 0.5, 0.52, 0.51])) == "forced-branch"
+    ctx.regime = NS(code_strategies=["x"], editable=["f"])
+    assert h._conditions(ctx, _hist([0.2, 0.5, 0.52, 0.51])) == "code-modification"
+    assert h._conditions(ctx, _hist([0.1, 0.5])) is None
 
 
 def test_block_end_regime_gets_code_edits_only_between_blocks(tmp_path, monkeypatch):
@@ -90,7 +91,7 @@ def test_block_end_regime_gets_code_edits_only_between_blocks(tmp_path, monkeypa
     assert seen == [(1, 2, False), (2, 0, True)]
     nodes = Store(d / "nodes.jsonl").nodes()
     assert nodes[5].slot == 1 and nodes[5].parent is None
-    assert nodes[5].strategy == "code-modification" and nodes[5].mutation.startswith("[code] update: double-step")
+    assert nodes[5].strategy == "code-modification" and nodes[5].mutation.line().startswith("[code] update: double-step")
     assert nodes[5].commit != nodes[4].commit
     entry = (d / "analysis.md").read_text().split("## Iter 6:")[1]
     assert "CODE MODIFICATION:\n  File: toyfit/train.py\n  Function: update" in entry

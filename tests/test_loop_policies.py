@@ -77,7 +77,7 @@ def test_heuristic_code_strategy_on_plateau(tmp_path):
     HeuristicPolicy(seed=0).act(st, tools)
     assert tools.done()
     plan = env.load_plan(0)
-    assert plan.mutation.startswith("[code] update: double-step") and plan.strategy == "code-modification"
+    assert plan.mutation.line().startswith("[code] update: double-step") and plan.strategy == "code-modification"
     assert "return lr * 2.0" in ctx.workspace.read(plan.commit, "toyfit/train.py")
     msg = ctx.workspace.log(plan.commit, 1)[0]
     assert "slot 0] " in str(msg) and "hypothesis: a larger effective step escapes the plateau" in str(msg)

@@ -110,7 +110,7 @@ def test_ucb_file_hand_computed_and_block_boundaries(run3):
     # after batch 1 (block 1, N = 2, both children of root, V = 1): UCB = score + c*sqrt(2)/2
     exp1 = sorted(((nodes[i].score + c * math.sqrt(2) / 2, i) for i in (1, 2)), key=lambda t: (-t[0], t[1]))
     assert seen[1] == "".join(
-        f"Node {i}: UCB={u:.3f}, parent=root, visits=1, score={nodes[i].score:.4f}, Mutation={nodes[i].mutation}\n"
+        f"Node {i}: UCB={u:.3f}, parent=root, visits=1, score={nodes[i].score:.4f}, Mutation={nodes[i].mutation.line()}\n"
         for u, i in exp1)
     # batch 2 closed block 1: the file was emptied and the next parents were root
     assert seen[2] == ""

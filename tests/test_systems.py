@@ -9,7 +9,7 @@ import yaml
 
 from agent import systems as S
 from agent.memory import best_configs_table, config_line, memory_line
-from agent.policies.heuristic import HeuristicPolicy, _N
+from agent.policies.heuristic import HeuristicPolicy
 from agent.report import write_report
 from agent.run import start_run
 from rundir.records import NodeRecord
@@ -64,7 +64,7 @@ def test_a_code_change_is_another_recipe():
 
 
 def test_ucb_names_the_system_only_when_the_block_mixes_them():
-    nodes = [_N(_node(1, None, 42, 0.8)), _N(_node(2, 1, 43, 0.3))]
+    nodes = [_rec(**_node(1, None, 42, 0.8)), _rec(**_node(2, 1, 43, 0.3))]
     one = tag_systems(ucb_scores(nodes[:1], 1.0), {1: "42"})
     assert "system=" not in one[0].line()
     both = tag_systems(ucb_scores(nodes, 1.0), {1: "42", 2: "43"})
@@ -92,9 +92,8 @@ def test_a_regime_with_a_fixed_system_keeps_its_tables():
 # ----- the heuristic's seed strategies: triggers -----
 
 def _cond(nodes: list[dict], block: int = 1, code_enabled: bool = True, regime=REGIME):
-    env = SimpleNamespace(regime=regime, code_enabled=code_enabled)
-    ctx = SimpleNamespace(block=block)
-    return HeuristicPolicy()._seed_condition(ctx, env, {d["id"]: _N(d) for d in nodes})
+    ctx = SimpleNamespace(block=block, regime=regime, code_enabled=code_enabled)
+    return HeuristicPolicy()._seed_condition(ctx, {d["id"]: _rec(**d) for d in nodes})
 
 
 def test_seed_robustness_when_every_perturbation_of_the_best_degrades():
@@ -122,7 +121,7 @@ def test_variance_reduction_identifiability_and_cross_seed_triggers():
     nodes = [_node(1, None, 42, 0.8), _node(2, 1, 43, 0.3)]
     assert _cond(nodes)[:2] == ("variance-reduction", 2)
     # a plateau after every code strategy was tried -> identifiability-test on the best, at a new seed
-    flat = [_node(1, None, 42, 0.50), _node(2, 1, 42, 0.52, lr=2e-3, code_changes=[{"strategy": "double-step"}]),
+    flat = [_node(1, None, 42, 0.50), _node(2, 1, 42, 0.52, lr=2e-3, code_changes=[{"file": "toyfit/train.py", "strategy": "double-step"}]),
             _node(3, 2, 42, 0.51, lr=3e-3)]
     strategy, parent, reason = _cond(flat)
     assert (strategy, parent) == ("identifiability-test", 2) and "[system simulation.seed=43]" in reason
@@ -158,7 +157,7 @@ def test_seed_mutation_moves_the_slot_to_the_named_system(tmp_path):
     HeuristicPolicy(seed=0).act(ctx.step_context(step, []), tools)
     assert tools.done()
     plan = env.load_plan(1)
-    assert plan.mutation == "seed: 42 -> 57 (seed change: simulation.seed, a new system)"
+    assert plan.mutation.line() == "seed: 42 -> 57 (seed change: simulation.seed, a new system)"
     assert env.slot_config(1)["simulation"]["seed"] == 57
     assert env.slot_config(1)["training"] == ctx.store.get(1).config["training"]  # the same recipe
     assert env.slot_config(0)["simulation"]["seed"] == 42  # exploit stays on its system
@@ -219,8 +218,8 @@ def test_variance_reduction_and_cross_seed_mutate_the_tables_keys(tmp_path):
     HeuristicPolicy(seed=0).act(ctx.step_context(step, []), tools)
     assert tools.done()
     # variance-reduction: longer training (aug/epochs up), on the same system
-    vr = env.load_plan(0).mutation
+    vr = env.load_plan(0).mutation.line()
     assert vr.split(":")[0] in ("data_augmentation_loop", "n_epochs") and env.slot_config(0)["simulation"]["seed"] == 42
     assert float(vr.split("->")[1].split()[0]) > float(vr.split(":")[1].split("->")[0])
     # cross-seed-optimize: the toy has batch_size of the table's keys (n_epochs_init, batch_size, lr_W)
-    assert env.load_plan(1).mutation.startswith("batch_size: ")
+    assert env.load_plan(1).mutation.line().startswith("batch_size: ")

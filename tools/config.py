@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from regimes.base import format_value, get_dotted, set_dotted
+from regimes.base import get_dotted, set_dotted
+from rundir.records import ConfigChange, Mutation
 from tools.base import ToolRejected, register
 
 
@@ -47,7 +48,6 @@ def set_config(env, step, args: SetConfigInput) -> str:
         raise ToolRejected(f"set_config: {v.key}: {v.reason}{more}")
     env.save_slot_config(args.slot, new)
     desc = ", ".join(f"{k}: {get_dotted(old, k)!r} -> {v!r}" for k, v in args.changes.items())
-    # the mutation line in the one format the loop parses, ready for finish_mutation
-    line = "; ".join(f"{k.split('.', 1)[1]}: {format_value(get_dotted(old, k))} -> {format_value(v)}"
-                     for k, v in args.changes.items())
+    # the mutation line as the records write it, ready for finish_mutation
+    line = Mutation(changes=[ConfigChange.of(k, get_dotted(old, k), v) for k, v in args.changes.items()]).line()
     return f"slot {args.slot}: {desc} (finish_mutation mutation: '{line}')"

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rundir.io import write_text_atomic
-from rundir.records import SlotPlan, SlotReview
+from rundir.records import Mutation, SlotPlan, SlotReview, mutable_keys
 from tools.base import ToolRejected, register
 
 
@@ -75,16 +75,6 @@ def choose_parent(env, step, args: ChooseParentInput) -> str:
     return f"slot {args.slot}: next parent={args.parent}, strategy={plan.strategy}"
 
 
-def _canonical_mutation(regime, text: str) -> str:
-    """'training.lr: a -> b' -> 'lr: a -> b': one format in the records whatever the caller wrote."""
-    head, sep, rest = text.partition(":")
-    if sep and "." in head and " " not in head.strip():
-        keys = {p.key: p.name for p in getattr(regime, "mutable", []) or []}
-        if head.strip() in keys:
-            return f"{keys[head.strip()]}:{rest}"
-    return text
-
-
 class FinishMutationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     slot: int = Field(description="Slot whose next training is now fully specified.")
@@ -107,10 +97,11 @@ def finish_mutation(env, step, args: FinishMutationInput) -> str:
     if not args.mutation.strip():
         raise ToolRejected("finish_mutation: mutation is empty")
     plan = env.load_plan(args.slot, step.iteration)
-    plan.mutation = _canonical_mutation(env.regime, _line(args.mutation))
+    # stored as a record: 'training.lr: a -> b' and 'lr: a -> b' are the same change of training.lr
+    plan.mutation = Mutation.parse(args.mutation, mutable_keys(env.regime))
     plan.strategy = _line(args.strategy) or plan.strategy or "exploit"
     plan.parent_rule = _line(args.parent_rule) or plan.parent_rule
     plan.hypothesis = _line(args.hypothesis)
     plan.finished = True
     env.save_plan(plan)
-    return f"slot {args.slot} ready: {plan.mutation}"
+    return f"slot {args.slot} ready: {plan.mutation.line()}"

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from rundir.io import utc_now
+from rundir.records import ConfigChange, Mutation, SlotPlan
 from tools.base import DEFAULT_EXAMPLES, REGISTRY, ToolRejected, ToolResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,7 +56,7 @@ def regime_examples(regime: Any, config: dict | None = None) -> dict[str, str]:
     its first numeric mutable key, a value inside its range, the mutation line
     as the loop writes it (`name: old -> new`, name = the key without its
     section), and its first editable file."""
-    from regimes.base import format_value, get_dotted
+    from regimes.base import get_dotted
 
     ex = dict(DEFAULT_EXAMPLES)
     mutable = list(getattr(regime, "mutable", []) or [])
@@ -73,7 +74,7 @@ def regime_examples(regime: Any, config: dict | None = None) -> dict[str, str]:
             ex["change_key"] = spec.key
             ex["change_value"] = json.dumps(new)
             ex["change_json"] = json.dumps({spec.key: new})
-            ex["mutation_example"] = f"{spec.name}: {format_value(old) if old is not None else '?'} -> {format_value(new)}"
+            ex["mutation_example"] = Mutation(changes=[ConfigChange.of(spec.key, "?" if old is None else old, new)]).line()
     editable = list(getattr(regime, "editable", []) or [])
     if editable:
         ef = editable[0]
@@ -140,7 +141,7 @@ class ToolBox:
         self.defer_log = defer_log
         self._log: list[tuple[str, str, str | None]] = []  # (stamp, line, line if rolled back)
 
-    # ----- what the policy sees -----
+    # ----- what the policy sees: the tools, and what they have written so far -----
 
     def schemas(self) -> list[dict]:
         """name, description, input_schema of every tool allowed at this step."""
@@ -168,6 +169,14 @@ class ToolBox:
             except AttributeError:
                 pass
         return cached
+
+    def slot_config(self, slot: int) -> dict:
+        """Slot `slot`'s next config as it is now (set_config changes it during the step)."""
+        return self.env.slot_config(slot)
+
+    def plan(self, slot: int) -> SlotPlan:
+        """Slot `slot`'s plan as it is now (choose_parent, edit_code, finish_mutation write it)."""
+        return self.env.load_plan(slot, self.step.iteration)
 
     def done(self) -> bool:
         """True when the step's required call was made for every slot of the step."""

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from regimes.base import Regime
+from rundir.records import NodeRecord, SlotOutcome
+
 if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
     from tools.toolbox import ToolBox
 
@@ -24,7 +27,8 @@ DEFAULT_MODEL = "claude-sonnet-4-6"
 
 
 class StepContext(BaseModel):
-    """What a policy sees at one graph step (paths and small text, no tensors)."""
+    """What a policy sees at one graph step: typed records, paths and small text (no tensors). What the
+    step's tools write meanwhile (slot configs, plans) the policy reads through the ToolBox."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,9 +40,17 @@ class StepContext(BaseModel):
     n_iter_block: int
     #: slots this step concerns
     slots: list[int]
-    #: per slot: node id, metrics, classification, score, degeneracy, plots,
-    #: config, mutation, status, traceback tail (see agent.graph for the keys)
-    results: list[dict] = Field(default_factory=list)
+    #: the batch under analysis, by slot (analyse, select_parent, log); empty at prepare and mutate
+    results: list[SlotOutcome] = Field(default_factory=list)
+    #: block_end: the nodes of the block that closes
+    block_nodes: list[NodeRecord] = Field(default_factory=list)
+    #: the search tree so far, by id: the run's logged nodes, and the batch under analysis where it is not
+    #: logged yet (as the records the log step writes, without the review)
+    nodes: list[NodeRecord] = Field(default_factory=list)
+    #: the running regime (its contract: mutable keys, strategies, system key); None in tests that need none
+    regime: Regime | None = None
+    #: code edits are on for this run (`--code`); whether they are allowed at this step is `code_allowed`
+    code_enabled: bool = True
     memory: str = ""
     instructions: str = ""
     ucb: str = ""

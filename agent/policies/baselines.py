@@ -31,6 +31,7 @@ import numpy as np
 from agent.policies.base import Policy, StepContext
 from regimes.base import ParamSpec, Regime, get_dotted
 from rundir.io import read_jsonl
+from rundir.records import ConfigChange, Mutation
 
 #: training keys bounded by the claude: budget cap of the same name
 _CAPPED = {"training.n_epochs": "claude.n_epochs",
@@ -52,20 +53,10 @@ def search_space(regime: Regime, config: dict) -> list[ParamSpec]:
     return space
 
 
-def _fmt(v: Any) -> str:
-    """Compact numbers as the seeds write them: 1E-3, 4.43E-3, 0.5, 2000."""
-    if isinstance(v, float):
-        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
-            mant, exp = f"{v:.3e}".split("e")
-            return f"{mant.rstrip('0').rstrip('.')}E{int(exp)}"
-        return f"{v:.4g}"
-    return str(v)
-
-
 def mutation_line(old: dict, new: dict) -> str:
-    """'k1: old -> new, k2: old -> new' over the keys that changed (short names)."""
-    parts = [f"{k.split('.', 1)[1]}: {_fmt(old.get(k))} -> {_fmt(v)}" for k, v in new.items() if old.get(k) != v]
-    return ", ".join(parts) if parts else "no change (default config)"
+    """'k1: old -> new; k2: old -> new' over the dotted keys that changed (the records' line)."""
+    changes = [ConfigChange.of(k, old.get(k), v) for k, v in new.items() if old.get(k) != v]
+    return Mutation(changes=changes).line() if changes else "no change (default config)"
 
 
 def _finished_nodes(run_dir: Path) -> list[dict]:
@@ -92,8 +83,8 @@ class _SearchPolicy(Policy):
         elif step == "analyse":
             for r in ctx.results:
                 tools.call("submit_analysis", {
-                    "slot": r["slot"], "visual": f"not inspected ({self.name} baseline)",
-                    "observation": f"score={float(r.get('score') or 0.0):.4f} ({r.get('classification', 'n/a')})"})
+                    "slot": r.slot, "visual": f"not inspected ({self.name} baseline)",
+                    "observation": f"score={r.score:.4f} ({r.classification})"})
         elif step == "select_parent":
             # A baseline samples afresh each time: its trials do not build on a parent.
             for s in ctx.slots:
@@ -102,13 +93,13 @@ class _SearchPolicy(Policy):
         # log and block_end: the baselines keep no memory prose
 
     def _mutate(self, ctx: StepContext, tools) -> None:
-        base = tools.env.slot_config(ctx.slots[0])
+        base = tools.slot_config(ctx.slots[0])
         space = search_space(self.regime, base)
         history = [n for n in _finished_nodes(ctx.run_dir) if n.get("config")]
         defaults = {p.key: get_dotted(base, p.key) for p in space}
         proposals = self.propose(ctx, space, history, list(ctx.slots), defaults)
         for s in ctx.slots:
-            cfg = tools.env.slot_config(s)
+            cfg = tools.slot_config(s)
             old = {p.key: get_dotted(cfg, p.key) for p in space}
             change = {k: v for k, v in proposals[s].items() if old.get(k) != v}
             if change:

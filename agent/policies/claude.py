@@ -41,6 +41,7 @@ from typing import Any
 from agent.llm import LLMClient
 from agent.policies.base import DEFAULT_MODEL, STEPS, Policy, PolicyError, StepContext
 from prompts.render import PROMPTS_DIR, render, render_file
+from rundir.records import Mutation
 from tools.base import DEFAULT_EXAMPLES  # placeholders when the tool box gives no regime examples (tests)
 
 #: per-image size cap: the Messages API refuses images above ~5 MB of base64
@@ -155,8 +156,8 @@ class ClaudePolicy(Policy):
             "iter_in_block": ctx.iter_in_block, "n_iter_block": ctx.n_iter_block,
             "slots": ", ".join(str(s) for s in ctx.slots) or "(none)",
             "memory": ctx.memory.strip() or "(memory.md is empty)",
-            "results": (format_block_nodes(ctx.results) if ctx.step == "block_end"
-                        else format_results(ctx.results or slot_briefs(ctx))),
+            "results": (format_block_nodes([n.model_dump() for n in ctx.block_nodes]) if ctx.step == "block_end"
+                        else format_results([r.model_dump() for r in ctx.results] or slot_briefs(ctx))),
             "ucb": ctx.ucb.strip() or "(empty: start of a block — the parent is root)",
             "code_rule": code_rule, "finish": finish,
             "tools": ", ".join(t["name"] for t in tools.schemas()),
@@ -173,15 +174,12 @@ class ClaudePolicy(Policy):
         out: list[dict] = []
         n = 0
         for r in ctx.results:
-            plots = r.get("plots") or []
-            if isinstance(plots, (str, Path)):
-                plots = [plots]
-            for p in list(plots)[: self.plots_per_slot]:
+            for p in r.plots[: self.plots_per_slot]:
                 if n >= self.max_images:
                     return out
-                path = _resolve(p, ctx.run_dir, r.get("out_dir"))
+                path = _resolve(p, ctx.run_dir, r.out_dir)
                 block = _image_from_path(path) if path is not None else None
-                label = f"Slot {r.get('slot', '?')}, node {r.get('node', r.get('node_id', '?'))}: {Path(str(p)).name}"
+                label = f"Slot {r.slot}, node {r.node}: {Path(str(p)).name}"
                 if block is None:
                     out.append({"type": "text", "text": f"{label} — not attached (missing, not PNG, or too large)"})
                     continue
@@ -199,7 +197,7 @@ class ClaudePolicy(Policy):
         if not self._long_gaps and self.cache_ttl == "auto":
             if self._last_call_t is not None and _now() - self._last_call_t > CACHE_5M_S:
                 self._long_gaps = True
-            elif any(float(r.get("duration_s") or 0) > CACHE_5M_S for r in ctx.results or []):
+            elif any(r.duration_s > CACHE_5M_S for r in ctx.results):
                 self._long_gaps = True  # e.g. a resumed run: its trainings' durations tell
         return "1h" if self._long_gaps else None
 
@@ -321,7 +319,7 @@ def slot_briefs(ctx: StepContext) -> list[dict]:
             parent = nodes.get(plan.get("parent")) if isinstance(plan.get("parent"), int) else None
             if parent is not None:
                 brief["parent_outcome"] = (f"{parent.get('classification', '?')}, score {_num(parent.get('score'))}, "
-                                           f"from mutation {parent.get('mutation') or 'n/a'}")
+                                           f"from mutation {Mutation.of(parent.get('mutation')).line() or 'n/a'}")
                 if parent.get("metrics"):
                     brief["parent_metrics"] = ", ".join(f"{k}={_num(v)}" for k, v in parent["metrics"].items())
                 if parent.get("observation"):
@@ -354,7 +352,7 @@ def format_results(results: list[dict]) -> str:
         keys = [k for k in _RESULT_ORDER if k in r and k not in ("slot", "node", "node_id", "parent")]
         keys += [k for k in r if k not in _RESULT_ORDER and k not in _RESULT_HIDDEN]
         for k in keys:
-            v = r[k]
+            v = Mutation.of(r[k]).line() if k == "mutation" else r[k]  # the record as its one line
             if v is None or v == "" or v == [] or v == {}:
                 continue
             lines.append(_format_field(k, v))
@@ -429,7 +427,7 @@ def format_block_nodes(nodes: list[dict]) -> str:
         parent = n.get("parent")
         score = n.get("score")
         lines.append(f"- node {nid} (slot {n.get('slot', '?')}, parent {'root' if parent is None else parent}): "
-                     f"{n.get('strategy') or '-'}, {n.get('mutation') or '-'} -> "
+                     f"{n.get('strategy') or '-'}, {Mutation.of(n.get('mutation')).line() or '-'} -> "
                      f"{n.get('classification') or n.get('status') or '?'}, score {_num(score) if score is not None else 'n/a'}"
                      + (f"; {n['observation']}" if n.get("observation") else ""))
     return "\n".join(lines)

@@ -26,7 +26,8 @@ from agent import systems as sys_mod
 from agent.fmt import fmt_metric, fmt_value
 from agent.policies.base import Policy, StepContext
 from agent.ucb import ucb_scores
-from regimes.base import ParamSpec, get_dotted, set_dotted
+from regimes.base import ParamSpec, Regime, get_dotted, set_dotted
+from rundir.records import CodeChange, ConfigChange, Mutation, NodeRecord, SlotOutcome
 
 ROLES = ("exploit", "exploit", "explore", "principle-test")
 #: the seed documents' strategies that vary the system (simulation seed): they run on one slot
@@ -40,42 +41,9 @@ VARIANCE_KEYS = ("data_augmentation_loop", "n_epochs")
 _TARGET = re.compile(r"\[system ([\w.]+)=(-?\d+)\]")
 
 
-class _N:
-    """A node of the block history (store record or batch result)."""
-
-    __slots__ = ("id", "parent", "score", "mutation", "strategy", "gap", "status", "config", "code_changes", "slot",
-                 "block", "commit", "metrics")
-
-    def __init__(self, d: dict):
-        self.id = d.get("id", d.get("node"))
-        self.parent = d.get("parent")
-        self.score = float(d.get("score") or 0.0)
-        self.mutation = d.get("mutation") or ""
-        self.strategy = d.get("strategy") or ""
-        deg = d.get("degeneracy") or {}
-        self.gap = deg.get("gap") if isinstance(deg, dict) else None
-        self.status = d.get("status", "ok")
-        self.config = d.get("config") or {}
-        self.code_changes = d.get("code_changes") or []
-        self.slot = d.get("slot", 0)
-        self.block = d.get("block", 0)
-        self.commit = d.get("commit")
-        self.metrics = d.get("metrics") or {}
-
-
-def _param_of(mutation: str) -> str | None:
-    if " -> " in mutation and ":" in mutation and not mutation.startswith("["):
-        return mutation.split(":", 1)[0].strip()
-    return None
-
-
-def _direction(mutation: str) -> int:
-    try:
-        left, right = mutation.split(":", 1)[1].split("(")[0].split("->")
-        a, b = float(left), float(right)
-        return 1 if b > a else -1 if b < a else 0
-    except (ValueError, IndexError):
-        return 0
+def _line(spec: ParamSpec, old: Any, new: Any, note: str = "") -> str:
+    """The finish_mutation line of a one-key change (`name: old -> new`, then the note)."""
+    return Mutation(changes=[ConfigChange.of(spec.key, old, new)], note=note).line()
 
 
 class HeuristicPolicy(Policy):
@@ -85,26 +53,27 @@ class HeuristicPolicy(Policy):
         self.seed = int(seed)
 
     def act(self, ctx: StepContext, tools) -> None:
+        if ctx.regime is None:
+            raise ValueError("the heuristic policy needs the regime in its StepContext")
         getattr(self, f"_{ctx.step}")(ctx, tools)
-        summary = self._summary(ctx, tools.env)
+        summary = self._summary(ctx, tools)
         if summary:  # the live view's "policy" line: what this step decided, in one line
             tools.message(summary)
 
     @staticmethod
-    def _summary(ctx: StepContext, env) -> str:
+    def _summary(ctx: StepContext, tools) -> str:
         if ctx.step == "analyse":
             return "analysed " + "; ".join(
-                f"node {r.get('node')} {fmt_metric(r.get('score'))} {r.get('classification') or r.get('status')}"
-                for r in ctx.results)
+                f"node {r.node} {fmt_metric(r.score)} {r.classification or r.status}" for r in ctx.results)
         if ctx.step in ("select_parent", "mutate"):
             parts = []
             for s in ctx.slots:
-                plan = env.load_plan(s)
+                plan = tools.plan(s)
                 on = "root" if plan.parent is None else f"node {plan.parent}"
                 if ctx.step == "select_parent":
                     parts.append(f"slot {s} {plan.strategy or 'exploit'} on {on}")
                 else:
-                    parts.append(f"slot {s}: {plan.mutation or 'unchanged'}")
+                    parts.append(f"slot {s}: {plan.mutation.line() or 'unchanged'}")
             return "; ".join(parts)
         if ctx.step == "block_end":
             return f"block {ctx.block} closed: principles, summary and next focus written to memory.md"
@@ -116,26 +85,18 @@ class HeuristicPolicy(Policy):
         return np.random.default_rng([self.seed, ctx.iterations_done, slot, salt, ctx.block])
 
     @staticmethod
-    def _candidates(env) -> list[ParamSpec]:
-        r = env.regime
+    def _candidates(r: Regime) -> list[ParamSpec]:
         return [p for p in r.mutable if p.key not in r.slot_fixed and p.section != "claude"
                 and p.name != "seed" and not r.is_frozen(p.key)]
 
     @staticmethod
-    def _history(ctx: StepContext, tools) -> list[_N]:
-        """The block's finished nodes (store + the batch under analysis), by id."""
-        nodes = {n.id: _N(n.model_dump()) for n in tools.env.store.block_nodes(ctx.block)}
-        for r in tools.step.batch.values():
-            if r.node not in nodes:
-                nodes[r.node] = _N(r.model_dump())
-        return [nodes[k] for k in sorted(nodes)]
+    def _history(ctx: StepContext) -> list[NodeRecord]:
+        """The block's finished nodes (logged, and the batch under analysis), by id."""
+        return [n for n in ctx.nodes if n.block == ctx.block]
 
     @staticmethod
-    def _all_nodes(tools) -> dict[int, _N]:
-        out = {n.id: _N(n.model_dump()) for n in tools.env.store.nodes()}
-        for r in tools.step.batch.values():
-            out.setdefault(r.node, _N(r.model_dump()))
-        return out
+    def _all_nodes(ctx: StepContext) -> dict[int, NodeRecord]:
+        return {n.id: n for n in ctx.nodes}
 
     def _step_value(self, spec: ParamSpec, old: Any, rng, size: str, direction: int = 0, cap: float | None = None):
         """A new value for `spec` one step from `old` (size: small|large|extreme), inside the range."""
@@ -187,8 +148,7 @@ class HeuristicPolicy(Policy):
     # ----- prepare: the suggested initial spread -----
 
     def _prepare(self, ctx: StepContext, tools) -> None:
-        env = tools.env
-        cands = [p for p in self._candidates(env) if p.type in ("float", "int")] or self._candidates(env)
+        cands = [p for p in self._candidates(ctx.regime) if p.type in ("float", "int")] or self._candidates(ctx.regime)
         tools.message("initial spread: slot 0 baseline, each other slot varies one leading parameter")
         for slot in ctx.slots:
             if slot == 0 or not cands:
@@ -200,7 +160,7 @@ class HeuristicPolicy(Policy):
             ok = False
             for k in range(len(cands)):
                 spec = cands[(slot - 1 + k) % len(cands)]
-                cfg = env.slot_config(slot)
+                cfg = tools.slot_config(slot)
                 old = get_dotted(cfg, spec.key)
                 new = self._step_value(spec, old, rng, "small", cap=self._cap(cfg, spec))
                 if new == old:
@@ -208,7 +168,7 @@ class HeuristicPolicy(Policy):
                 res = tools.call("set_config", {"slot": slot, "changes": {spec.key: new}})
                 if res.ok:
                     tools.call("finish_mutation", {
-                        "slot": slot, "mutation": f"{spec.name}: {fmt_value(old)} -> {fmt_value(new)}",
+                        "slot": slot, "mutation": _line(spec, old, new),
                         "strategy": "explore", "parent_rule": "first batch: root",
                         "hypothesis": f"sensitivity of the primary metric to {spec.name}"})
                     ok = True
@@ -226,56 +186,56 @@ class HeuristicPolicy(Policy):
     # ----- analyse -----
 
     def _analyse(self, ctx: StepContext, tools) -> None:
-        env = tools.env
-        nodes = self._all_nodes(tools)
-        primary = env.regime.primary_metric
+        regime = ctx.regime
+        nodes = self._all_nodes(ctx)
+        primary = regime.primary_metric
         for r in ctx.results:
-            if r["status"] != "ok":
-                visual = f"no plots: training {r['status']} ({(r.get('reason') or '').splitlines()[0][:120] if r.get('reason') else 'no reason'})"
-                obs = f"training {r['status']}; {r['mutation'] or 'no mutation'} is likely outside the stable region"
+            mutation = r.mutation.line()
+            if r.status != "ok":
+                visual = f"no plots: training {r.status} ({r.reason.splitlines()[0][:120] if r.reason else 'no reason'})"
+                obs = f"training {r.status}; {mutation or 'no mutation'} is likely outside the stable region"
             else:
-                m = r["metrics"]
-                deg = r.get("degeneracy") or {}
-                gap = deg.get("gap")
-                parts = [f"{primary}={fmt_metric(m.get(primary))} ({r['classification']})",
-                         f"degeneracy {deg.get('diagnosis', 'n/a')}" + (f" (gap {gap:.2f})" if gap is not None else "")]
+                m = r.metrics
+                gap = r.degeneracy.gap
+                parts = [f"{primary}={fmt_metric(m.get(primary))} ({r.classification})",
+                         f"degeneracy {r.degeneracy.diagnosis}" + (f" (gap {gap:.2f})" if gap is not None else "")]
                 if "final_loss" in m:
                     parts.append(f"final_loss={fmt_metric(m['final_loss'])}")
                 visual = "metrics-derived (the heuristic policy cannot see plots): " + ", ".join(parts)
-                parent = nodes.get(r["parent"]) if r["parent"] is not None else None
-                key = env.regime.system_key
-                sys_r = env.regime.system_of(r.get("config") or {})
+                parent = nodes.get(r.parent) if r.parent is not None else None
+                key = regime.system_key
+                sys_r = regime.system_of(r.config)
                 if parent is None:
-                    obs = f"score {r['score']:.4f} from root ({r['mutation'] or 'baseline'})"
-                elif env.regime.system_of(parent.config) != sys_r:
+                    obs = f"score {r.score:.4f} from root ({mutation or 'baseline'})"
+                elif regime.system_of(parent.config) != sys_r:
                     # another system: the delta is the seed's difficulty, not a config effect
                     rob = sys_mod.robustness_of(list(nodes.values()), r, key)
-                    obs = (f"score {r['score']:.4f} on system {sys_mod.fmt_system(sys_r)} vs parent {parent.id} "
-                           f"{parent.score:.4f} on system {sys_mod.fmt_system(env.regime.system_of(parent.config))}: "
+                    obs = (f"score {r.score:.4f} on system {sys_mod.fmt_system(sys_r)} vs parent {parent.id} "
+                           f"{parent.score:.4f} on system {sys_mod.fmt_system(regime.system_of(parent.config))}: "
                            "a seed change, not a config effect"
                            + (f"; {sys_mod.robustness_line(rob)}" if rob and rob.n_systems >= 2 else ""))
-                    ident = {k: float(v) for k, v in (r.get("metrics") or {}).items()
-                             if k in env.regime.identifiability_metrics and isinstance(v, (int, float))}
+                    ident = {k: float(v) for k, v in r.metrics.items()
+                             if k in regime.identifiability_metrics and isinstance(v, (int, float))}
                     if ident:
                         obs += f"; data of system {sys_mod.fmt_system(sys_r)}: {sys_mod.identifiability_text(ident)}"
                 else:
-                    delta = r["score"] - parent.score
+                    delta = r.score - parent.score
                     verdict = "helped" if delta > 0.02 else "hurt" if delta < -0.02 else "no clear effect"
-                    obs = (f"score {r['score']:.4f} vs parent {parent.id} {parent.score:.4f} "
-                           f"(delta {delta:+.4f}): {r['mutation'] or 'change'} {verdict}")
-                obs += self._hard_system_note(env.regime, r)
-            tools.call("submit_analysis", {"slot": r["slot"], "visual": visual, "observation": obs})
+                    obs = (f"score {r.score:.4f} vs parent {parent.id} {parent.score:.4f} "
+                           f"(delta {delta:+.4f}): {mutation or 'change'} {verdict}")
+                obs += self._hard_system_note(regime, r)
+            tools.call("submit_analysis", {"slot": r.slot, "visual": visual, "observation": obs})
 
     @staticmethod
-    def _hard_system_note(regime, r: dict) -> str:
+    def _hard_system_note(regime: Regime, r: SlotOutcome) -> str:
         """"; system S is degenerate (data: ...)" when the generator flagged the system: the seed is hard,
         not the config bad."""
-        m = r.get("metrics") or {}
+        m = r.metrics
         flag = regime.degenerate_metric
         if not flag or not isinstance(m.get(flag), (int, float)) or m[flag] <= 0:
             return ""
         ident = {k: float(v) for k, v in m.items() if k in regime.identifiability_metrics and isinstance(v, (int, float))}
-        return (f"; system {sys_mod.fmt_system(regime.system_of(r.get('config') or {}))} is flagged degenerate "
+        return (f"; system {sys_mod.fmt_system(regime.system_of(r.config))} is flagged degenerate "
                 f"({flag}): a hard seed, not a bad config"
                 + (f" (data: {sys_mod.identifiability_text(ident)})" if ident else ""))
 
@@ -284,26 +244,26 @@ class HeuristicPolicy(Policy):
     def _log(self, ctx: StepContext, tools) -> None:
         if not ctx.results:
             return
-        nodes = self._all_nodes(tools)
-        best = max(ctx.results, key=lambda r: (r["score"], -r["node"]))
-        helped = sum(1 for r in ctx.results if r["parent"] is not None and r["parent"] in nodes
-                     and r["score"] > nodes[r["parent"]].score + 0.02)
-        with_parent = sum(1 for r in ctx.results if r["parent"] is not None)
-        line = (f"- batch of nodes {ctx.results[0]['node']}-{ctx.results[-1]['node']}: best node {best['node']} "
-                f"score {best['score']:.4f} ({best['mutation'] or 'baseline'}); "
+        nodes = self._all_nodes(ctx)
+        best = max(ctx.results, key=lambda r: (r.score, -r.node))
+        helped = sum(1 for r in ctx.results if r.parent is not None and r.parent in nodes
+                     and r.score > nodes[r.parent].score + 0.02)
+        with_parent = sum(1 for r in ctx.results if r.parent is not None)
+        line = (f"- batch of nodes {ctx.results[0].node}-{ctx.results[-1].node}: best node {best.node} "
+                f"score {best.score:.4f} ({best.mutation.line() or 'baseline'}); "
                 f"{helped}/{with_parent} mutations improved on their parent")
         tools.call("update_memory", {"section": "Emerging Observations", "text": line, "mode": "append"})
 
     # ----- select_parent -----
 
-    def _conditions(self, ctx: StepContext, hist: list[_N], env) -> str | None:
+    def _conditions(self, ctx: StepContext, hist: list[NodeRecord]) -> str | None:
         ok = [n for n in hist if n.status == "ok"]
         last = hist[-3:]
         if len(last) == 3 and all(n.score >= 0.9 for n in last):
             return "failure-probe"
-        if len(last) == 3 and all(n.gap is not None and n.gap > 0.3 for n in last):
+        if len(last) == 3 and all(n.degeneracy.gap is not None and n.degeneracy.gap > 0.3 for n in last):
             return "degeneracy-break"
-        params = [_param_of(n.mutation) for n in hist[-4:]]
+        params = [n.mutation.param for n in hist[-4:]]
         if len(params) == 4 and params[0] is not None and len(set(params)) == 1:
             return "switch-dimension"
         good = [n for n in ok if n.score > 0.9]
@@ -321,7 +281,7 @@ class HeuristicPolicy(Policy):
                     if a.id < b.id and a.id not in ancestors(b):
                         return "recombine"
         if len(last) == 3 and max(n.score for n in last) - min(n.score for n in last) <= 0.05:
-            if len(hist) >= 4 and env.regime.code_strategies and env.code_enabled and env.regime.editable:
+            if len(hist) >= 4 and ctx.regime.code_strategies and ctx.code_enabled and ctx.regime.editable:
                 return "code-modification"
             return "forced-branch"
         return None
@@ -333,10 +293,10 @@ class HeuristicPolicy(Policy):
         return 3 if n_slots >= 4 else n_slots - 1
 
     @staticmethod
-    def _new_system(env, nodes: dict[int, _N], exclude: set | None = None) -> int | None:
+    def _new_system(regime: Regime, nodes: dict[int, NodeRecord], exclude: set | None = None) -> int | None:
         """The smallest integer seed above the run's first system that no node ran on (inside the key's range)."""
-        key = env.regime.system_key
-        spec = env.regime.param(key)
+        key = regime.system_key
+        spec = regime.param(key)
         seen = {sys_mod.system_of(n, key) for n in nodes.values()} | set(exclude or ())
         first = sys_mod.system_of(nodes[min(nodes)], key) if nodes else None
         cand = (first if isinstance(first, int) and not isinstance(first, bool) else 0) + 1
@@ -345,9 +305,9 @@ class HeuristicPolicy(Policy):
             cand += 1
         return cand if cand <= hi else None
 
-    def _seed_condition(self, ctx: StepContext, env, nodes: dict[int, _N]) -> tuple[str, int, str] | None:
+    def _seed_condition(self, ctx: StepContext, nodes: dict[int, NodeRecord]) -> tuple[str, int, str] | None:
         """(strategy, parent id, reason with the target system) when a seed strategy's trigger holds."""
-        regime = env.regime
+        regime = ctx.regime
         if not regime.system_mutable():
             return None
         allowed = set(regime.strategies)
@@ -355,7 +315,7 @@ class HeuristicPolicy(Policy):
         ok = [nodes[k] for k in sorted(nodes) if nodes[k].status == "ok"]
         if not ok:
             return None
-        children: dict[int, list[_N]] = defaultdict(list)
+        children: dict[int, list[NodeRecord]] = defaultdict(list)
         for n in nodes.values():
             if n.parent is not None:
                 children[n.parent].append(n)
@@ -364,7 +324,7 @@ class HeuristicPolicy(Policy):
         run_systems = sys_mod.systems(ok, key)
         tag = lambda v: f"[system {key}={v}]"  # noqa: E731 - the mutate step reads the target back
 
-        def tried(node: _N, strategy: str) -> bool:
+        def tried(node: NodeRecord, strategy: str) -> bool:
             return any(c.strategy == strategy for c in children.get(node.id, []))
 
         rob = sys_mod.robustness(ok, key)
@@ -386,19 +346,19 @@ class HeuristicPolicy(Policy):
         if "seed-robustness" in allowed:
             same = [c for c in children.get(best.id, []) if c.status == "ok" and sys_of.get(c.id) == sys_of[best.id]]
             if len(same) >= 2 and all(c.score < best.score for c in same) and not tried(best, "seed-robustness"):
-                new = self._new_system(env, nodes)
+                new = self._new_system(regime, nodes)
                 if new is not None:
                     return ("seed-robustness", best.id,
                             f"all {len(same)} perturbations of best node {best.id} degrade: replay its config at a "
                             f"new seed {tag(new)}")
         if "identifiability-test" in allowed:
             last = [n.score for n in ok[-3:]]
-            used = {c.get("strategy") for n in nodes.values() for c in n.code_changes}
-            exhausted = (not regime.code_strategies or not env.code_enabled
+            used = {c.strategy for n in nodes.values() for c in n.code_changes}
+            exhausted = (not regime.code_strategies or not ctx.code_enabled
                          or {c.name for c in regime.code_strategies} <= used)
             if (len(last) == 3 and max(last) - min(last) <= 0.05 and exhausted
                     and not tried(best, "identifiability-test")):
-                new = self._new_system(env, nodes)
+                new = self._new_system(regime, nodes)
                 if new is not None:
                     return ("identifiability-test", best.id,
                             f"plateau at {last[-1]:.3f} after config and code changes: is the ceiling specific to "
@@ -426,12 +386,11 @@ class HeuristicPolicy(Policy):
         return None
 
     def _select_parent(self, ctx: StepContext, tools) -> None:
-        env = tools.env
-        hist = self._history(ctx, tools)
+        hist = self._history(ctx)
         ok = [n for n in hist if n.status == "ok"]
-        condition = self._conditions(ctx, hist, env)
+        condition = self._conditions(ctx, hist)
         seed_slot = self._seed_slot(len(ctx.slots)) if ctx.slots else None
-        seed = self._seed_condition(ctx, env, self._all_nodes(tools)) if seed_slot is not None else None
+        seed = self._seed_condition(ctx, self._all_nodes(ctx)) if seed_slot is not None else None
         pending: list[int | None] = []
         for slot in ctx.slots:
             if seed is not None and slot == ctx.slots[seed_slot]:
@@ -464,7 +423,7 @@ class HeuristicPolicy(Policy):
             pending.append(pick.id)
 
     @staticmethod
-    def _chain(node: _N, hist: list[_N]) -> set[int]:
+    def _chain(node: NodeRecord, hist: list[NodeRecord]) -> set[int]:
         by_id = {n.id: n for n in hist}
         chain, cur = {node.id}, node.parent
         while cur is not None and cur in by_id and cur not in chain:
@@ -482,46 +441,45 @@ class HeuristicPolicy(Policy):
     # ----- mutate -----
 
     def _mutate(self, ctx: StepContext, tools) -> None:
-        env = tools.env
-        nodes = self._all_nodes(tools)
-        hist = self._history(ctx, tools)
-        cands = self._candidates(env)
+        nodes = self._all_nodes(ctx)
+        hist = self._history(ctx)
+        cands = self._candidates(ctx.regime)
         for slot in ctx.slots:
-            plan = env.load_plan(slot)
+            plan = tools.plan(slot)
             strategy = plan.strategy or "exploit"
             rng = self._rng(ctx, slot, 1)
-            prefix = ""
+            note = ""
             if plan.parent is None and nodes:
                 # block start (parent root): begin from the best configuration found so far
                 best = max(nodes.values(), key=lambda n: (n.score, -n.id))
-                changes = self._diff_keys(env.slot_config(slot), best.config, cands)
+                changes = self._diff_keys(tools.slot_config(slot), best.config, cands)
                 if changes and tools.call("set_config", {"slot": slot, "changes": changes}).ok:
-                    prefix = f" (on the config of best node {best.id})"
+                    note = f"(on the config of best node {best.id})"
                 # between blocks, after a plateau, the code-modification slot tries a code strategy
                 if slot % len(ROLES) == 1 and self._plateaued(nodes) and ctx.code_allowed:
                     strategy = "code-modification"
             if strategy in ("universal-recipe-validate", "seed-robustness", "identifiability-test"):
-                if self._seed_mutation(tools, slot, plan, nodes):
+                if self._seed_mutation(ctx, tools, slot, plan):
                     continue
                 strategy = "exploit"
             if strategy == "code-modification":
                 if self._code_mutation(ctx, tools, slot, plan, nodes):
                     continue
                 strategy = "switch-dimension"
-            if strategy == "recombine" and self._recombine(tools, slot, plan, hist, cands):
+            if strategy == "recombine" and self._recombine(ctx, tools, slot, plan, hist, cands):
                 continue
             if strategy == "recombine":
                 strategy = "exploit"
-            self._param_mutation(ctx, tools, slot, plan, strategy, hist, nodes, cands, rng, prefix)
+            self._param_mutation(ctx, tools, slot, plan, strategy, hist, nodes, cands, rng, note)
 
     @staticmethod
-    def _plateaued(nodes: dict[int, _N]) -> bool:
+    def _plateaued(nodes: dict[int, NodeRecord]) -> bool:
         """The last 3 results within +-0.05, or the newest block did not beat the earlier ones."""
         ok = [nodes[k] for k in sorted(nodes) if nodes[k].status == "ok"]
         last = [n.score for n in ok[-3:]]
         if len(last) == 3 and max(last) - min(last) <= 0.05:
             return True
-        blocks = sorted({getattr(n, "block", 0) for n in ok})
+        blocks = sorted({n.block for n in ok})
         if len(blocks) >= 2:
             newest = max(n.score for n in ok if n.block == blocks[-1])
             earlier = max(n.score for n in ok if n.block != blocks[-1])
@@ -537,9 +495,8 @@ class HeuristicPolicy(Policy):
                 out[p.key] = b
         return out
 
-    def _param_mutation(self, ctx, tools, slot, plan, strategy, hist, nodes, cands, rng, prefix="") -> None:
-        env = tools.env
-        recent = [_param_of(n.mutation) for n in hist[-4:]]
+    def _param_mutation(self, ctx, tools, slot, plan, strategy, hist, nodes, cands, rng, note="") -> None:
+        recent = [n.mutation.param for n in hist[-4:]]
         by_name = {p.name: p for p in cands}
         parent = nodes.get(plan.parent) if plan.parent is not None else None
         order: list[ParamSpec] = list(rng.permutation(len(cands))) if cands else []
@@ -547,11 +504,11 @@ class HeuristicPolicy(Policy):
         direction = 0
         size = "small"
         if strategy == "exploit" and parent is not None:
-            pp = _param_of(parent.mutation)
+            pp = parent.mutation.param
             gp = nodes.get(parent.parent) if parent.parent is not None else None
             if pp in by_name and gp is not None and parent.score > gp.score:
                 order = [by_name[pp]] + [p for p in order if p.name != pp]  # keep pushing what helped
-                direction = _direction(parent.mutation)
+                direction = parent.mutation.direction
         elif strategy in ("explore", "switch-dimension", "forced-branch"):
             size = "large" if strategy == "explore" else "small"
             order = [p for p in order if p.name not in recent] + [p for p in order if p.name in recent]
@@ -567,15 +524,15 @@ class HeuristicPolicy(Policy):
             order = first + [p for p in order if p not in first]
             direction = 1 if strategy == "variance-reduction" else 0  # longer training: less run-to-run spread
         elif strategy == "principle-test":
-            ev = self._evidence(nodes, env.regime.system_key)
+            ev = self._evidence(nodes, ctx.regime.system_key)
             if ev:
                 (pname, d), _ = max(ev.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[1][1]))
                 if pname in by_name:
                     order = [by_name[pname]] + [p for p in order if p.name != pname]
                     direction = d
-        seen = self._seen_configs(env, slot)
+        seen = self._seen_configs(ctx, tools, slot)
         for spec in order:
-            cfg = env.slot_config(slot)
+            cfg = tools.slot_config(slot)
             old = get_dotted(cfg, spec.key)
             d0 = direction if spec is order[0] else 0
             d0 = d0 or (1 if rng.random() < 0.5 else -1)
@@ -589,12 +546,13 @@ class HeuristicPolicy(Policy):
                 continue
             if tools.call("set_config", {"slot": slot, "changes": {spec.key: new}}).ok:
                 tools.call("finish_mutation", {
-                    "slot": slot, "mutation": f"{spec.name}: {fmt_value(old)} -> {fmt_value(new)}{prefix}",
+                    "slot": slot, "mutation": _line(spec, old, new, note),
                     "strategy": strategy, "parent_rule": plan.parent_rule,
                     "hypothesis": f"{strategy}: {'raise' if self._num(new) > self._num(old) else 'lower'} "
                                   f"{spec.name} from the parent's value"})
                 return
-        tools.call("finish_mutation", {"slot": slot, "mutation": f"none: no admissible one-parameter step{prefix}",
+        tools.call("finish_mutation", {"slot": slot, "mutation": "none: no admissible one-parameter step"
+                                                                + (f" {note}" if note else ""),
                                        "strategy": strategy, "parent_rule": plan.parent_rule})
 
     @staticmethod
@@ -604,14 +562,14 @@ class HeuristicPolicy(Policy):
             set_dotted(cfg, key, value)
         return json.dumps(cfg, sort_keys=True, default=str)
 
-    def _seen_configs(self, env, slot: int) -> set[str]:
-        """Configs already trained (store) or already planned by the other slots of this step:
+    def _seen_configs(self, ctx: StepContext, tools, slot: int) -> set[str]:
+        """Configs already trained or already planned by the other slots of this step:
         the heuristic never repeats an experiment with the same code."""
-        plan = env.load_plan(slot)
-        seen = {self._fingerprint(n.config) for n in env.store.nodes() if n.commit == plan.commit}
-        for s in range(env.n_slots):
-            if s != slot and env.load_plan(s).finished:
-                seen.add(self._fingerprint(env.slot_config(s)))
+        plan = tools.plan(slot)
+        seen = {self._fingerprint(n.config) for n in ctx.nodes if n.commit == plan.commit}
+        for s in ctx.slots:
+            if s != slot and tools.plan(s).finished:
+                seen.add(self._fingerprint(tools.slot_config(s)))
         return seen
 
     @staticmethod
@@ -622,13 +580,12 @@ class HeuristicPolicy(Policy):
             return 0.0
 
     @staticmethod
-    def _evidence(nodes: dict[int, _N], key: str = sys_mod.DEFAULT_SYSTEM_KEY) -> dict[tuple[str, int], tuple[int, int]]:
+    def _evidence(nodes: dict[int, NodeRecord], key: str = sys_mod.DEFAULT_SYSTEM_KEY) -> dict[tuple[str, int], tuple[int, int]]:
         """(param, direction) -> (times it helped, times tried), from parent/child score pairs of one
         system (a child on another system measures the seed, not the parameter)."""
         acc: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
         for n in nodes.values():
-            p = _param_of(n.mutation)
-            d = _direction(n.mutation)
+            p, d = n.mutation.param, n.mutation.direction
             if p is None or d == 0 or n.parent not in nodes or n.status != "ok":
                 continue
             if sys_mod.system_of(n, key) != sys_mod.system_of(nodes[n.parent], key):
@@ -639,34 +596,34 @@ class HeuristicPolicy(Policy):
         return {k: (v[0], v[1]) for k, v in acc.items()}
 
     @staticmethod
-    def _seed_mutation(tools, slot, plan, nodes) -> bool:
+    def _seed_mutation(ctx, tools, slot, plan) -> bool:
         """Move the slot to the system select_parent named (`[system KEY=V]` in its reason): the parent's
         recipe replayed on another system. The mutation says it is a seed change."""
-        env = tools.env
         m = _TARGET.search(plan.reason or plan.parent_rule or "")
-        key = env.regime.system_key
+        key = ctx.regime.system_key
         if m is None or m.group(1) != key:
             return False
         new = int(m.group(2))
-        old = env.regime.system_of(env.slot_config(slot))
+        old = ctx.regime.system_of(tools.slot_config(slot))
         if new == old or not tools.call("set_config", {"slot": slot, "changes": {key: new}}).ok:
             return False
         why = {"seed-robustness": "does the best config generalise to another W/S sample?",
                "universal-recipe-validate": "is the new recipe universal across systems?",
                "identifiability-test": "is the ceiling specific to this system?"}.get(plan.strategy, "")
         tools.call("finish_mutation", {
-            "slot": slot, "mutation": f"seed: {fmt_value(old)} -> {fmt_value(new)} (seed change: {key}, a new system)",
+            "slot": slot, "mutation": Mutation(changes=[ConfigChange.of(key, old, new)],
+                                               note=f"(seed change: {key}, a new system)").line(),
             "strategy": plan.strategy, "parent_rule": plan.parent_rule,
             "hypothesis": f"{plan.strategy}: node {plan.parent}'s recipe on system {new}: {why}"})
         return True
 
-    def _recombine(self, tools, slot, plan, hist, cands) -> bool:
+    def _recombine(self, ctx, tools, slot, plan, hist, cands) -> bool:
         good = sorted((n for n in hist if n.status == "ok" and n.score > 0.9), key=lambda n: (-n.score, n.id))
         base = next((n for n in good if n.id == plan.parent), None)
         if base is None:
             return False
-        seen = self._seen_configs(tools.env, slot)
-        cfg = tools.env.slot_config(slot)
+        seen = self._seen_configs(ctx, tools, slot)
+        cfg = tools.slot_config(slot)
         for other in (n for n in good if n.id != base.id and n.id not in self._chain(base, hist)):
             changes = self._diff_keys(cfg, other.config, cands)
             merged = json.loads(self._fingerprint(cfg))
@@ -685,15 +642,14 @@ class HeuristicPolicy(Policy):
         return True
 
     def _code_mutation(self, ctx, tools, slot, plan, nodes) -> bool:
-        env = tools.env
-        if not ctx.code_allowed or not env.regime.code_strategies:
+        if not ctx.code_allowed or not ctx.regime.code_strategies:
             return False
         used = set()
         cur = plan.parent
         while cur is not None and cur in nodes:  # strategies already in this lineage
-            used |= {c.get("strategy") for c in nodes[cur].code_changes}
+            used |= {c.strategy for c in nodes[cur].code_changes}
             cur = nodes[cur].parent
-        for cs in env.regime.code_strategies:
+        for cs in ctx.regime.code_strategies:
             if cs.name in used:
                 continue
             res = tools.call("edit_code", {"slot": slot, "path": cs.file, "old": cs.old, "new": cs.new,
@@ -703,8 +659,9 @@ class HeuristicPolicy(Policy):
                 continue
             if cs.config_overrides:
                 tools.call("set_config", {"slot": slot, "changes": dict(cs.config_overrides)})
-            fn = env.load_plan(slot).code_changes[-1].function or cs.file
-            tools.call("finish_mutation", {"slot": slot, "mutation": f"[code] {fn}: {cs.name}",
+            fn = tools.plan(slot).code_changes[-1].function or cs.file
+            line = Mutation(code=CodeChange(file=cs.file, function=fn, change=cs.name)).line()
+            tools.call("finish_mutation", {"slot": slot, "mutation": line,
                                            "strategy": "code-modification", "parent_rule": plan.parent_rule,
                                            "hypothesis": cs.hypothesis})
             return True
@@ -713,10 +670,10 @@ class HeuristicPolicy(Policy):
     # ----- block_end -----
 
     def _block_end(self, ctx: StepContext, tools) -> None:
-        env = tools.env
-        hist = [_N(r) for r in ctx.results]
-        nodes = self._all_nodes(tools)
-        ev = self._evidence(nodes, env.regime.system_key)
+        regime = ctx.regime
+        hist = ctx.block_nodes
+        nodes = self._all_nodes(ctx)
+        ev = self._evidence(nodes, regime.system_key)
         principles, questions = [], []
         for (p, d), (h, n) in sorted(ev.items()):
             word = "Increasing" if d > 0 else "Decreasing"
@@ -733,13 +690,13 @@ class HeuristicPolicy(Policy):
                                      "text": "\n".join(questions) or "- none pending", "mode": "replace"})
         ok = [n for n in hist if n.status == "ok"]
         cls = defaultdict(int)
-        for r in ctx.results:
-            cls[r.get("classification", "failed")] += 1
+        for r in ctx.block_nodes:
+            cls[r.classification] += 1
         best = max(ok, key=lambda n: (n.score, -n.id), default=None)
         summary = (f"Block {ctx.block}: {len(hist)} iterations; converged {cls['converged']}, partial {cls['partial']}, "
                    f"failed {cls['failed']}. "
-                   + (f"Best node {best.id} score {best.score:.4f} ({best.mutation or 'baseline'})." if best else "No success."))
-        key = env.regime.system_key
+                   + (f"Best node {best.id} score {best.score:.4f} ({best.mutation.line() or 'baseline'})." if best else "No success."))
+        key = regime.system_key
         run_ok = [n for n in nodes.values() if n.status == "ok"]
         if sys_mod.mixes(run_ok, key):  # results per system seed, and the recipes' robustness
             per = "; ".join(f"system {sys_mod.fmt_system(r.system)} best {r.best_score:.4f} (node {r.best_id})"
@@ -754,7 +711,7 @@ class HeuristicPolicy(Policy):
             tools.call("update_memory", {"section": "Emerging Observations", "text": "\n".join(notes[-5:]),
                                          "mode": "replace"})
         helped = sorted(((h / n, n, p, d) for (p, d), (h, n) in ev.items() if h > 0), reverse=True)
-        focus = helped[0][2] if helped else (self._candidates(env)[0].name if self._candidates(env) else "training")
+        focus = helped[0][2] if helped else (self._candidates(regime)[0].name if self._candidates(regime) else "training")
         tools.call("update_memory", {"section": "Block Info", "text": f"Focus: {focus}", "mode": "replace"})
         tools.call("update_memory", {"section": "Hypothesis", "mode": "replace",
                                      "text": f"Refining {focus} around the best configuration should raise the score further."})
