@@ -121,6 +121,17 @@ def test_choose_parent_and_finish_mutation(ctx):
     _rejected(ctx, "mutate", s, "finish_mutation", {"slot": 0, "mutation": ""}, "mutation")
 
 
+def test_choose_parent_reads_an_unlogged_outcome_as_a_node_of_this_block(ctx):
+    """A batch outcome not logged yet is a node of the step's block; its status decides as a record's does."""
+    s = [0, 1]
+    out = ctx.load_batch(1)[0].model_copy(update={"node": 7, "status": "failed"})
+    _rejected(ctx, "select_parent", s, "choose_parent", {"slot": 0, "parent": 7, "strategy": "exploit"},
+              "node 7 failed (failed)", batch={0: out}, block=2)
+    tb = box(ctx, "select_parent", s, batch={0: out}, block=2)
+    assert tb.call("choose_parent", {"slot": 0, "parent": 7, "strategy": "failure-probe"}).ok
+    assert ctx.env.load_plan(0).parent == 7
+
+
 def test_submit_analysis(ctx):
     a = {"slot": 0, "visual": "loss=good", "observation": "fine"}
     _rejected(ctx, "analyse", [0, 1], "submit_analysis", {**a, "classification": "converged"}, "classification")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from regimes.base import Regime
 from rundir import paths
 from rundir.io import append_jsonl, dump_yaml_atomic, load_yaml, utc_now, write_text_atomic
-from rundir.records import SlotOutcome, SlotPlan
+from rundir.records import NodeRecord, SlotOutcome, SlotPlan
 
 StepName = Literal["prepare", "analyse", "log", "select_parent", "block_end", "mutate"]
 
@@ -105,22 +105,19 @@ class ToolEnv:
     def save_plan(self, plan: SlotPlan) -> None:
         write_text_atomic(self.plan_path(plan.slot), plan.model_dump_json(indent=1))
 
-    def node_info(self, node_id: int, batch: dict[int, SlotOutcome] | None = None) -> dict | None:
-        """A finished node (store) or one of `batch` (not logged yet), as a dict."""
+    def node(self, node_id: int, batch: dict[int, SlotOutcome] | None = None) -> NodeRecord | SlotOutcome | None:
+        """A finished node: its record (store), or its outcome in `batch` when it is not logged yet."""
         rec = self.store.get(node_id)
         if rec is not None:
-            return rec.model_dump()
-        for r in (batch or {}).values():
-            if r.node == node_id:
-                return {"id": node_id, **r.model_dump()}
-        return None
+            return rec
+        return next((r for r in (batch or {}).values() if r.node == node_id), None)
 
     def node_commit(self, node_id: int | None, batch: dict[int, SlotOutcome] | None = None) -> str:
         """The workspace commit a node ran on (root commit for None)."""
         if node_id is None:
             return self.workspace.root_commit
-        info = self.node_info(node_id, batch)
-        return (info or {}).get("commit") or self.workspace.root_commit
+        node = self.node(node_id, batch)
+        return (node.commit if node is not None else None) or self.workspace.root_commit
 
     # ----- logging -----
 

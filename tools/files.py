@@ -76,10 +76,10 @@ def view_plot(env, step, args: ViewPlotInput) -> str | list:
             raise ToolRejected(f"view_plot: slot {args.slot} has no finished training in this batch")
         out_dir = res.out_dir
     else:
-        info = env.node_info(args.node, step.batch)
-        if info is None:
+        node = env.node(args.node, step.batch)
+        if node is None:
             raise ToolRejected(f"view_plot: node {args.node} does not exist")
-        out_dir = info.get("out_dir")
+        out_dir = node.out_dir
     if ".." in Path(args.name).parts or args.name.startswith("/"):
         raise ToolRejected(f"view_plot: plot name {args.name!r} may not leave the plots directory")
     plots_dir = Path(out_dir or "") / "plots"

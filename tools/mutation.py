@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from rundir.io import write_text_atomic
-from rundir.records import Mutation, SlotPlan, SlotReview, mutable_keys
+from rundir.records import Mutation, NodeRecord, SlotPlan, SlotReview, mutable_keys
 from tools.base import ToolRejected, register
 
 
@@ -57,16 +57,17 @@ def choose_parent(env, step, args: ChooseParentInput) -> str:
         raise ToolRejected(f"choose_parent: {err}")
     parent = None if args.parent == "root" else args.parent
     if parent is not None:
-        info = env.node_info(parent, step.batch)
-        if info is None:
+        node = env.node(parent, step.batch)
+        if node is None:
             raise ToolRejected(f"choose_parent: node {parent} does not exist")
-        if info.get("block", step.block) != step.block:
+        block = node.block if isinstance(node, NodeRecord) else step.block  # a batch outcome is of this block
+        if block != step.block:
             # the UCB tree is per block: a closed block's nodes are reached through the Knowledge Base
-            raise ToolRejected(f"choose_parent: node {parent} belongs to block {info.get('block')}, which is closed; "
+            raise ToolRejected(f"choose_parent: node {parent} belongs to block {block}, which is closed; "
                                f"the parent must be a node of block {step.block} or 'root'")
-        if info.get("status", "ok") != "ok" and args.strategy not in ("failure-probe", "boundary-probe", "code-modification"):
+        if node.status != "ok" and args.strategy not in ("failure-probe", "boundary-probe", "code-modification"):
             # a failed node has no trained result to build on, except to probe or fix it
-            raise ToolRejected(f"choose_parent: node {parent} failed ({info.get('status')}); "
+            raise ToolRejected(f"choose_parent: node {parent} failed ({node.status}); "
                                "build on it only with strategy failure-probe or code-modification")
     plan = SlotPlan(slot=args.slot, iteration=step.iteration + 1, parent=parent, strategy=_line(args.strategy),
                     parent_rule=_line(args.reason) or ("block start: root" if parent is None else "chosen"),
