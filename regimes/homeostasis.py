@@ -353,6 +353,8 @@ REGIME = HomeostasisRegime(
         B.lr("learning_rate_embedding_homeostasis", 1e-4, 1e-1, "phase-2 lr of the embeddings a_i"),
         B.integer("data_augmentation_loop", 10, 5000, "iterations-per-epoch multiplier (seed range 100-5000)"),
         B.choice("batch_size", [4, 8, 16, 32], "frames per gradient step"),
+        B.choice("lr_schedule_homeostasis", ["constant", "cosine"],
+                 "phase-2 lr schedule (cosine: both lrs decay to 0 over the phase-2 steps, so the curves settle)"),
     ],
     frozen=["simulation.*", "graph_model.*", "training.*", "training.freeze_stoichiometry",
             "training.skip_phase1", "training.homeostasis_training", "training.phase1_checkpoint",

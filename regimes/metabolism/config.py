@@ -197,6 +197,10 @@ class TrainingConfig(_Strict):
     homeostasis_time_step: int = Field(4, ge=1)
     learning_rate_node_homeostasis: float = Field(1e-2, gt=0)
     learning_rate_embedding_homeostasis: float = Field(1e-3, gt=0)
+    #: phase-2 learning-rate schedule: constant, or cosine (both groups' lr times 0.5 (1 + cos(pi step /
+    #: steps)) over the phase-2 steps). At a constant 1e-2 the curves keep drifting with the batch noise:
+    #: a long phase 2 ends wherever the last steps left it (prompts/regimes/homeostasis.md "Defaults")
+    lr_schedule_homeostasis: Literal["constant", "cosine"] = "constant"
     #: model.pt of a phase-1 training (kinetics model, S frozen); needed when skip_phase1
     phase1_checkpoint: str | None = None
 
@@ -271,7 +275,8 @@ class Config(_Strict):
                 if getattr(t, k) != v:
                     inert.setdefault(k, "has no effect with freeze_stoichiometry: true")
         if not t.homeostasis_training:
-            for k in ("homeostasis_time_step", "learning_rate_node_homeostasis", "learning_rate_embedding_homeostasis"):
+            for k in ("homeostasis_time_step", "learning_rate_node_homeostasis", "learning_rate_embedding_homeostasis",
+                      "lr_schedule_homeostasis"):
                 if k in t.model_fields_set and getattr(t, k) != TrainingConfig.model_fields[k].default:
                     inert.setdefault(k, "only acts with homeostasis_training: true")
         if t.homeostasis_training and not t.freeze_stoichiometry:

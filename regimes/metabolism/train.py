@@ -325,10 +325,16 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
     losses = History(t.n_epochs * steps_per_epoch)
     step = 0
     # >>> editable: phase2_loop
-    opt = torch.optim.Adam([{"params": node_params, "lr": t.learning_rate_node_homeostasis},
-                            {"params": [model.a], "lr": t.learning_rate_embedding_homeostasis}])
+    opt = make_optimizer(model, [{"params": node_params, "lr": t.learning_rate_node_homeostasis},
+                                 {"params": [model.a], "lr": t.learning_rate_embedding_homeostasis}])
+    for g in opt.param_groups:
+        g["lr_base"] = g["lr"]
+    total_steps = t.n_epochs * steps_per_epoch
     for epoch in range(t.n_epochs):
         for _ in range(steps_per_epoch):
+            if t.lr_schedule_homeostasis == "cosine":
+                for g in opt.param_groups:
+                    g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             idx = torch.randint(0, data.n_frames - T, (B,), generator=gen).to(dev)
             x = conc0[idx]
             for _s in range(T):
