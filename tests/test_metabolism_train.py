@@ -393,3 +393,18 @@ def test_least_squares_k_recovers_the_true_k_for_the_true_rate_law():
     # and the fit itself: the derivatives are reproduced
     with torch.no_grad():
         assert float(((model(data.conc) - data.deriv) ** 2).mean() / data.ynorm ** 2) < 1e-8
+
+
+def test_batch_indices_in_blocks_are_the_per_step_draws():
+    """BatchIndices draws a block of steps in one randint call: the same frames, step by step, as one draw per
+    step from the same generator (so block sampling changes no training's numbers)."""
+    from regimes.metabolism.train import BatchIndices
+
+    starts = torch.arange(5, 2000, 3)
+    g_ref, g_blk, g_one = (torch.Generator().manual_seed(7) for _ in range(3))
+    blocks = BatchIndices(starts, 8, g_blk, "cpu", block=16)
+    one = BatchIndices(starts, 8, g_one, "cpu", per_step=True)
+    for _ in range(40):  # crosses block boundaries
+        want = starts[torch.randint(0, len(starts), (8,), generator=g_ref)]
+        assert torch.equal(blocks.next(), want) and torch.equal(one.next(), want)
+    assert one.block == 1

@@ -47,7 +47,7 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
     `reference`: the model's reference code path and torch's Adam (model.fast = False), for A/B runs."""
     from regimes.metabolism.fast import compile_model, step_begin
     from regimes.metabolism.model import KineticsModel, build_model
-    from regimes.metabolism.train import SubPenaltyInputs, make_optimizer, param_groups, sub_penalties, to_device
+    from regimes.metabolism.train import BatchIndices, SubPenaltyInputs, make_optimizer, param_groups, sub_penalties
 
     t = cfg.training
     data = data if data is not None else _data(cfg.simulation.model_dump(), t.freeze_stoichiometry, device)
@@ -63,10 +63,11 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
         sub_inputs = SubPenaltyInputs(model, data)
 
     compiled, _restore = compile_model(model, t.compile)
+    batches = BatchIndices(torch.arange(data.n_frames, device=device), B, gen, device)  # as train_phase1
 
     def step() -> torch.Tensor:
         step_begin(compiled, t.compile)
-        idx = to_device(torch.randint(0, data.n_frames, (B,), generator=gen), device)
+        idx = batches.next()
         c = conc0[idx]
         if sub_terms:
             d, f = model.forward_and_sub(c, sub_inputs.c, sub_inputs.s)

@@ -2,22 +2,27 @@
 code, as one autograd Function per model with a hand-written backward.
 
 Why: at batch 8 these models are overhead-bound. The reference step issued ~1,000 aten calls for
-~21 MFLOP; most of its time went to autograd bookkeeping of ~60 small ops, to torch.tanh (on this
-CPU build ~6x slower than sigmoid, which is vectorised), and to Adam's per-parameter loop. Here
-each model is ~25 forward + ~35 backward aten calls, tanh is 2 sigmoid(2x) - 1 on CPU, and
-`FlatAdam` updates every parameter in ~10 calls.
+~21 MFLOP. Measured (perf, one thread, kinetics step): about a third of the step is arithmetic (MKL
+gemm ~17 %, elementwise kernels ~15 %); the rest is per-call cost -- dispatcher/TensorIterator ~31 %,
+the Python interpreter ~18 %, the Python bindings ~7 %, the autograd engine ~6 %, malloc ~5 %. So the
+levers here are fewer calls and fewer autograd nodes: each model is one node of ~20 forward and
+~35 backward aten calls, index layouts are built once per batch size and cached on the model (the MLP
+input is one cat + one gather, each reaction's substrate product one gather + one prod), MLP_node's
+first layer runs its embedding part once per metabolite, the phase-1 MLP_sub penalties are one node
+(`SubPenaltyFn`), and `FlatAdam` is one fused call per parameter group.
 
 What stays exactly the reference's maths (checked by tests/test_metabolism_fast.py, losses and
 gradients on a fixed batch, float tolerance):
 - kinetics (S frozen): MLP_sub once per distinct (metabolite, |s|) pair per batch row (f = softplus(u),
   or c softplus(u) for graph_model.mlp_sub_form c_softplus), plus any
   extra (c, s) rows the caller asks for (the phase-1 penalties: one MLP pass serves both), the
-  product over each reaction's substrates on the padded layout, k = 10^log_k, v @ S^T, + MLP_node;
+  product over each reaction's substrates on the padded layout, k = 10^log_k, v @ S^T, + MLP_node
+  (whose output bias rides on the v @ S^T product);
 - stoichiometry: the per-edge message MLP's last Linear is moved after the sum over a reaction's
   substrate edges (sum_e (W h_e + b) = W sum_e h_e + n_sub b, exact up to rounding), so that layer
   runs on B x n_rxn rows instead of B x E_sub, and S^T is assembled inside.
 Not covered (the model falls back to the reference code): kinetics with a learned S, MLPs that are
-not Linear (Tanh Linear)* (e.g. after a code edit), and float64 inputs on CPU are still fine.
+not Linear (Tanh Linear)* with biases (e.g. after a code edit). float64 works (the tests run in it).
 """
 
 from __future__ import annotations
@@ -39,117 +44,91 @@ REFERENCE_SOURCE = {
     "KineticsModel": "96544f7eda0bf65a52d2223fb0a28e4dcc51fd13bb63b391ec28553bcca5a5e0",
 }
 _tanh_backward = torch.ops.aten.tanh_backward
-_sigmoid_backward = torch.ops.aten.sigmoid_backward
 _softplus_backward = torch.ops.aten.softplus_backward
 
 
+def _compiling() -> bool:
+    """Under torch.compile a Function must not save tensors that in-place ops produced (its tracing refuses
+    a saved tensor that aliases another): out-of-place variants there, in place (no allocation) in eager."""
+    return torch.compiler.is_compiling()
+
+
 def tanh_(z: torch.Tensor) -> torch.Tensor:
-    """tanh in place. On CPU as 2 sigmoid(2z) - 1 (same value within ~2e-7 absolute; torch.tanh is not
-    vectorised well on CPU: 2.8 ns vs 0.5 ns an element measured here); torch's own elsewhere."""
-    if z.device.type == "cpu":
-        return z.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
-    return z.tanh_()
+    """tanh in place (out of place under torch.compile). Plain torch.tanh: on this torch build (2.13, AVX-512)
+    it is vectorised and ~30 % faster than sigmoid (17 vs 23 us on 800 x 64 floats, measured), so the earlier
+    2 sigmoid(2z) - 1 rewrite (with its bias fold-ins) is gone, and the numbers are the reference's own."""
+    return torch.tanh(z) if _compiling() else z.tanh_()
 
 
 def linear_layers(seq: nn.Module) -> list[nn.Linear] | None:
-    """The Linear layers of an `mlp()`-shaped Sequential (Linear (Tanh Linear)*), else None."""
-    if not isinstance(seq, nn.Sequential) or len(seq) % 2 != 1:
+    """The Linear layers (with bias) of an `mlp()`-shaped Sequential (Linear (Tanh Linear)*), else None.
+    Called on every forward (the check must see a module swapped in by a code edit): through `_modules` and
+    `_parameters` directly, ~10x cheaper than iterating the Sequential and nn.Module attribute lookups."""
+    if not isinstance(seq, nn.Sequential):
         return None
-    mods = list(seq)
-    for i, m in enumerate(mods):
-        if (i % 2 == 0 and type(m) is not nn.Linear) or (i % 2 == 1 and type(m) is not nn.Tanh):
+    mods = tuple(seq._modules.values())
+    if len(mods) % 2 != 1:
+        return None
+    lins = mods[0::2]
+    for m in lins:
+        if type(m) is not nn.Linear or m._parameters.get("bias") is None:
             return None
-    return mods[0::2]
+    for m in mods[1::2]:
+        if type(m) is not nn.Tanh:
+            return None
+    return list(lins)
 
 
 def mlp_params(seq: nn.Module) -> list[torch.Tensor]:
     """[W0, b0, W1, b1, ...] of an `mlp()` Sequential."""
     out: list[torch.Tensor] = []
     for lin in linear_layers(seq) or []:
-        out += [lin.weight, lin.bias]
+        p = lin._parameters
+        out += [p["weight"], p["bias"]]
     return out
 
 
-def _affine(i: int, n: int, final_tanh: bool) -> tuple[float, float, float]:
-    """(a, c, o) of layer i: its input is h = a s + c (s the previous sigmoid output; the true x for i = 0)
-    and it outputs o z (o = 2 before a tanh, whose input is then sigmoid's: tanh(z) = 2 sigmoid(2z) - 1)."""
-    act = i < n - 1 or final_tanh
-    return (1.0, 0.0, 2.0 if act else 1.0) if i == 0 else (2.0, -1.0, 2.0 if act else 1.0)
-
-
-_ONES: dict = {}
-
-
-def _ones(n: int, like: torch.Tensor) -> torch.Tensor:
-    """A cached ones vector (one aten call saved per use)."""
-    key = (n, like.dtype, like.device)
-    t = _ONES.get(key)
-    if t is None:
-        t = _ONES[key] = torch.ones(n, dtype=like.dtype, device=like.device)
-    return t
-
-
-def mlp_forward(x: torch.Tensor, params, final_tanh: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """x (N, in) through Linear (Tanh Linear)* -> (out, [s_0, s_1, ...]), each hidden layer kept as
-    s = sigmoid(2 z) (its tanh is 2 s - 1, folded into the next layer: addmm's alpha/beta and the bias
-    b - W 1, so one elementwise pass per hidden layer instead of tanh's, which torch does not vectorise
-    well on CPU). With final_tanh the last layer has a tanh too and `out` is its s (tanh = 2 s - 1)."""
-    ss: list[torch.Tensor] = []
-    h = x
+def mlp_tail_forward(z0: torch.Tensor, params, final_tanh: bool = False,
+                     last_input: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The rest of Linear (Tanh Linear)* after layer 0, whose output z0 (N, H0) the caller computed (each caller
+    has a cheaper form of that layer for its input). Returns (out, [tanh outputs, one per hidden layer]).
+    final_tanh: a tanh after the last layer too (`out` is then the last tanh output, also listed).
+    last_input (only with >= 2 layers): the last layer adds its product to this tensor (N, out) INSTEAD of
+    its bias, which the caller folded in elsewhere (one addmm less)."""
     n = len(params) // 2
-    for i in range(n):
-        a, c, o = _affine(i, n, final_tanh)
+    hs: list[torch.Tensor] = []
+    h = z0
+    for i in range(1, n):
+        h = tanh_(h)
+        hs.append(h)
         W, b = params[2 * i], params[2 * i + 1]
-        if c != 0.0:
-            b = torch.addmv(b, W, _ones(W.shape[1], W), alpha=c)  # b + c W 1
-        h = torch.addmm(b, h, W.t(), beta=o, alpha=o * a)
-        if o != 1.0:
-            # in place in eager (no allocation); out of place under torch.compile, whose tracing of a Function
-            # refuses a saved tensor that aliases another
-            h = torch.sigmoid(h) if torch.compiler.is_compiling() else h.sigmoid_()
-            ss.append(h)
-    return h, ss
+        h = torch.addmm(last_input if (i == n - 1 and last_input is not None) else b, h, W.t())
+    if final_tanh:
+        h = tanh_(h)
+        hs.append(h)
+    return h, hs
 
 
-def _grad_w(g: torch.Tensor, inp: torch.Tensor, gsum: torch.Tensor | None, alpha: float, beta: float) -> torch.Tensor:
-    """alpha g.t() @ inp + beta gsum 1^T (the weight gradient). For a thin input (<= 4 columns) as a
-    transposed product: MKL is ~7x slower on the direct form of that shape (4200 x 64 by 4200 x 2)."""
-    thin = inp.shape[1] <= 4
-    if gsum is None or beta == 0.0:
-        return torch.mm(inp.t(), g).t().mul_(alpha) if thin else torch.mm(g.t(), inp).mul_(alpha)
-    if thin:
-        return torch.addmm(gsum.unsqueeze(0).expand(inp.shape[1], -1), inp.t(), g, beta=beta, alpha=alpha).t()
-    return torch.addmm(gsum.unsqueeze(1).expand(-1, inp.shape[1]), g.t(), inp, beta=beta, alpha=alpha)
-
-
-def mlp_backward(g: torch.Tensor, x: torch.Tensor, ss: list[torch.Tensor], params, need: list[bool],
-                 need_x: bool, final_tanh: bool = False, scale: float = 1.0
-                 ) -> tuple[list[torch.Tensor | None], torch.Tensor | None, float]:
-    """Gradients of `mlp_forward`. The gradient at `out` (at the last s with final_tanh) is scale * g.
-    Returns ([gW0, gb0, ...] (None where `need` is False), g_y, k): the input gradient is k * (g_y @ W0),
-    left to the caller, which often needs only some of its columns or a sum over rows (thin products are
-    slow). The scalar factors of the folded tanh ride along as `k` instead of passes over big tensors."""
+def mlp_tail_backward(g: torch.Tensor, hs: list[torch.Tensor], params, need: list[bool], final_tanh: bool = False
+                      ) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
+    """Gradients of `mlp_tail_forward` for the gradient g at its output: ([None, None, gW1, gb1, ...] (None where
+    `need` is False; layer 0's entries are the caller's), the gradient at z0, or None when neither layer 0's
+    parameters nor anything below them need it (need[0], need[1] and the caller's own flag folded into need[0:2]))."""
     n = len(params) // 2
     grads: list[torch.Tensor | None] = [None] * (2 * n)
-    k = scale
-    for i in reversed(range(n)):
-        a, c, o = _affine(i, n, final_tanh)
-        W = params[2 * i]
-        if o != 1.0:
-            g = _sigmoid_backward(g, ss[i])
-        inp = x if i == 0 else ss[i - 1]
-        gsum = g.sum(0) if need[2 * i + 1] or (need[2 * i] and c != 0.0) else None
-        if need[2 * i]:  # W enters as o a W (product) and o c W 1 (bias)
-            grads[2 * i] = _grad_w(g, inp, gsum, o * a * k, o * c * k)
+    if final_tanh:
+        g = _tanh_backward(g, hs[-1])
+    for i in reversed(range(1, n)):
+        inp = hs[i - 1]
+        if need[2 * i]:
+            grads[2 * i] = torch.mm(g.t(), inp)
         if need[2 * i + 1]:
-            grads[2 * i + 1] = gsum * (o * k)
-        if i > 0:
-            # earlier layers need the gradient only when some parameter (or x) below asks for it
-            if not (need_x or any(need[: 2 * i])):
-                return grads, None, k
-            g = g * W if W.shape[0] == 1 else torch.mm(g, W)  # a one-output layer: an outer product
-            k *= o * a
-    return grads, (g if need_x else None), k * _affine(0, n, final_tanh)[2]
+            grads[2 * i + 1] = g.sum(0)
+        if not any(need[: 2 * i]):
+            return grads, None
+        W = params[2 * i]
+        g = _tanh_backward(g * W if W.shape[0] == 1 else torch.mm(g, W), inp)  # a one-output layer: outer product
+    return grads, g
 
 
 def _others_product(g: torch.Tensor) -> torch.Tensor:
@@ -166,95 +145,160 @@ def _others_product(g: torch.Tensor) -> torch.Tensor:
     return pre * suf
 
 
+class _KinLayout:
+    """Index layouts of one (batch size, extra rows) for KineticsFn, built once and cached on the model:
+    per step the MLP_sub input is then ONE cat and ONE gather, and the reactions' products one gather."""
+
+    def __init__(self, m, B: int, extra_c: torch.Tensor, extra_s: torch.Tensor, like: torch.Tensor):
+        dev = like.device
+        M, P, Q = m.n_met, m.pair_met.numel(), extra_c.numel()
+        BM, BP = B * M, B * P
+        self.B, self.P, self.Q, self.BP, self.N = B, P, Q, BP, BP + Q
+        # row r of the MLP_sub input: batch b = r // P, pair r % P (c[b, pair_met], pair_s), then the Q extra rows
+        self.fidx = (m.pair_met.repeat(B) + torch.arange(0, BM, M, device=dev).repeat_interleave(P))
+        # src = [c.reshape(-1) (BM), extra_c (Q), s column (BP + Q)]: x2 = src[gidx].view(2, N) is the input transposed
+        self.tail = torch.cat((extra_c, m.pair_s.repeat(B), extra_s)).to(like.dtype)
+        self.gidx = torch.cat((self.fidx, BM + torch.arange(Q, device=dev),
+                               BM + Q + torch.arange(BP + Q, device=dev))).view(2, self.N)
+        # the padded product layout into f_ext = [f (N), 1]: (b, r, w) -> b P + pair, or N (the constant 1)
+        lay = m.pad_pair  # (R, W) into pairs, P = the constant 1
+        self.W = lay.shape[1]
+        rows = torch.arange(B, device=dev).view(B, 1, 1) * P + lay.unsqueeze(0)
+        self.pidx = torch.where(lay.unsqueeze(0) >= P, torch.full_like(rows, self.N), rows).reshape(-1)
+        self.one = like.new_ones(1)
+        self.extra = (extra_c, extra_c._version, extra_s, extra_s._version)  # kept alive: their ids stay unique
+
+
+def _kin_layout(m, B: int, extra_c: torch.Tensor, extra_s: torch.Tensor, like: torch.Tensor) -> _KinLayout:
+    cache = m.__dict__.setdefault("_fast_layouts", {})
+    none = extra_c.numel() == 0 and extra_s.numel() == 0  # the plain forward passes fresh empty tensors
+    key = (B, None if none else (id(extra_c), id(extra_s)), like.dtype, like.device, m.pad_pair.data_ptr())
+    lay = cache.get(key)
+    if lay is None or not none and (lay.extra[0] is not extra_c or lay.extra[2] is not extra_s  # (a deep copy's)
+                                    or lay.extra[1] != extra_c._version or lay.extra[3] != extra_s._version):
+        if len(cache) > 8:  # a caller that builds new extra rows per call: no unbounded growth
+            cache.clear()
+        lay = cache[key] = _KinLayout(m, B, extra_c, extra_s, like)
+    return lay
+
+
 class KineticsFn(torch.autograd.Function):
     """(dc/dt (B, n_met), f_sub at the extra rows (Q,)) of a frozen-S KineticsModel; see the module doc.
 
     apply(model, with_node, c, extra_c, extra_s, log_k, *mlp_sub params, [*mlp_node params, a]);
-    with_node False: the reaction part S v(c) alone."""
+    with_node False: the reaction part S v(c) alone. extra_c / extra_s are constants (no gradient)."""
 
     @staticmethod
     def forward(ctx, m, with_node, c, extra_c, extra_s, log_k, *params):
-        n_sub = len(mlp_params(m.mlp_sub))
+        n_sub = len(m.mlp_sub) + 1  # Linear (Tanh Linear)*: fast_ok checked the shape
         sub, node = params[:n_sub], params[n_sub:]
         B, M = c.shape
-        P = m.pair_met.numel()
-        fidx = torch.add(m.pair_met.repeat(B), torch.arange(0, B * M, M, device=c.device).repeat_interleave(P))
-        x = torch.stack((torch.cat((c.reshape(-1).index_select(0, fidx), extra_c)),
-                         torch.cat((m.pair_s.repeat(B), extra_s))), 1)
-        u2, hs = mlp_forward(x, sub)  # (N, 1)
-        f = F.softplus(u2.view(-1))
-        if m.c_times_sub:  # mlp_sub_form c_softplus: f = c softplus(u)
-            f = f * x[:, 0]
-        fe = torch.cat((f[: B * P].view(B, P), f.new_ones(B, 1)), 1)
-        lay = m.pad_pair
-        g_flat = fe.index_select(1, lay.reshape(-1))  # (B, R * W)
-        p = g_flat.view(B, lay.shape[0], lay.shape[1]).prod(-1)
+        L = _kin_layout(m, B, extra_c, extra_s, c)
+        x2 = torch.take(torch.cat((c.reshape(-1), L.tail)), L.gidx)  # (2, N): the MLP_sub input, transposed
+        u2, hs = mlp_tail_forward(torch.addmm(sub[1], x2.t(), sub[0].t()), sub)  # (N, 1)
+        u = u2.view(-1)
+        sp = F.softplus(u)
+        f = sp * x2[0] if m.c_times_sub else sp  # mlp_sub_form c_softplus: f = c softplus(u)
+        g_flat = torch.cat((f, L.one)).index_select(0, L.pidx)  # (B R W)
+        R = m.n_rxn
+        p = g_flat.view(B, R, L.W).prod(-1) if L.W > 1 else g_flat.view(B, R)
         k = torch.pow(10.0, log_k)
-        S_T = m.S_frozen_T
-        d = torch.mm(k * p, S_T)
-        # only tensors that are not views are saved (torch.compile's tracing of a Function requires it)
-        saved = [c, x, u2, g_flat, p, k, fidx, *hs]
+        v = p * k
+        saved = [c, x2, u2, sp, g_flat, v, k, *hs]
         n_hs = len(hs)
         if node:
-            a = node[-1]
-            xn = torch.cat((c.reshape(-1, 1), a.repeat(B, 1)), 1)
-            out, hsn = mlp_forward(xn, node[:-1])
-            d = d + out.view(B, M)
-            saved += [xn, *hsn]
-        ctx.m, ctx.n_sub, ctx.n_hs, ctx.P, ctx.Q = m, n_sub, n_hs, P, extra_c.numel()
+            Wn, a = node[:-1], node[-1]
+            n_layers = len(Wn) // 2
+            # layer 0 on [c_i, a_i]: the embedding part once per metabolite, the c part an outer product
+            A = torch.addmm(Wn[1], a, Wn[0][:, 1:].t())  # (M, H0)
+            w_c = Wn[0][:, 0].contiguous()  # (a strided column makes the broadcast addcmul 3x slower)
+            z0 = torch.addcmul(A, c.unsqueeze(-1), w_c).view(B * M, -1)
+            if n_layers >= 2:  # the last layer adds onto S v, whose mm carries that layer's bias
+                d = torch.addmm(Wn[-1], v, m.S_frozen_T)
+                out, hsn = mlp_tail_forward(z0, Wn, last_input=d.view(B * M, 1))
+                d = out.view(B, M)
+            else:
+                d = torch.mm(v, m.S_frozen_T)
+                d = d + z0.view(B, M)
+                hsn = []
+            saved += hsn
+        else:
+            d = torch.mm(v, m.S_frozen_T)
+        ctx.m, ctx.n_sub, ctx.n_hs, ctx.L = m, n_sub, n_hs, L
+        # only tensors that are not views are saved (torch.compile's tracing of a Function requires it)
         ctx.save_for_backward(*saved, *params)
-        return d, f[B * P:]
+        return d, f[L.BP:]
 
     @staticmethod
     def backward(ctx, g_d, g_fx):
-        m, n_sub, n_hs, P, Q = ctx.m, ctx.n_sub, ctx.n_hs, ctx.P, ctx.Q
+        m, n_sub, n_hs, L = ctx.m, ctx.n_sub, ctx.n_hs, ctx.L
         saved = ctx.saved_tensors
-        c, x, u2, g_flat, p, k, fidx = saved[:7]
-        u = u2.view(-1)
+        c, x2, u2, sp, g_flat, v, k = saved[:7]
         hs = list(saved[7:7 + n_hs])
-        rest = saved[7 + n_hs:]
         need = ctx.needs_input_grad  # (m, with_node, c, extra_c, extra_s, log_k, *params)
         need_c = need[2]
         n_params = len(need) - 6
-        params = rest[len(rest) - n_params:]
-        node_saved = rest[:len(rest) - n_params]
+        params = saved[len(saved) - n_params:]
+        hsn = list(saved[7 + n_hs:len(saved) - n_params])
         sub, node = params[:n_sub], params[n_sub:]
         B, M = c.shape
-        if g_d is None:
-            g_d = torch.zeros_like(c)
+        R = m.n_rxn
         grads: list = [None] * 6
-        g_v = torch.mm(g_d, m.S_frozen_T.t())
-        if need[5]:
-            grads[5] = (g_v * p).sum(0) * (k * LN10)
-        g_p = g_v * k
-        lay = m.pad_pair
-        g_g = g_p.unsqueeze(-1) * _others_product(g_flat.view(B, lay.shape[0], lay.shape[1]))
-        g_fe = g_d.new_zeros(B, P + 1).index_add_(1, lay.reshape(-1), g_g.reshape(B, -1))
-        g_fx = g_fx if g_fx is not None else g_d.new_zeros(Q)
-        g_f = torch.cat((g_fe[:, :P].reshape(-1), g_fx))
-        g_sp = g_f * x[:, 0] if m.c_times_sub else g_f  # c_softplus: d f / d softplus = c
-        g_u = _softplus_backward(g_sp, u, 1.0, 20.0).unsqueeze(1)
-        gsub, gz, kz = mlp_backward(g_u, x, hs, sub, list(need[6:6 + n_sub]), need_c)
+        need_sub = list(need[6:6 + n_sub])
+        gsub: list = [None] * n_sub
         gc = None
-        if need_c:  # only the c column of the input gradient, only on the batch's rows
-            gx0 = torch.mv(gz[: B * P], sub[0][:, 0] * kz)
-            if m.c_times_sub:  # and the direct term d f / d c = softplus(u)
-                gx0 = gx0 + g_f[: B * P] * F.softplus(u[: B * P])
-            gc = g_d.new_zeros(B * M).index_add_(0, fidx, gx0).view(B, M)
+        if g_d is not None:
+            g_v = torch.mm(g_d, m.S_frozen_T.t())
+            if need[5]:
+                grads[5] = (g_v * v).sum(0).mul_(LN10)
+        if need_c or any(need_sub):
+            if g_d is not None:
+                g_p = g_v * k
+                if L.W == 1:
+                    g_g = g_p.reshape(-1)
+                else:
+                    g_g = (g_p.unsqueeze(-1) * _others_product(g_flat.view(B, R, L.W))).reshape(-1)
+                g_fe = g_g.new_zeros(L.N + 1).index_add_(0, L.pidx, g_g)
+                if g_fx is not None:
+                    g_fe[L.BP:L.N].add_(g_fx)
+                g_f = g_fe[:L.N]
+            else:
+                g_f = torch.cat((g_fx.new_zeros(L.BP), g_fx))
+            g_sp = g_f * x2[0] if m.c_times_sub else g_f  # c_softplus: d f / d softplus = c
+            g_u = _softplus_backward(g_sp, u2.view(-1), 1.0, 20.0).unsqueeze(1)
+            gsub, gz0 = mlp_tail_backward(g_u, hs, sub, [need_sub[0] or need_sub[1] or need_c] + need_sub[1:])
+            gsub[0] = gsub[1] = None
+            if need_sub[0]:  # x2 is the input transposed (2, N): the thin product in its fast orientation
+                gsub[0] = torch.mm(x2, gz0).t().contiguous()
+            if need_sub[1]:
+                gsub[1] = gz0.sum(0)
+            if need_c:  # only the c column of the input gradient, only on the batch's rows
+                gx0 = torch.mv(gz0[:L.BP], sub[0][:, 0])
+                if m.c_times_sub:  # and the direct term d f / d c = softplus(u)
+                    gx0 = gx0.addcmul_(g_f[:L.BP], sp[:L.BP])
+                gc = g_f.new_zeros(B * M).index_add_(0, L.fidx, gx0).view(B, M)
         gnode: list = []
         if node:
-            xn, hsn = node_saved[0], list(node_saved[1:])
+            Wn, a = node[:-1], node[-1]
             need_node = list(need[6 + n_sub:])
-            need_xn = need_c or need_node[-1]
-            gnode, gzn, kn = mlp_backward(g_d.reshape(-1, 1), xn, hsn, node[:-1], need_node[:-1], need_xn)
-            ga = None
-            if need_xn:
-                W0n = node[0] * kn
-                if need_node[-1]:  # a is the same for every batch row: sum over the batch first
-                    ga = torch.mm(gzn.view(B, M, -1).sum(0), W0n[:, 1:])
-                if need_c:
-                    gc = gc + torch.mv(gzn, W0n[:, 0]).view(B, M)
-            gnode = gnode + [ga]
+            gnode = [None] * len(node)
+            if g_d is not None and (need_c or any(need_node)):
+                need_w = need_node[:-1]
+                need_z0 = need_c or need_node[-1] or need_w[0] or need_w[1]
+                gw, gz0 = mlp_tail_backward(g_d.reshape(-1, 1), hsn, Wn, [need_z0] + need_w[1:])
+                gnode[2:len(Wn)] = gw[2:]  # (the last layer's bias rode on S v's mm: its gradient is the same sum)
+                if gz0 is not None:
+                    W0 = Wn[0]
+                    GA = gz0.view(B, M, -1).sum(0) if (need_w[0] or need_w[1] or need_node[-1]) else None
+                    if need_w[0]:
+                        gnode[0] = torch.cat((torch.mv(gz0.t(), c.reshape(-1)).unsqueeze(1), torch.mm(GA.t(), a)), 1)
+                    if need_w[1]:
+                        gnode[1] = GA.sum(0)
+                    if need_node[-1]:  # a is the same for every batch row: summed over the batch (GA)
+                        gnode[-1] = torch.mm(GA, W0[:, 1:])
+                    if need_c:
+                        gcn = torch.mv(gz0, W0[:, 0]).view(B, M)
+                        gc = gcn if gc is None else gc.add_(gcn)
         grads[2] = gc
         return (*grads, *gsub, *gnode)
 
@@ -266,31 +310,34 @@ class StoichiometryFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, m, c, log_k, sto_all, sto_sub, *params):
-        n_msg = len(mlp_params(m.msg_mlp))
+        n_msg = len(m.msg_mlp) + 1  # Linear (Tanh Linear)*: fast_ok checked the shape
         msg, rate = params[:n_msg], params[n_msg:]
         B, M = c.shape
         R, E = m.n_rxn, m.met_sub.numel()
-        tracing = torch.compiler.is_compiling()  # saved tensors must not be in-place results under compile
         if m.freeze_S:
             mag, S_T = m.sto_sub, m.S_frozen_T
         else:
             mag = sto_sub.abs() if sto_sub is not None else sto_all.index_select(0, m.sub_to_all).abs()
-            S_flat = (torch.index_put if tracing else torch.Tensor.index_put_)(
+            S_flat = (torch.index_put if _compiling() else torch.Tensor.index_put_)(
                 sto_all.new_zeros(R * M), (m.lin_all_T,), sto_all)
             S_T = S_flat.view(R, M)
-        x3 = torch.stack((c.index_select(1, m.met_sub), mag.expand(B, E)), -1)  # (B, E, 2)
-        x = x3.view(B * E, 2)
+        gidx = _sto_gidx(m, B, c.device)
+        x2 = torch.take(torch.cat((c.reshape(-1), mag)), gidx)  # (2, B E): the msg_mlp input, transposed
         # every msg_mlp layer but the last, per edge; the sum over substrate edges; then the last layer
-        # (kept as s, h = 2 s - 1: sum_e (Wl h_e + bl) = 2 Wl sum_e s_e + n_sub (bl - Wl 1))
-        s0, hs = mlp_forward(x, msg[:-2], final_tanh=True)
+        # (sum_e (Wl h_e + bl) = Wl sum_e h_e + n_sub bl: that layer on B x n_rxn rows instead of B x E_sub)
+        s0, hs = mlp_tail_forward(torch.addmm(msg[1], x2.t(), msg[0].t()), msg[:-2], final_tanh=True)
         H = s0.shape[1]
-        A3 = (torch.index_add if tracing else torch.Tensor.index_add_)(
+        A3 = (torch.index_add if _compiling() else torch.Tensor.index_add_)(
             s0.new_zeros(B, R, H), 1, m.rxn_sub, s0.view(B, E, H))
         A = A3.view(B * R, H)
         Wl, bl = msg[-2], msg[-1]
-        nb = torch.outer(m.n_sub_f, torch.addmv(bl, Wl, _ones(Wl.shape[1], Wl), alpha=-1.0))
-        h = torch.addmm(nb.repeat(B, 1), A, Wl.t(), alpha=2.0)
-        u2, hr = mlp_forward(h, rate)  # (B R, 1)
+        h = torch.mm(A, Wl.t())
+        nb = torch.outer(m.n_sub_f, bl)
+        if _compiling():
+            h = (h.view(B, R, -1) + nb).view(B * R, -1)
+        else:
+            h.view(B, R, -1).add_(nb)
+        u2, hr = mlp_tail_forward(torch.addmm(rate[1], h, rate[0].t()), rate)  # (B R, 1)
         u = u2.view(B, R)
         k = torch.pow(10.0, log_k)
         sp = F.softplus(u)
@@ -298,7 +345,7 @@ class StoichiometryFn(torch.autograd.Function):
         d = torch.mm(v, S_T)
         ctx.m, ctx.n_msg, ctx.n_hs, ctx.tied = m, n_msg, len(hs), sto_sub is None
         # only tensors that are not views are saved (torch.compile's tracing of a Function requires it)
-        ctx.save_for_backward(c, x3, A3, h, u2, sp, k, v, S_flat if not m.freeze_S else sto_all, sto_all,
+        ctx.save_for_backward(c, x2, A3, h, u2, k, v, S_flat if not m.freeze_S else sto_all, sto_all,
                               *([] if sto_sub is None else [sto_sub]), *hs, *hr, *params)
         return d
 
@@ -307,12 +354,12 @@ class StoichiometryFn(torch.autograd.Function):
         m, n_msg, n_hs = ctx.m, ctx.n_msg, ctx.n_hs
         need = ctx.needs_input_grad  # (m, c, log_k, sto_all, sto_sub, *params)
         saved = ctx.saved_tensors
-        c, x3, A3, h, u2, sp, k, v, S_flat, sto_all = saved[:10]
-        i = 10
+        c, x2, A3, h, u2, k, v, S_flat, sto_all = saved[:9]
+        i = 9
         sto_sub = None
         if not ctx.tied:
-            sto_sub = saved[10]
-            i = 11
+            sto_sub = saved[9]
+            i = 10
         n_params = len(need) - 5
         params = saved[len(saved) - n_params:]
         hs = list(saved[i:i + n_hs])
@@ -320,41 +367,50 @@ class StoichiometryFn(torch.autograd.Function):
         msg, rate = params[:n_msg], params[n_msg:]
         B, M = c.shape
         R, E = m.n_rxn, m.met_sub.numel()
-        x, u = x3.view(B * E, 2), u2.view(B, R)
+        u = u2.view(B, R)
         A = A3.view(B * R, -1)
         S_T = m.S_frozen_T if m.freeze_S else S_flat.view(R, M)
         grads: list = [None] * 5
         g_v = torch.mm(g_d, S_T.t())
         if need[2]:
-            grads[2] = (g_v * sp).sum(0) * (k * LN10)
+            grads[2] = (g_v * v).sum(0).mul_(LN10)
         g_u = _softplus_backward(g_v * k, u, 1.0, 20.0).reshape(B * R, 1)
         need_msg = list(need[5:5 + n_msg])
+        need_rate = list(need[5 + n_msg:])
         need_mag = not m.freeze_S and (need[3] or need[4])
         need_x = need[1] or need_mag
         need_h = need_x or any(need_msg)
-        grate, g_yr, kr = mlp_backward(g_u, h, hr, rate, list(need[5 + n_msg:]), need_h)
+        grate, gz0r = mlp_tail_backward(g_u, hr, rate, [need_rate[0] or need_h] + need_rate[1:])
+        if need_rate[0]:
+            grate[0] = torch.mm(gz0r.t(), h)
+        else:
+            grate[0] = None
+        if need_rate[1]:
+            grate[1] = gz0r.sum(0)
         gmsg: list = [None] * n_msg
         if need_h:
-            g_h = torch.mm(g_yr, rate[0])  # the true gradient at h is kr * g_h
+            g_h = torch.mm(gz0r, rate[0])  # (B R, msg_dim)
             Wl = msg[-2]
-            gbl = torch.mv(g_h.view(B, R, -1).sum(0).t(), m.n_sub_f).mul_(kr) if any(need_msg[-2:]) else None
-            if need_msg[-2]:  # h = 2 Wl A + n_sub (bl - Wl 1)
-                gmsg[-2] = torch.addmm(gbl.unsqueeze(1).expand(-1, A.shape[1]), g_h.t(), A, beta=-1.0, alpha=2.0 * kr)
+            if need_msg[-2]:  # h = Wl A + n_sub bl
+                gmsg[-2] = torch.mm(g_h.t(), A)
             if need_msg[-1]:
-                gmsg[-1] = gbl
+                gmsg[-1] = torch.mv(g_h.view(B, R, -1).sum(0).t(), m.n_sub_f)
             if need_x or any(need_msg[:-2]):
-                g_A = torch.mm(g_h, Wl).view(B, R, -1)  # true: 2 kr g_A
-                g_s0 = g_A.index_select(1, m.rxn_sub).reshape(B * E, -1)
-                gfirst, g_y, ky = mlp_backward(g_s0, x, hs, msg[:-2], need_msg[:-2], need_x, final_tanh=True,
-                                               scale=2.0 * kr)
-                gmsg[:-2] = gfirst
+                g_s0 = torch.mm(g_h, Wl).view(B, R, -1).index_select(1, m.rxn_sub).reshape(B * E, -1)
+                need_first = [need_msg[0] or need_msg[1] or need_x] + need_msg[1:-2]
+                gfirst, gz0 = mlp_tail_backward(g_s0, hs, msg[:-2], need_first, final_tanh=True)
+                gmsg[2:-2] = gfirst[2:]
+                if need_msg[0]:  # x2 is the input transposed (2, B E): the thin product in its fast orientation
+                    gmsg[0] = torch.mm(x2, gz0).t().contiguous()
+                if need_msg[1]:
+                    gmsg[1] = gz0.sum(0)
                 if need_x:
-                    W0 = msg[0] * ky
+                    W0 = msg[0]
                     if need[1]:
-                        g_c = torch.mv(g_y, W0[:, 0]).view(B, E)
+                        g_c = torch.mv(gz0, W0[:, 0]).view(B, E)
                         grads[1] = c.new_zeros(B, M).index_add_(1, m.met_sub, g_c)
                     if need_mag:  # |s_e| is the same for every batch row: sum over the batch first
-                        g_mag = torch.mv(g_y.view(B, E, -1).sum(0), W0[:, 1])
+                        g_mag = torch.mv(gz0.view(B, E, -1).sum(0), W0[:, 1])
                         if sto_sub is not None:
                             if need[4]:
                                 grads[4] = g_mag * torch.sgn(sto_sub)
@@ -367,18 +423,95 @@ class StoichiometryFn(torch.autograd.Function):
         return (*grads, *gmsg, *grate)
 
 
+def _sto_gidx(m, B: int, dev) -> torch.Tensor:
+    """Gather index of the msg_mlp input from [c.reshape(-1) (B M), |s| (E)]: row 0 c[b, met_sub[e]], row 1
+    |s_e|, over (b, e); cached on the model per batch size."""
+    cache = m.__dict__.setdefault("_fast_layouts", {})
+    key = ("sto", B, dev, m.met_sub.data_ptr())
+    g = cache.get(key)
+    if g is None:
+        M, E = m.n_met, m.met_sub.numel()
+        rows = (torch.arange(B, device=dev).view(B, 1) * M + m.met_sub.view(1, E)).reshape(-1)
+        g = cache[key] = torch.cat((rows, B * M + torch.arange(E, device=dev).repeat(B))).view(2, B * E)
+    return g
+
+
+class SubPenaltyFn(torch.autograd.Function):
+    """train.sub_penalties (the phase-1 MLP_sub penalties and the gauge-corrected log k prior) from MLP_sub at
+    the SubPenaltyInputs rows, as ONE autograd node with a hand-written backward: the reference's autograd
+    graph of these few scalars is ~35 aten calls and ~25 nodes per step, about 8 % of the kinetics step.
+
+    apply(f (Q,), log_k (R,), n_sub_f (R,), n_s, n_c, coeff_diff, coeff_norm, coeff_zero, coeff_prior, k_center)
+    -> the penalty (0-dim); rows of f: n_s x n_c grid, f(0, s) (n_s), f(1, s) (n_s), f(1, 1). The terms are
+    added in the reference's order (same rounding); a zero coefficient skips its term, as there."""
+
+    @staticmethod
+    def forward(ctx, f, log_k, n_sub_f, n_s, n_c, c_diff, c_norm, c_zero, c_prior, k_center):
+        n = n_s * n_c
+        f11 = f[-1]
+        regul = f.new_zeros(())
+        saved: dict = {}
+        if c_diff:
+            grid = f[:n].view(n_s, n_c)
+            dif = grid[:, :-1] - grid[:, 1:]
+            regul = regul + dif.relu().mean() * c_diff
+            saved["dif"] = dif
+        if c_norm:
+            regul = regul + (f11 - 1.0).pow(2) * c_norm
+        if c_zero:
+            ratio = f[n:n + n_s] / f[n + n_s:n + 2 * n_s]
+            regul = regul + ratio.pow(2).sum() * c_zero
+            saved["ratio"] = ratio
+        if c_prior:
+            e = torch.addcmul(log_k, n_sub_f, torch.log10(f11)).sub_(k_center)
+            regul = regul + e.pow(2).mean() * c_prior
+            saved["e"] = e
+        ctx.args = (n_s, n_c, c_diff, c_norm, c_zero, c_prior)
+        ctx.saved = saved
+        ctx.save_for_backward(f, n_sub_f)
+        return regul
+
+    @staticmethod
+    def backward(ctx, g):
+        n_s, n_c, c_diff, c_norm, c_zero, c_prior = ctx.args
+        f, n_sub_f = ctx.saved_tensors
+        saved = ctx.saved
+        n = n_s * n_c
+        g_f = torch.zeros_like(f)
+        g_lk = None
+        f11 = f[-1]
+        if c_diff:  # relu(grid[:, j] - grid[:, j+1]).mean(): +/- 1/count where the difference is positive
+            gd = (saved["dif"] > 0).to(f.dtype).mul_(g * (c_diff / saved["dif"].numel()))
+            grid = g_f[:n].view(n_s, n_c)
+            grid[:, :-1] += gd
+            grid[:, 1:] -= gd
+        if c_norm:
+            g_f[-1] += (f11 - 1.0) * (2.0 * c_norm) * g
+        if c_zero:  # (f0 / f1)^2: 2 r / f1 and -2 r^2 / f1
+            r = saved["ratio"]
+            gr = r * (2.0 * c_zero) * g
+            f1 = f[n + n_s:n + 2 * n_s]
+            g_f[n:n + n_s] += gr / f1
+            g_f[n + n_s:n + 2 * n_s] -= gr * r / f1
+        if c_prior:  # mean (log_k + n_sub log10 f11 - centre)^2
+            g_lk = saved["e"] * (2.0 * c_prior / saved["e"].numel()) * g
+            g_f[-1] += torch.dot(g_lk, n_sub_f) / (f11 * LN10)
+        return g_f, g_lk, None, None, None, None, None, None, None, None
+
+
 class FlatAdam:
-    """torch.optim.Adam (defaults betas (0.9, 0.999), eps 1e-8, no weight decay, no amsgrad) over ONE flat
-    buffer: the parameters become views into it, each group's lr fills its slice of a per-element lr vector,
-    and a step is ~10 aten calls whatever the number of tensors (torch's Adam: ~8 per tensor, or a fused
-    kernel per group plus Python bookkeeping per group; the metabolism models have 14 tensors in 5 groups).
+    """torch.optim.Adam (defaults betas (0.9, 0.999), eps 1e-8, no weight decay, no amsgrad) as ONE fused aten call
+    per parameter group: torch._fused_adam_, the kernel behind torch.optim.Adam(fused=True), whose CPU loop does
+    the whole update of a tensor in one pass. torch's Adam itself costs ~8 aten calls per tensor (foreach: per
+    group), plus Optimizer.step's wrapper (profiler record, hook loops, per-group state gathering) -- more than
+    this whole update at these sizes; an earlier flat-buffer version here was ~10 elementwise calls and a cat.
 
     A group's lr and eps may change between steps (schedules, code edits); betas are one for all groups.
     Differences from torch's Adam, by design: a parameter whose .grad is None counts as a zero gradient
     (its moments decay; torch skips it) -- identical when every parameter reaches the loss, as here; the
-    parameters must all be on one device, dense, and of one dtype. Host syncs: none (the step count and
-    the bias corrections are Python numbers). Not a torch.optim.Optimizer: its step() wrapper (profiler
-    record and hook loops) costs more than this whole update; `param_groups` is the same list of dicts."""
+    parameters must all be on one device and of one dtype. A non-contiguous .grad (a code edit that sets one)
+    is made contiguous first: the fused kernel reads raw memory. Host syncs: none (the step count is one device
+    tensor, shared). Not a torch.optim.Optimizer; `param_groups` is the same list of dicts."""
 
     def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.param_groups = [{"lr": 1e-3, "betas": betas, "eps": eps, **g, "params": list(g["params"])}
@@ -393,28 +526,15 @@ class FlatAdam:
             raise ValueError("FlatAdam: a parameter is in two groups")
         if len({(p.device, p.dtype) for p in params}) > 1:
             raise ValueError("FlatAdam: parameters on several devices or dtypes")
-        ref = params[0]
-        n = sum(p.numel() for p in params)
-        self._flat = torch.empty(n, dtype=ref.dtype, device=ref.device)
-        self._slices: list[tuple[int, int]] = []
-        off = 0
-        with torch.no_grad():
-            for g in self.param_groups:
-                start = off
-                for p in g["params"]:
-                    k = p.numel()
-                    self._flat[off:off + k].copy_(p.reshape(-1))
-                    p.data = self._flat[off:off + k].view_as(p)
-                    off += k
-                self._slices.append((start, off))
+        if any(p.is_sparse or not p.is_contiguous() for p in params):
+            raise ValueError("FlatAdam: dense contiguous parameters only")
         self._params = params
-        self._m = torch.zeros_like(self._flat)
-        self._v = torch.zeros_like(self._flat)
-        self._lr = torch.empty_like(self._flat)
-        self._eps = torch.empty_like(self._flat)
-        self._lr_now: list[float] | None = None
-        self._eps_now: list[float] | None = None
-        self._t = 0
+        self._t = torch.zeros((), dtype=torch.float32, device=params[0].device)  # the step count, one for all
+        self._lists = []
+        for g in self.param_groups:
+            ps = g["params"]
+            self._lists.append((ps, [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps],
+                                [self._t] * len(ps)))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self._params:
@@ -424,25 +544,17 @@ class FlatAdam:
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("FlatAdam: no closure support")
-        lrs = [float(g["lr"]) for g in self.param_groups]
-        if lrs != self._lr_now:  # a schedule changed a group's lr: refill its slice (no sync)
-            for (a, b), lr in zip(self._slices, lrs):
-                self._lr[a:b].fill_(lr)
-            self._lr_now = lrs
-        epss = [float(g["eps"]) for g in self.param_groups]
-        if epss != self._eps_now:
-            for (a, b), eps in zip(self._slices, epss):
-                self._eps[a:b].fill_(eps)
-            self._eps_now = epss
-        grad = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-                          for p in self._params])
-        b1, b2 = self.param_groups[0]["betas"]
         self._t += 1
-        bc1, bc2 = 1 - b1 ** self._t, 1 - b2 ** self._t
-        self._m.lerp_(grad, 1 - b1)
-        self._v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = self._v.sqrt().div_(math.sqrt(bc2)).add_(self._eps)
-        self._flat.addcdiv_(self._m * self._lr, denom, value=-1.0 / bc1)
+        b1, b2 = self.param_groups[0]["betas"]
+        for g, (ps, ms, vs, ts) in zip(self.param_groups, self._lists):
+            grads = [p.grad for p in ps]
+            for i, gr in enumerate(grads):
+                if gr is None:
+                    grads[i] = torch.zeros_like(ps[i])
+                elif not gr.is_contiguous():
+                    grads[i] = gr.contiguous()
+            torch._fused_adam_(ps, grads, ms, vs, [], ts, lr=float(g["lr"]), beta1=b1, beta2=b2, weight_decay=0.0,
+                               eps=float(g["eps"]), amsgrad=False, maximize=False)
         return None
 
 

@@ -35,7 +35,7 @@ import torch
 from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
-from regimes.metabolism.fast import FlatAdam, compile_model, step_begin
+from regimes.metabolism.fast import FlatAdam, SubPenaltyFn, compile_model, step_begin
 from regimes.metabolism.model import KineticsModel, build_model, data_free_S, fast_path_line, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
@@ -106,6 +106,28 @@ def to_device(t: torch.Tensor, dev) -> torch.Tensor:
     return t.pin_memory().to(dev, non_blocking=True)
 
 
+class BatchIndices:
+    """Each step's training frames, drawn a block of steps at a time: ONE randint call (and one host-to-device
+    copy) per block instead of per step, and the same numbers as one draw per step (torch's CPU randint fills a
+    (k, B) tensor in the order that k draws of (B,) take; tests/test_metabolism_train.py checks it). `per_step`
+    (a loop that draws other numbers from `gen` between the steps: recurrent noise) keeps one draw per step."""
+
+    def __init__(self, starts: torch.Tensor, batch_size: int, gen: torch.Generator, dev, per_step: bool = False,
+                 block: int = 256):
+        self.starts, self.B, self.gen, self.dev = starts, batch_size, gen, dev
+        self.block = 1 if per_step else block
+        self._rows: torch.Tensor | None = None
+        self._j = 0
+
+    def next(self) -> torch.Tensor:
+        if self._rows is None or self._j == len(self._rows):
+            draw = torch.randint(0, len(self.starts), (self.block, self.B), generator=self.gen)
+            self._rows = self.starts[to_device(draw, self.dev)]
+            self._j = 0
+        self._j += 1
+        return self._rows[self._j - 1]
+
+
 def make_optimizer(model: torch.nn.Module, groups: list[dict]) -> torch.optim.Optimizer:
     """FlatAdam (one flat update, fast.py) with the model's fast path, torch's Adam with the reference path."""
     if getattr(model, "fast", False):
@@ -162,6 +184,10 @@ def sub_penalties(model: KineticsModel, t, inp: SubPenaltyInputs, k_center: floa
     `f`: MLP_sub at inp's rows when already computed (model.forward_and_sub)."""
     if f is None:
         f = model.f_sub(inp.c, inp.s)
+    if getattr(model, "fast", False) and model.fast_ok():  # the same terms as one node (fast.SubPenaltyFn)
+        return SubPenaltyFn.apply(f, model.log_k, model.n_sub_f.to(f.dtype), inp.n_s, inp.n_c, float(t.coeff_MLP_sub_diff),
+                                  float(t.coeff_MLP_sub_norm), float(t.coeff_MLP_sub_zero), float(t.coeff_k_prior),
+                                  float(k_center))
     n = inp.n_s * inp.n_c
     grid, f0, f1, f11 = f[:n].view(inp.n_s, inp.n_c), f[n:n + inp.n_s], f[n + inp.n_s:n + 2 * inp.n_s], f[-1]
     regul = f.new_zeros(())
@@ -244,6 +270,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     losses, reguls = History(t.n_epochs * ipe), History(t.n_epochs * ipe)
     log = StepLog(losses, reguls, progress)
     compiled, restore = compile_model(model, t.compile)
+    batches = BatchIndices(starts, B, gen, dev, per_step=t.recurrent_training and t.noise_recurrent_level > 0)
     step = 0
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
@@ -252,7 +279,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
             if t.lr_schedule == "cosine":
                 for g in opt.param_groups:
                     g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            idx = starts[to_device(torch.randint(0, len(starts), (B,), generator=gen), dev)]
+            idx = batches.next()  # starts[randint(0, len(starts), (B,), generator=gen)], drawn in blocks
             c = conc0[idx]
             f_sub_rows = None
             if t.recurrent_training:
