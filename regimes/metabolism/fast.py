@@ -402,15 +402,17 @@ class StoichiometryFn(torch.autograd.Function):
                 gmsg[2:-2] = gfirst[2:]
                 if need_msg[0]:  # x2 is the input transposed (2, B E): the thin product in its fast orientation
                     gmsg[0] = torch.mm(x2, gz0).t().contiguous()
+                # the batch sum per edge serves |s|'s gradient and layer 0's bias: one pass over B E x H, not two
+                g_e = gz0.view(B, E, -1).sum(0) if (need_mag or need_msg[1]) else None
                 if need_msg[1]:
-                    gmsg[1] = gz0.sum(0)
+                    gmsg[1] = g_e.sum(0)
                 if need_x:
                     W0 = msg[0]
                     if need[1]:
                         g_c = torch.mv(gz0, W0[:, 0]).view(B, E)
                         grads[1] = c.new_zeros(B, M).index_add_(1, m.met_sub, g_c)
                     if need_mag:  # |s_e| is the same for every batch row: sum over the batch first
-                        g_mag = torch.mv(gz0.view(B, E, -1).sum(0), W0[:, 1])
+                        g_mag = torch.mv(g_e, W0[:, 1])
                         if sto_sub is not None:
                             if need[4]:
                                 grads[4] = g_mag * torch.sgn(sto_sub)
@@ -449,23 +451,25 @@ class SubPenaltyFn(torch.autograd.Function):
     def forward(ctx, f, log_k, n_sub_f, n_s, n_c, c_diff, c_norm, c_zero, c_prior, k_center):
         n = n_s * n_c
         f11 = f[-1]
-        regul = f.new_zeros(())
+        terms = []
         saved: dict = {}
-        if c_diff:
-            grid = f[:n].view(n_s, n_c)
-            dif = grid[:, :-1] - grid[:, 1:]
-            regul = regul + dif.relu().mean() * c_diff
+        if c_diff:  # relu(f_j - f_j+1) = -min(f_j+1 - f_j, 0) exactly: one diff and one clamp
+            dif = torch.diff(f[:n].view(n_s, n_c), dim=1)
+            terms.append(dif.clamp_max(0.0).mean() * (-c_diff))
             saved["dif"] = dif
         if c_norm:
-            regul = regul + (f11 - 1.0).pow(2) * c_norm
+            terms.append((f11 - 1.0).pow(2) * c_norm)
         if c_zero:
             ratio = f[n:n + n_s] / f[n + n_s:n + 2 * n_s]
-            regul = regul + ratio.pow(2).sum() * c_zero
+            terms.append(ratio.pow(2).sum() * c_zero)
             saved["ratio"] = ratio
         if c_prior:
             e = torch.addcmul(log_k, n_sub_f, torch.log10(f11)).sub_(k_center)
-            regul = regul + e.pow(2).mean() * c_prior
+            terms.append(e.pow(2).mean() * c_prior)
             saved["e"] = e
+        regul = f.new_zeros(()) if not terms else terms[0]
+        for x in terms[1:]:
+            regul = regul + x
         ctx.args = (n_s, n_c, c_diff, c_norm, c_zero, c_prior)
         ctx.saved = saved
         ctx.save_for_backward(f, n_sub_f)
@@ -480,8 +484,8 @@ class SubPenaltyFn(torch.autograd.Function):
         g_f = torch.zeros_like(f)
         g_lk = None
         f11 = f[-1]
-        if c_diff:  # relu(grid[:, j] - grid[:, j+1]).mean(): +/- 1/count where the difference is positive
-            gd = (saved["dif"] > 0).to(f.dtype).mul_(g * (c_diff / saved["dif"].numel()))
+        if c_diff:  # relu(grid[:, j] - grid[:, j+1]).mean(): +/- 1/count where the grid decreases
+            gd = (saved["dif"] < 0).to(f.dtype).mul_(g * (c_diff / saved["dif"].numel()))
             grid = g_f[:n].view(n_s, n_c)
             grid[:, :-1] += gd
             grid[:, 1:] -= gd
