@@ -366,7 +366,8 @@ def test_an_agent_edit_to_mirrored_code_takes_effect(tmp_path):
     assert first == "False True True" and second == "True"
 
 
-@pytest.mark.parametrize("coeffs", [dict(coeff_MLP_sub_diff=3.0, coeff_k_prior=2e-4),
+@pytest.mark.parametrize("coeffs", [dict(coeff_MLP_sub_diff=3.0, coeff_k_prior=2e-4), dict(coeff_MLP_sub_diff=2.0),
+                                    dict(coeff_MLP_sub_zero=1.0),
                                     dict(coeff_MLP_sub_diff=1.0, coeff_MLP_sub_norm=0.5, coeff_MLP_sub_zero=0.7,
                                          coeff_k_prior=0.3)])
 def test_sub_penalties_one_node_matches_the_reference_terms(coeffs):

@@ -170,6 +170,8 @@ class _KinLayout:
 
 
 def _kin_layout(m, B: int, extra_c: torch.Tensor, extra_s: torch.Tensor, like: torch.Tensor) -> _KinLayout:
+    if _compiling():  # traced once into the graph (no side effects on the model inside a compiled Function)
+        return _KinLayout(m, B, extra_c, extra_s, like)
     cache = m.__dict__.setdefault("_fast_layouts", {})
     none = extra_c.numel() == 0 and extra_s.numel() == 0  # the plain forward passes fresh empty tensors
     key = (B, None if none else (id(extra_c), id(extra_s)), like.dtype, like.device, m.pad_pair.data_ptr())
@@ -204,7 +206,7 @@ class KineticsFn(torch.autograd.Function):
         p = g_flat.view(B, R, L.W).prod(-1) if L.W > 1 else g_flat.view(B, R)
         k = torch.pow(10.0, log_k)
         v = p * k
-        saved = [c, x2, u2, sp, g_flat, v, k, *hs]
+        saved = [c, x2, u2, sp, g_flat, v, k, L.fidx, L.pidx, *hs]
         n_hs = len(hs)
         if node:
             Wn, a = node[:-1], node[-1]
@@ -216,7 +218,7 @@ class KineticsFn(torch.autograd.Function):
             if n_layers >= 2:  # the last layer adds onto S v, whose mm carries that layer's bias
                 d = torch.addmm(Wn[-1], v, m.S_frozen_T)
                 out, hsn = mlp_tail_forward(z0, Wn, last_input=d.view(B * M, 1))
-                d = out.view(B, M)
+                d = out.view(B, M).clone() if _compiling() else out.view(B, M)  # (no view outputs under compile)
             else:
                 d = torch.mm(v, m.S_frozen_T)
                 d = d + z0.view(B, M)
@@ -224,22 +226,24 @@ class KineticsFn(torch.autograd.Function):
             saved += hsn
         else:
             d = torch.mm(v, m.S_frozen_T)
-        ctx.m, ctx.n_sub, ctx.n_hs, ctx.L = m, n_sub, n_hs, L
+        # ints only on ctx (the layout's tensors travel as saved tensors: torch.compile's tracing needs that)
+        ctx.m, ctx.n_sub, ctx.n_hs, ctx.dims = m, n_sub, n_hs, (L.P, L.Q, L.BP, L.N, L.W)
         # only tensors that are not views are saved (torch.compile's tracing of a Function requires it)
         ctx.save_for_backward(*saved, *params)
         return d, f[L.BP:]
 
     @staticmethod
     def backward(ctx, g_d, g_fx):
-        m, n_sub, n_hs, L = ctx.m, ctx.n_sub, ctx.n_hs, ctx.L
+        m, n_sub, n_hs = ctx.m, ctx.n_sub, ctx.n_hs
+        P, Q, BP, N, W = ctx.dims
         saved = ctx.saved_tensors
-        c, x2, u2, sp, g_flat, v, k = saved[:7]
-        hs = list(saved[7:7 + n_hs])
+        c, x2, u2, sp, g_flat, v, k, fidx, pidx = saved[:9]
+        hs = list(saved[9:9 + n_hs])
         need = ctx.needs_input_grad  # (m, with_node, c, extra_c, extra_s, log_k, *params)
         need_c = need[2]
         n_params = len(need) - 6
         params = saved[len(saved) - n_params:]
-        hsn = list(saved[7 + n_hs:len(saved) - n_params])
+        hsn = list(saved[9 + n_hs:len(saved) - n_params])
         sub, node = params[:n_sub], params[n_sub:]
         B, M = c.shape
         R = m.n_rxn
@@ -254,16 +258,16 @@ class KineticsFn(torch.autograd.Function):
         if need_c or any(need_sub):
             if g_d is not None:
                 g_p = g_v * k
-                if L.W == 1:
+                if W == 1:
                     g_g = g_p.reshape(-1)
                 else:
-                    g_g = (g_p.unsqueeze(-1) * _others_product(g_flat.view(B, R, L.W))).reshape(-1)
-                g_fe = g_g.new_zeros(L.N + 1).index_add_(0, L.pidx, g_g)
+                    g_g = (g_p.unsqueeze(-1) * _others_product(g_flat.view(B, R, W))).reshape(-1)
+                g_fe = g_g.new_zeros(N + 1).index_add_(0, pidx, g_g)
                 if g_fx is not None:
-                    g_fe[L.BP:L.N].add_(g_fx)
-                g_f = g_fe[:L.N]
+                    g_fe[BP:N].add_(g_fx)
+                g_f = g_fe[:N]
             else:
-                g_f = torch.cat((g_fx.new_zeros(L.BP), g_fx))
+                g_f = torch.cat((g_fx.new_zeros(BP), g_fx))
             g_sp = g_f * x2[0] if m.c_times_sub else g_f  # c_softplus: d f / d softplus = c
             g_u = _softplus_backward(g_sp, u2.view(-1), 1.0, 20.0).unsqueeze(1)
             gsub, gz0 = mlp_tail_backward(g_u, hs, sub, [need_sub[0] or need_sub[1] or need_c] + need_sub[1:])
@@ -273,10 +277,10 @@ class KineticsFn(torch.autograd.Function):
             if need_sub[1]:
                 gsub[1] = gz0.sum(0)
             if need_c:  # only the c column of the input gradient, only on the batch's rows
-                gx0 = torch.mv(gz0[:L.BP], sub[0][:, 0])
+                gx0 = torch.mv(gz0[:BP], sub[0][:, 0])
                 if m.c_times_sub:  # and the direct term d f / d c = softplus(u)
-                    gx0 = gx0.addcmul_(g_f[:L.BP], sp[:L.BP])
-                gc = g_f.new_zeros(B * M).index_add_(0, L.fidx, gx0).view(B, M)
+                    gx0 = gx0.addcmul_(g_f[:BP], sp[:BP])
+                gc = g_f.new_zeros(B * M).index_add_(0, fidx, gx0).view(B, M)
         gnode: list = []
         if node:
             Wn, a = node[:-1], node[-1]
@@ -331,11 +335,11 @@ class StoichiometryFn(torch.autograd.Function):
             s0.new_zeros(B, R, H), 1, m.rxn_sub, s0.view(B, E, H))
         A = A3.view(B * R, H)
         Wl, bl = msg[-2], msg[-1]
-        h = torch.mm(A, Wl.t())
         nb = torch.outer(m.n_sub_f, bl)
-        if _compiling():
-            h = (h.view(B, R, -1) + nb).view(B * R, -1)
+        if _compiling():  # (no saved views under compile)
+            h = torch.addmm(nb.repeat(B, 1), A, Wl.t())
         else:
+            h = torch.mm(A, Wl.t())
             h.view(B, R, -1).add_(nb)
         u2, hr = mlp_tail_forward(torch.addmm(rate[1], h, rate[0].t()), rate)  # (B R, 1)
         u = u2.view(B, R)
@@ -428,13 +432,18 @@ class StoichiometryFn(torch.autograd.Function):
 def _sto_gidx(m, B: int, dev) -> torch.Tensor:
     """Gather index of the msg_mlp input from [c.reshape(-1) (B M), |s| (E)]: row 0 c[b, met_sub[e]], row 1
     |s_e|, over (b, e); cached on the model per batch size."""
+    def build() -> torch.Tensor:
+        M, E = m.n_met, m.met_sub.numel()
+        rows = (torch.arange(B, device=dev).view(B, 1) * M + m.met_sub.view(1, E)).reshape(-1)
+        return torch.cat((rows, B * M + torch.arange(E, device=dev).repeat(B))).view(2, B * E)
+
+    if _compiling():  # traced into the graph: no side effects on the model inside a compiled Function
+        return build()
     cache = m.__dict__.setdefault("_fast_layouts", {})
     key = ("sto", B, dev, m.met_sub.data_ptr())
     g = cache.get(key)
     if g is None:
-        M, E = m.n_met, m.met_sub.numel()
-        rows = (torch.arange(B, device=dev).view(B, 1) * M + m.met_sub.view(1, E)).reshape(-1)
-        g = cache[key] = torch.cat((rows, B * M + torch.arange(E, device=dev).repeat(B))).view(2, B * E)
+        g = cache[key] = build()
     return g
 
 
@@ -445,7 +454,7 @@ class SubPenaltyFn(torch.autograd.Function):
 
     apply(f (Q,), log_k (R,), n_sub_f (R,), n_s, n_c, coeff_diff, coeff_norm, coeff_zero, coeff_prior, k_center)
     -> the penalty (0-dim); rows of f: n_s x n_c grid, f(0, s) (n_s), f(1, s) (n_s), f(1, 1). The terms are
-    added in the reference's order (same rounding); a zero coefficient skips its term, as there."""
+    added in the reference's order; a zero coefficient skips its term, as there."""
 
     @staticmethod
     def forward(ctx, f, log_k, n_sub_f, n_s, n_c, c_diff, c_norm, c_zero, c_prior, k_center):
@@ -465,7 +474,7 @@ class SubPenaltyFn(torch.autograd.Function):
             saved["ratio"] = ratio
         if c_prior:
             e = torch.addcmul(log_k, n_sub_f, torch.log10(f11)).sub_(k_center)
-            terms.append(e.pow(2).mean() * c_prior)
+            terms.append(torch.dot(e, e) * (c_prior / e.numel()))
             saved["e"] = e
         regul = f.new_zeros(()) if not terms else terms[0]
         for x in terms[1:]:
@@ -481,25 +490,28 @@ class SubPenaltyFn(torch.autograd.Function):
         f, n_sub_f = ctx.saved_tensors
         saved = ctx.saved
         n = n_s * n_c
-        g_f = torch.zeros_like(f)
-        g_lk = None
         f11 = f[-1]
-        if c_diff:  # relu(grid[:, j] - grid[:, j+1]).mean(): +/- 1/count where the grid decreases
-            gd = (saved["dif"] < 0).to(f.dtype).mul_(g * (c_diff / saved["dif"].numel()))
-            grid = g_f[:n].view(n_s, n_c)
-            grid[:, :-1] += gd
-            grid[:, 1:] -= gd
+        # g_f assembled from its row blocks with ONE cat (no in-place writes into slices: each is 2-3 calls)
+        grid = f0 = f1 = None
+        g11 = []
+        if c_diff:  # relu(f_j - f_j+1) = -min(d_j, 0), d_j = f_j+1 - f_j: q_j = -c/count where d_j < 0
+            q = (saved["dif"] < 0).to(f.dtype).mul_(g * (-c_diff / saved["dif"].numel()))
+            grid = (F.pad(q, (1, 0)) - F.pad(q, (0, 1))).view(-1)  # d/d f_j+1 += q_j, d/d f_j -= q_j
         if c_norm:
-            g_f[-1] += (f11 - 1.0) * (2.0 * c_norm) * g
+            g11.append((f11 - 1.0) * (2.0 * c_norm) * g)
         if c_zero:  # (f0 / f1)^2: 2 r / f1 and -2 r^2 / f1
             r = saved["ratio"]
             gr = r * (2.0 * c_zero) * g
-            f1 = f[n + n_s:n + 2 * n_s]
-            g_f[n:n + n_s] += gr / f1
-            g_f[n + n_s:n + 2 * n_s] -= gr * r / f1
+            fz1 = f[n + n_s:n + 2 * n_s]
+            f0, f1 = gr / fz1, -(gr * r / fz1)
+        g_lk = None
         if c_prior:  # mean (log_k + n_sub log10 f11 - centre)^2
             g_lk = saved["e"] * (2.0 * c_prior / saved["e"].numel()) * g
-            g_f[-1] += torch.dot(g_lk, n_sub_f) / (f11 * LN10)
+            g11.append(torch.dot(g_lk, n_sub_f) / (f11 * LN10))
+        z = f.new_zeros(n + 2 * n_s)  # the blocks without a term
+        last = g11[0] if len(g11) == 1 else (g11[0] + g11[1] if g11 else z[:1].squeeze(0))
+        g_f = torch.cat((grid if grid is not None else z[:n], f0 if f0 is not None else z[:n_s],
+                         f1 if f1 is not None else z[:n_s], last.view(1)))
         return g_f, g_lk, None, None, None, None, None, None, None, None
 
 
