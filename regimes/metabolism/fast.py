@@ -155,7 +155,7 @@ class _KinLayout:
         BM, BP = B * M, B * P
         self.B, self.P, self.Q, self.BP, self.N = B, P, Q, BP, BP + Q
         # row r of the MLP_sub input: batch b = r // P, pair r % P (c[b, pair_met], pair_s), then the Q extra rows
-        self.fidx = (m.pair_met.repeat(B) + torch.arange(0, BM, M, device=dev).repeat_interleave(P))
+        self.fidx = (torch.arange(B, device=dev).view(B, 1) * M + m.pair_met.view(1, P)).reshape(-1)
         # src = [c.reshape(-1) (BM), extra_c (Q), s column (BP + Q)]: x2 = src[gidx].view(2, N) is the input transposed
         self.tail = torch.cat((extra_c, m.pair_s.repeat(B), extra_s)).to(like.dtype)
         self.gidx = torch.cat((self.fidx, BM + torch.arange(Q, device=dev),
@@ -166,7 +166,8 @@ class _KinLayout:
         rows = torch.arange(B, device=dev).view(B, 1, 1) * P + lay.unsqueeze(0)
         self.pidx = torch.where(lay.unsqueeze(0) >= P, torch.full_like(rows, self.N), rows).reshape(-1)
         self.one = like.new_ones(1)
-        self.extra = (extra_c, extra_c._version, extra_s, extra_s._version)  # kept alive: their ids stay unique
+        if not _compiling():  # kept alive: their ids stay unique (the cache's key); versions catch in-place edits
+            self.extra = (extra_c, extra_c._version, extra_s, extra_s._version)
 
 
 def _kin_layout(m, B: int, extra_c: torch.Tensor, extra_s: torch.Tensor, like: torch.Tensor) -> _KinLayout:
