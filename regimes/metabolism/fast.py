@@ -448,6 +448,24 @@ def _sto_gidx(m, B: int, dev) -> torch.Tensor:
     return g
 
 
+_DIFF: dict = {}
+
+
+def _diff_matrix(n_s: int, n_c: int, q: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_s (n_c - 1), q) with D f = f[j+1] - f[j] along each grid row (+1 / -1 entries: exact differences):
+    one mv forward and one mv backward instead of the slices, sub and in-place slice writes."""
+    key = (n_s, n_c, q, like.dtype, like.device)
+    D = _DIFF.get(key)
+    if D is None:
+        D = torch.zeros(n_s, n_c - 1, q, dtype=like.dtype, device=like.device)
+        j = torch.arange(n_c - 1, device=like.device)
+        for s in range(n_s):
+            D[s, j, s * n_c + j + 1] = 1.0
+            D[s, j, s * n_c + j] = -1.0
+        D = _DIFF[key] = D.view(n_s * (n_c - 1), q)
+    return D
+
+
 class SubPenaltyFn(torch.autograd.Function):
     """train.sub_penalties (the phase-1 MLP_sub penalties and the gauge-corrected log k prior) from MLP_sub at
     the SubPenaltyInputs rows, as ONE autograd node with a hand-written backward: the reference's autograd
@@ -463,10 +481,11 @@ class SubPenaltyFn(torch.autograd.Function):
         f11 = f[-1]
         terms = []
         saved: dict = {}
-        if c_diff:  # relu(f_j - f_j+1) = -min(f_j+1 - f_j, 0) exactly: one diff and one clamp
-            dif = torch.diff(f[:n].view(n_s, n_c), dim=1)
-            terms.append(dif.clamp_max(0.0).mean() * (-c_diff))
-            saved["dif"] = dif
+        if c_diff:  # relu(f_j - f_j+1) = -min(f_j+1 - f_j, 0) exactly
+            D = _diff_matrix(n_s, n_c, f.numel(), f)
+            dif = torch.mv(D, f)
+            terms.append(dif.clamp_max(0.0).sum() * (-c_diff / dif.numel()))
+            saved["dif"], saved["D"] = dif, D
         if c_norm:
             terms.append((f11 - 1.0).pow(2) * c_norm)
         if c_zero:
@@ -492,27 +511,28 @@ class SubPenaltyFn(torch.autograd.Function):
         saved = ctx.saved
         n = n_s * n_c
         f11 = f[-1]
-        # g_f assembled from its row blocks with ONE cat (no in-place writes into slices: each is 2-3 calls)
-        grid = f0 = f1 = None
-        g11 = []
-        if c_diff:  # relu(f_j - f_j+1) = -min(d_j, 0), d_j = f_j+1 - f_j: q_j = -c/count where d_j < 0
-            q = (saved["dif"] < 0).to(f.dtype).mul_(g * (-c_diff / saved["dif"].numel()))
-            grid = (F.pad(q, (1, 0)) - F.pad(q, (0, 1))).view(-1)  # d/d f_j+1 += q_j, d/d f_j -= q_j
+        if c_diff:  # d/d dif_j = -c/count where dif_j < 0; back through D: one mv (D^T q)
+            dif = saved["dif"]
+            q = (dif < 0).to(f.dtype).mul_(g * (-c_diff / dif.numel()))
+            g_f = torch.mv(saved["D"].t(), q)
+        else:
+            g_f = torch.zeros_like(f)
+        g11 = None
         if c_norm:
-            g11.append((f11 - 1.0) * (2.0 * c_norm) * g)
+            g11 = (f11 - 1.0) * (2.0 * c_norm) * g
         if c_zero:  # (f0 / f1)^2: 2 r / f1 and -2 r^2 / f1
             r = saved["ratio"]
             gr = r * (2.0 * c_zero) * g
             fz1 = f[n + n_s:n + 2 * n_s]
-            f0, f1 = gr / fz1, -(gr * r / fz1)
+            g_f[n:n + n_s].add_(gr / fz1)
+            g_f[n + n_s:n + 2 * n_s].sub_(gr * r / fz1)
         g_lk = None
         if c_prior:  # mean (log_k + n_sub log10 f11 - centre)^2
             g_lk = saved["e"] * (2.0 * c_prior / saved["e"].numel()) * g
-            g11.append(torch.dot(g_lk, n_sub_f) / (f11 * LN10))
-        z = f.new_zeros(n + 2 * n_s)  # the blocks without a term
-        last = g11[0] if len(g11) == 1 else (g11[0] + g11[1] if g11 else z[:1].squeeze(0))
-        g_f = torch.cat((grid if grid is not None else z[:n], f0 if f0 is not None else z[:n_s],
-                         f1 if f1 is not None else z[:n_s], last.view(1)))
+            gp = torch.dot(g_lk, n_sub_f) / (f11 * LN10)
+            g11 = gp if g11 is None else g11 + gp
+        if g11 is not None:
+            g_f.select(0, -1).add_(g11)  # (select + add_: no copy back, unlike g_f[-1] += x)
         return g_f, g_lk, None, None, None, None, None, None, None, None
 
 
