@@ -306,10 +306,13 @@ def phase1_refusal(figures: dict) -> str | None:
 
 
 def phase1_config(config: dict, profile: Profile) -> dict:
-    """The rate_constants regime's default config of `profile`, on this run's simulation, S frozen."""
+    """The rate_constants regime's default config of phase1_profile(`profile`) (quick at both profiles: see
+    regimes/metabolism/phase1.py), on this run's simulation, S frozen."""
     import copy
 
-    phase1 = copy.deepcopy(RATE_CONSTANTS.default_config(None, profile))
+    from regimes.metabolism.phase1 import phase1_profile
+
+    phase1 = copy.deepcopy(RATE_CONSTANTS.default_config(None, phase1_profile(profile)))
     if isinstance(config.get("simulation"), dict):
         phase1["simulation"] = copy.deepcopy(config["simulation"])
     phase1.setdefault("training", {})["freeze_stoichiometry"] = True

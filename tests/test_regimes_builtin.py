@@ -191,7 +191,9 @@ def test_homeostasis_prepare_trains_phase1_with_rate_constants_config(tmp_path, 
     override = h.prepare(tmp_path, cfg, "cpu", logged.append)
     assert override == {"training.phase1_checkpoint": str(tmp_path / "phase1" / "model.pt")}
     sim_cfg, p1, device = calls[0]
-    rc = get_regime("rate_constants").default_config(None, "full")
+    # at the full profile too, phase 1 is the quick rate_constants default (regimes/metabolism/phase1.py
+    # phase1_profile: the full one's MLP_node drifts and k bends with it)
+    rc = get_regime("rate_constants").default_config(None, "quick")
     assert sim_cfg == cfg["simulation"] and device == "cpu"
     assert p1["training"] == {**rc["training"], "freeze_stoichiometry": True}
     assert p1["graph_model"] == rc["graph_model"]
