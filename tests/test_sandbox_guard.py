@@ -231,7 +231,7 @@ def test_phase2_edit_using_types_is_named_by_the_guard(tmp_path):
         assert ws.refs() == before
     # the same region accepts an honest change
     head, sep, rest = old.partition(anchor)
-    honest = head + sep + rest.replace("opt = torch.optim.Adam(", "opt = torch.optim.AdamW(", 1)
+    honest = head + sep + rest.replace("opt = make_optimizer(model, ", "opt = torch.optim.AdamW(", 1)
     assert honest != old
     commit, errors = ws.checked_edit(regime, ws.root_commit, path, honest, edit_message(5, 2, "AdamW", "decay"))
     assert errors == [] and commit
