@@ -10,6 +10,8 @@ import pytest
 from agent.policies.base import StepContext
 from agent.policies.baselines import CmaesPolicy, OptunaPolicy, RandomPolicy, search_space
 from regimes.base import MetricSpec, ParamSpec, Regime, get_dotted, set_dotted
+from rundir.records import NodeRecord
+from rundir.store import Store
 
 
 class _Env:
@@ -72,18 +74,32 @@ def _config(slot):
 
 
 def _ctx(tmp_path, step, slots, iterations_done=0):
+    # the run's nodes as the loop passes them (RunCtx.search_tree: the store's records, by id)
+    nodes = Store(tmp_path / "nodes.jsonl").nodes()
     return StepContext(step=step, run_dir=tmp_path, regime_name="toyb", block=1, iter_in_block=0,
-                       n_iter_block=8, slots=slots, iterations_done=iterations_done)
+                       n_iter_block=8, slots=slots, iterations_done=iterations_done, nodes=nodes)
+
+
+def _node(node_id, cfg, score, slots=4) -> NodeRecord:
+    """A finished node as the log step records it (batch by batch, slot by slot)."""
+    return NodeRecord(id=node_id, parent=None, block=1, iter_in_block=node_id, iteration=(node_id - 1) // slots + 1,
+                      slot=(node_id - 1) % slots, config=cfg, score=score, status="ok", classification="converged")
+
+
+def _append(run_dir, *recs):
+    store = Store(run_dir / "nodes.jsonl")
+    for rec in recs:
+        store.append(rec)
 
 
 def _write_history(tmp_path, regime, n, rng_scores):
-    lines = []
+    recs = []
     for i in range(n):
         cfg = _config(i % 4)
         cfg["training"]["lr"] = 10 ** (-4 + 3 * ((i * 37) % 100) / 100)
         cfg["training"]["coeff"] = float(i % 10)
-        lines.append(json.dumps({"id": i + 1, "config": cfg, "score": rng_scores[i], "status": "ok"}))
-    (tmp_path / "nodes.jsonl").write_text("\n".join(lines) + "\n")
+        recs.append(_node(i + 1, cfg, rng_scores[i]))
+    _append(tmp_path, *recs)
 
 
 def test_search_space_excludes_seed_frozen_slot_fixed_and_applies_caps(tmp_path):
@@ -148,13 +164,13 @@ def test_first_batch_starts_from_the_default_config(tmp_path):
 def test_optuna_exploits_history(tmp_path):
     """After many trials where high lr scores best, TPE proposes high lr more often than random does."""
     r = _regime(tmp_path)
-    lines = []
+    recs = []
     for i in range(30):
         cfg = _config(0)
         lr = 10 ** (-4 + 3 * ((i * 37) % 30) / 30)
         cfg["training"]["lr"] = lr
-        lines.append(json.dumps({"id": i + 1, "config": cfg, "score": float(lr > 1e-2), "status": "ok"}))
-    (tmp_path / "nodes.jsonl").write_text("\n".join(lines) + "\n")
+        recs.append(_node(i + 1, cfg, float(lr > 1e-2)))
+    _append(tmp_path, *recs)
 
     def frac_high(cls):
         hits = 0
@@ -180,18 +196,16 @@ def _cma_run(run_dir, seed, batches, score, slots=(0, 1, 2, 3), start_id=1, poli
     """Drive CmaesPolicy like the loop does: mutate, 'train' (score the config), append the node."""
     r = _regime(run_dir)
     policy = policy or CmaesPolicy(r, seed=seed)
-    nodes_path = run_dir / "nodes.jsonl"
     node_id, proposals = start_id, []
     for b in range(batches):
         tb = RecordingToolBox({s: _config(s) for s in slots})
         policy.act(_ctx(run_dir, "prepare" if b == 0 and start_id == 1 else "mutate", list(slots),
                         iterations_done=node_id - 1), tb)
-        with open(nodes_path, "a") as f:
-            for s in slots:
-                cfg = tb.env.configs[s]
-                proposals.append(cfg["training"]["lr"])
-                f.write(json.dumps({"id": node_id, "config": cfg, "score": score(cfg), "status": "ok"}) + "\n")
-                node_id += 1
+        for s in slots:
+            cfg = tb.env.configs[s]
+            proposals.append(cfg["training"]["lr"])
+            _append(run_dir, _node(node_id, cfg, score(cfg), slots=len(slots)))
+            node_id += 1
     return policy, proposals
 
 
@@ -230,8 +244,8 @@ def test_cmaes_tells_every_trained_node_once_and_fails_trials_never_trained(tmp_
     assert len(told) == 16 and study.user_attrs["last_node"] == 16
     assert sum(t.state == TrialState.FAIL for t in trials) == 4  # the batch that never trained
     assert sum(t.state == TrialState.RUNNING for t in trials) == 4  # the batch just asked
-    nodes = [json.loads(x) for x in (tmp_path / "nodes.jsonl").read_text().splitlines()]
-    assert sorted(t.value for t in told) == sorted(n["score"] for n in nodes)
+    nodes = Store(tmp_path / "nodes.jsonl").nodes()
+    assert sorted(t.value for t in told) == sorted(n.score for n in nodes)
     assert [t.params for t in trials if t.state == TrialState.COMPLETE][0]["training.lr"] == 1e-3
 
 

@@ -12,7 +12,7 @@ and minus slot-fixed and frozen keys (never mutable by contract). The
 `claude:` budget caps of the config bound n_epochs and data_augmentation_loop.
 
 TPE and random are stateless between steps: each mutate step rebuilds what
-it needs from nodes.jsonl, so a resumed run continues the same search and the
+it needs from the run's nodes (`StepContext.nodes`, read from nodes.jsonl), so a resumed run continues the same search and the
 proposals are a deterministic function of (run seed, history). CMA-ES keeps
 an evolving mean and covariance that is not a function of the told values
 alone, so its study lives in a journal file in the run directory
@@ -30,8 +30,7 @@ import numpy as np
 
 from agent.policies.base import Policy, StepContext
 from regimes.base import ParamSpec, Regime, get_dotted
-from rundir.io import read_jsonl
-from rundir.records import ConfigChange, Mutation
+from rundir.records import ConfigChange, Mutation, NodeRecord
 
 #: training keys bounded by the claude: budget cap of the same name
 _CAPPED = {"training.n_epochs": "claude.n_epochs",
@@ -59,11 +58,6 @@ def mutation_line(old: dict, new: dict) -> str:
     return Mutation(changes=changes).line() if changes else "no change (default config)"
 
 
-def _finished_nodes(run_dir: Path) -> list[dict]:
-    """Finished node records from nodes.jsonl (tolerant of a torn last line)."""
-    return read_jsonl(Path(run_dir) / "nodes.jsonl")
-
-
 class _SearchPolicy(Policy):
     """Shared step answers of the baselines; subclasses implement `propose`."""
 
@@ -72,7 +66,7 @@ class _SearchPolicy(Policy):
         self.seed = int(seed)
 
     # subclasses: return one config change (dotted key -> value) per slot
-    def propose(self, ctx: StepContext, space: list[ParamSpec], history: list[dict],
+    def propose(self, ctx: StepContext, space: list[ParamSpec], history: list[NodeRecord],
                 slots: list[int], defaults: dict[str, Any]) -> dict[int, dict[str, Any]]:
         raise NotImplementedError
 
@@ -95,7 +89,7 @@ class _SearchPolicy(Policy):
     def _mutate(self, ctx: StepContext, tools) -> None:
         base = tools.slot_config(ctx.slots[0])
         space = search_space(self.regime, base)
-        history = [n for n in _finished_nodes(ctx.run_dir) if n.get("config")]
+        history = [n for n in ctx.nodes if n.config]  # the run's finished nodes, by id
         defaults = {p.key: get_dotted(base, p.key) for p in space}
         proposals = self.propose(ctx, space, history, list(ctx.slots), defaults)
         for s in ctx.slots:
@@ -181,7 +175,7 @@ class OptunaPolicy(_SearchPolicy):
         for n in history:
             params = {}
             for k, d in dists.items():
-                v = get_dotted(n["config"], k)
+                v = get_dotted(n.config, k)
                 if v is None:
                     break
                 try:
@@ -192,7 +186,7 @@ class OptunaPolicy(_SearchPolicy):
                 params[k] = v
             else:
                 study.add_trial(optuna.trial.create_trial(
-                    params=params, distributions=dists, value=float(n.get("score") or 0.0)))
+                    params=params, distributions=dists, value=float(n.score)))
                 told += 1
         if told == 0 and not history:
             study.enqueue_trial({k: v for k, v in defaults.items() if k in dists}, skip_if_exists=True)
@@ -263,16 +257,16 @@ class CmaesPolicy(_SearchPolicy):
         # tell the trainings of the last batch: a running trial is matched to a finished node newer
         # than the last one told; a running trial no such node holds was never trained
         last = int(study.user_attrs.get("last_node", 0))
-        pending = sorted((n for n in history if int(n.get("id", 0)) > last), key=lambda n: int(n["id"]))
+        pending = [n for n in history if n.id > last]  # history is by id
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            node = next((n for n in pending if _matches(t.params, n["config"], dists)), None)
+            node = next((n for n in pending if _matches(t.params, n.config, dists)), None)
             if node is None:
                 study.tell(t.number, state=TrialState.FAIL)
                 continue
             pending.remove(node)
-            study.tell(t.number, float(node.get("score") or 0.0))
+            study.tell(t.number, float(node.score))
         if history:
-            study.set_user_attr("last_node", max(last, *(int(n.get("id", 0)) for n in history)))
+            study.set_user_attr("last_node", max(last, *(n.id for n in history)))
         if not study.trials:
             study.enqueue_trial({k: v for k, v in defaults.items() if k in dists})
         out = {}
