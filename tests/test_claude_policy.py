@@ -21,6 +21,8 @@ from agent.llm import CostLimitReached, LLMClient, LLMUnavailable
 from agent.policies.base import STEPS, PolicyError, StepContext
 from agent.policies.claude import ClaudePolicy, StepFailed, format_results
 from prompts.render import PROMPTS_DIR, PromptError, placeholders, render
+from rundir.records import NodeRecord
+from rundir.store import Store
 
 try:
     from tests.fake_anthropic import fake_anthropic, image_blocks, tool_results, usage  # noqa: F401
@@ -341,11 +343,15 @@ def test_mutate_prompt_describes_slots_from_plans_configs_and_store(tmp_path):
         {"slot": 0, "parent": 7, "strategy": "exploit", "parent_rule": "highest UCB"}))
     (tmp_path / "configs" / "slot_00.yaml").write_text(
         "simulation: {n: 10}\ntraining: {learning_rate_k: 0.005, batch_size: 8}\nclaude: {n_epochs: 1}\n")
-    (tmp_path / "nodes.jsonl").write_text(json.dumps(
-        {"id": 7, "classification": "partial", "score": 0.81, "mutation": "training.batch_size: 4 -> 8",
-         "metrics": {"rate_constants_R2": 0.81}, "observation": "bigger batch helped"}) + "\n{torn")
+    store = Store(tmp_path / "nodes.jsonl")
+    store.append(NodeRecord(id=7, parent=None, block=1, iter_in_block=1, iteration=1, slot=0,
+                            classification="partial", score=0.81, mutation="training.batch_size: 4 -> 8",
+                            metrics={"rate_constants_R2": 0.81}, observation="bigger batch helped"))
+    with open(store.path, "a") as f:
+        f.write("{torn")  # a killed run's last line: the store skips it
     tools = StubToolBox("log", [0], ("update_memory",))
-    text = ClaudePolicy(model=MODEL).step_prompt(ctx_for("mutate", tmp_path, slots=[0]), tools)
+    ctx = ctx_for("mutate", tmp_path, slots=[0], nodes=Store(store.path).nodes())
+    text = ClaudePolicy(model=MODEL).step_prompt(ctx, tools)
     assert "### Slot 0 (parent 7)" in text
     assert "strategy: exploit" in text and "parent_rule: highest UCB" in text
     assert "partial, score 0.81, from mutation training.batch_size: 4 -> 8" in text

@@ -288,21 +288,13 @@ def slot_briefs(ctx: StepContext) -> list[dict]:
     """At prepare / mutate the loop passes no results: describe each slot from
     the run's files instead — its plan (plans/slot_SS.json: parent, strategy,
     parent rule), its next config (configs/slot_SS.yaml, already the parent's)
-    and the parent's outcome (nodes.jsonl)."""
+    and the parent's outcome (its node record, `ctx.nodes`)."""
     if ctx.step not in ("prepare", "mutate"):
         return []
     import yaml
 
     run = Path(ctx.run_dir)
-    nodes: dict[int, dict] = {}
-    store = run / "nodes.jsonl"
-    if store.exists():
-        for line in store.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                nodes[int(rec["id"])] = rec
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn line of a killed run
+    nodes = {n.id: n for n in ctx.nodes}
     out = []
     for s in ctx.slots:
         brief: dict[str, Any] = {"slot": s}
@@ -318,12 +310,12 @@ def slot_briefs(ctx: StepContext) -> list[dict]:
                     brief[k] = plan[k]
             parent = nodes.get(plan.get("parent")) if isinstance(plan.get("parent"), int) else None
             if parent is not None:
-                brief["parent_outcome"] = (f"{parent.get('classification', '?')}, score {_num(parent.get('score'))}, "
-                                           f"from mutation {Mutation.of(parent.get('mutation')).line() or 'n/a'}")
-                if parent.get("metrics"):
-                    brief["parent_metrics"] = ", ".join(f"{k}={_num(v)}" for k, v in parent["metrics"].items())
-                if parent.get("observation"):
-                    brief["parent_observation"] = parent["observation"]
+                brief["parent_outcome"] = (f"{parent.classification}, score {_num(parent.score)}, "
+                                           f"from mutation {parent.mutation.line() or 'n/a'}")
+                if parent.metrics:
+                    brief["parent_metrics"] = ", ".join(f"{k}={_num(v)}" for k, v in parent.metrics.items())
+                if parent.observation:
+                    brief["parent_observation"] = parent.observation
         cfg_path = run / "configs" / f"slot_{s:02d}.yaml"
         if cfg_path.exists():
             try:
