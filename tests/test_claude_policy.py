@@ -333,7 +333,16 @@ def test_renderer_names_unknown_placeholders():
 
 def test_format_results_keeps_unknown_keys():
     text = format_results([{"slot": 2, "node": 9, "parent": 4, "custom_flag": True, "score": 1.23456789e-5}])
-    assert "### Slot 2 — node 9 (parent 4)" in text and "custom_flag: True" in text and "1.235E-05" in text
+    assert "### Slot 2 — node 9 (parent 4)" in text and "custom_flag: True" in text and "1.23E-5" in text
+
+
+def test_prompt_numbers_read_as_the_mutation_lines_and_memory():
+    """One number format (regimes.base.format_value) in the prompt, the Mutation lines and memory.md."""
+    from regimes.base import format_value
+
+    text = format_results([{"slot": 0, "metrics": {"loss": 12345.0, "r2": 0.81234, "lr": 5e-3}}])
+    assert "- metrics: loss=12345, r2=0.8123, lr=5E-3" in text
+    assert format_value(12345.0) == "12345" and format_value(5e-3) == "5E-3"
 
 
 def test_mutate_prompt_describes_slots_from_plans_configs_and_store(tmp_path):
@@ -356,7 +365,7 @@ def test_mutate_prompt_describes_slots_from_plans_configs_and_store(tmp_path):
     assert "strategy: exploit" in text and "parent_rule: highest UCB" in text
     assert "partial, score 0.81, from mutation training.batch_size: 4 -> 8" in text
     assert "rate_constants_R2=0.81" in text and "bigger batch helped" in text
-    assert "learning_rate_k=0.005, batch_size=8" in text
+    assert "learning_rate_k=5E-3, batch_size=8" in text  # regimes.base.format_value, as in the mutation lines
 
 
 def test_registry_factory_reads_run_options_and_env(monkeypatch, tmp_path):

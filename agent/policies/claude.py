@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 from agent.llm import LLMClient
 from agent.policies.base import DEFAULT_MODEL, STEPS, Policy, PolicyError, StepContext
 from prompts.render import PROMPTS_DIR, render, render_file
+from regimes.base import format_value
 from rundir.records import Mutation
 from tools.base import DEFAULT_EXAMPLES  # placeholders when the tool box gives no regime examples (tests)
 
@@ -310,10 +310,10 @@ def slot_briefs(ctx: StepContext) -> list[dict]:
                     brief[k] = plan[k]
             parent = nodes.get(plan.get("parent")) if isinstance(plan.get("parent"), int) else None
             if parent is not None:
-                brief["parent_outcome"] = (f"{parent.classification}, score {_num(parent.score)}, "
+                brief["parent_outcome"] = (f"{parent.classification}, score {format_value(parent.score)}, "
                                            f"from mutation {parent.mutation.line() or 'n/a'}")
                 if parent.metrics:
-                    brief["parent_metrics"] = ", ".join(f"{k}={_num(v)}" for k, v in parent.metrics.items())
+                    brief["parent_metrics"] = ", ".join(f"{k}={format_value(v)}" for k, v in parent.metrics.items())
                 if parent.observation:
                     brief["parent_observation"] = parent.observation
         cfg_path = run / "configs" / f"slot_{s:02d}.yaml"
@@ -354,14 +354,14 @@ def format_results(results: list[dict]) -> str:
 
 def _format_field(key: str, v: Any) -> str:
     if key == "metrics" and isinstance(v, dict):
-        return "- metrics: " + ", ".join(f"{k}={_num(x)}" for k, x in v.items())
+        return "- metrics: " + ", ".join(f"{k}={format_value(x)}" for k, x in v.items())
     if key == "degeneracy" and isinstance(v, dict):
         gap = v.get("gap")
-        return f"- degeneracy: gap={_num(gap) if gap is not None else 'n/a'} ({v.get('diagnosis', 'n/a')})"
+        return f"- degeneracy: gap={format_value(gap) if gap is not None else 'n/a'} ({v.get('diagnosis', 'n/a')})"
     if key == "config" and isinstance(v, dict):
         # the training section is the search space; the rest is frozen context
         sec = v.get("training", v)
-        flat = ", ".join(f"{k}={_num(x)}" for k, x in _flatten(sec).items())
+        flat = ", ".join(f"{k}={format_value(x)}" for k, x in _flatten(sec).items())
         extra = f"; claude: {json.dumps(v['claude'], default=str)}" if isinstance(v.get("claude"), dict) else ""
         return f"- config (training): {flat}{extra}"
     if key == "plots":
@@ -373,7 +373,7 @@ def _format_field(key: str, v: Any) -> str:
     if key == "commit" and isinstance(v, str):
         return f"- commit: {v[:10]}"
     if isinstance(v, float):
-        return f"- {key}: {_num(v)}"
+        return f"- {key}: {format_value(v)}"
     if isinstance(v, (dict, list)):
         return f"- {key}: {json.dumps(v, default=str)[:800]}"
     return f"- {key}: {v}"
@@ -388,18 +388,6 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
-
-
-def _num(x: Any) -> str:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return str(x)
-    if isinstance(x, int):
-        return str(x)
-    if not math.isfinite(x):
-        return str(x)
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-        return f"{x:.3E}"
-    return f"{x:.4g}"
 
 
 def _nudge(tools: Any) -> str:
@@ -420,7 +408,7 @@ def format_block_nodes(nodes: list[dict]) -> str:
         score = n.get("score")
         lines.append(f"- node {nid} (slot {n.get('slot', '?')}, parent {'root' if parent is None else parent}): "
                      f"{n.get('strategy') or '-'}, {Mutation.of(n.get('mutation')).line() or '-'} -> "
-                     f"{n.get('classification') or n.get('status') or '?'}, score {_num(score) if score is not None else 'n/a'}"
+                     f"{n.get('classification') or n.get('status') or '?'}, score {format_value(score) if score is not None else 'n/a'}"
                      + (f"; {n['observation']}" if n.get("observation") else ""))
     return "\n".join(lines)
 
