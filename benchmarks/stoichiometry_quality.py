@@ -4,8 +4,8 @@ For each variant (tied, untied) and each training seed, trains the shipped
 `configs/stoichiometry_<variant>_<profile>.yaml` (only `training.seed` and, with
 --sim-seeds, `simulation.seed` change) and prints the data figures (limited
 reaction-frames, activity rank) and the S figures: sign baseline, R² after the
-per-reaction gauge, skill, exact fraction (decoded and raw, with their data-free
-baselines). One thread; the quick profile takes about 2 CPU-minutes per training.
+per-reaction gauge, skill (overall and by third of the reactions ranked by true k),
+exact fraction (decoded and raw, with their data-free baselines). One thread; the quick profile takes about 2 CPU-minutes per training.
 
 The system a seed draws depends on the cache's data secret: set
 GNN_AGENT_DATA_SECRET (hex) to reproduce figures on another machine.
@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 COLUMNS = ["limited_fraction", "activity_rank_99", "stoichiometry_R2_sign_baseline", "stoichiometry_R2_gauged_baseline",
            "stoichiometry_R2_gauged",
-           "stoichiometry_skill", "stoichiometry_exact_frac", "stoichiometry_exact_frac_baseline",
+           "stoichiometry_skill", "stoichiometry_skill_slow", "stoichiometry_skill_mid", "stoichiometry_skill_fast",
+           "stoichiometry_exact_frac", "stoichiometry_exact_frac_baseline",
            "stoichiometry_exact_frac_raw", "stoichiometry_exact_frac_raw_baseline", "stoichiometry_R2", "test_R2", "final_loss",
            "steps_per_second"]
 
@@ -60,10 +61,17 @@ def run_one(variant: str, profile: str, seed: int, out: Path, sim_seed: int | No
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`N` (training seeds 0..N-1) or a comma-separated list (`1,2`; `0,` is seed 0 alone)."""
+    if "," in text:
+        return [int(x) for x in text.split(",") if x.strip()]
+    return list(range(int(text)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="quick", choices=["quick", "full"])
-    ap.add_argument("--seeds", default="3", help="N (training seeds 0..N-1) or a comma-separated list (e.g. 1,2)")
+    ap.add_argument("--seeds", default="3", help="N (training seeds 0..N-1) or a comma-separated list (e.g. 1,2; 0, for seed 0 alone)")
     ap.add_argument("--sim-seeds", default="", help="comma-separated simulation seeds (default: the config's)")
     ap.add_argument("--variants", default="tied,untied")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -79,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--set {item!r}: expected SECTION.KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
     sim_seeds = [int(x) for x in args.sim_seeds.split(",") if x.strip()] or [None]
-    seeds = [int(x) for x in args.seeds.split(",")] if "," in args.seeds else list(range(int(args.seeds)))
+    seeds = parse_seeds(args.seeds)
+    if not seeds:  # `--seeds 0` used to run zero trainings and print nothing
+        ap.error(f"--seeds {args.seeds!r}: no training seed (a bare N means seeds 0..N-1; for seed 0 alone: --seeds 0,)")
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                     per_seed.append(row)
                     print(f"{variant:7s} system {sim_seed} seed {seed}: "
                           + "  ".join(f"{k}={row[k]:.4g}" for k in COLUMNS if k in row), flush=True)
-            for k in ("stoichiometry_skill", "stoichiometry_exact_frac", "stoichiometry_exact_frac_raw"):
+            for k in ("stoichiometry_skill", "stoichiometry_skill_slow", "stoichiometry_skill_mid",
+                      "stoichiometry_skill_fast", "stoichiometry_exact_frac", "stoichiometry_exact_frac_raw"):
                 vals = [r[k] for r in per_seed if k in r]
                 if vals:
                     print(f"{variant:7s} {k}: mean {statistics.mean(vals):.4f}  min {min(vals):.4f}  "

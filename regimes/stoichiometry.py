@@ -160,6 +160,9 @@ REGIME = StoichiometryRegime(
         B.metric("stoichiometry_sign_acc", "sign agreement of learned and true S (the sign-only answer scores 1.0)",
                  "1.0"),
         B.metric("stoichiometry_R2_rounded", "stoichiometry_R2 after rounding to the nearest integer", "> 0.9"),
+        *[B.metric(f"stoichiometry_skill_{name}", f"stoichiometry_skill on the edges of the {what} third of the "
+                   "reactions by true k (a diagnostic: slow columns get little data gradient)")
+          for name, what in (("slow", "slowest"), ("mid", "middle"), ("fast", "fastest"))],
         *B.METABOLISM_COMMON,
     ],
     primary_metric="stoichiometry_skill",

@@ -135,6 +135,25 @@ def test_stoichiometry_oracle_and_data_free_answers():
     assert 1.0 > noisy[0] > noisy[1] > noisy[2]
 
 
+def test_stoichiometry_skill_by_k_third_scores_each_third_of_the_reactions_alone():
+    """stoichiometry_skill_slow / _mid / _fast rank the reactions by true k and score each third's edges
+    alone: S true on the fastest third and data-free elsewhere scores 1 / 0 / 0 in reverse order."""
+    data, truth, _ = _dataset(REAL_RANDOM)
+    s_true = truth["s_all"].double()
+    sub, rxn = data.sub_to_all.numpy(), data.rxn_all.numpy()
+    mass = torch.tensor(evaluate.mass_balance_answer(len(s_true), sub, rxn, data.n_rxn))
+    n = data.n_rxn
+    fast = torch.zeros(n, dtype=torch.bool)
+    fast[torch.argsort(truth["log_k"])[2 * n // 3:]] = True
+    mixed = torch.where(fast[data.rxn_all], s_true, mass)
+    m = compute_metrics(Learned(s_all=mixed), truth, data, None, GM).metrics
+    assert m["stoichiometry_skill_fast"] == pytest.approx(1.0)
+    assert m["stoichiometry_skill_slow"] <= 1e-9 and m["stoichiometry_skill_mid"] <= 1e-9
+    assert 0.0 < m["stoichiometry_skill"] < 1.0
+    m = compute_metrics(Learned(s_all=s_true), truth, data, None, GM).metrics
+    assert [m[f"stoichiometry_skill_{t}"] for t in evaluate.K_TERCILES] == pytest.approx([1.0, 1.0, 1.0])
+
+
 def test_homeostasis_data_free_answers_score_near_zero():
     data, truth, _ = _dataset(REAL_CYCLES)
     c_grid = query_grid(data.conc, GM.eval_grid)

@@ -50,7 +50,7 @@ ORDER = ["final_loss", "stoichiometry_skill", "stoichiometry_R2", "stoichiometry
          "stoichiometry_R2_mass_balance_baseline", "stoichiometry_R2_gauged", "stoichiometry_R2_gauged_baseline",
          "stoichiometry_exact_frac", "stoichiometry_exact_frac_baseline", "stoichiometry_exact_frac_raw",
          "stoichiometry_exact_frac_raw_baseline", "stoichiometry_sign_acc",
-         "stoichiometry_R2_rounded",
+         "stoichiometry_R2_rounded", "stoichiometry_skill_slow", "stoichiometry_skill_mid", "stoichiometry_skill_fast",
          "rate_constants_R2", "rate_constants_R2_fit", "rate_constants_alpha", "rate_constants_n_outliers",
          "rate_constants_n_shared_substrates", "rate_constants_R2_identifiable",
          "rate_constants_R2_shifted", "rate_constants_R2_trimmed", "MLP_sub_R2", "MLP_sub_R2_normalized",
@@ -173,19 +173,28 @@ def integer_decode(s_learned: np.ndarray, sub_to_all: np.ndarray, rxn_all: np.nd
     return out
 
 
+#: names of the k-tercile skill diagnostics, slowest third first (stoichiometry_metrics with true_log_k)
+K_TERCILES = ("slow", "mid", "fast")
+
+
 def stoichiometry_metrics(s_learned: np.ndarray, s_true: np.ndarray, rxn_all: np.ndarray, sub_to_all: np.ndarray,
-                          n_rxn: int) -> tuple[dict[str, float], list[str]]:
-    """R², the data-free baselines and the skill over them (SCIENCE.md A6)."""
+                          n_rxn: int, true_log_k: np.ndarray | None = None) -> tuple[dict[str, float], list[str]]:
+    """R², the data-free baselines and the skill over them (SCIENCE.md A6). With `true_log_k`, also the skill
+    on the edges of each third of the reactions ranked by their true k (`stoichiometry_skill_slow` / `_mid`
+    / `_fast`): a slow reaction's column gets little data gradient, so where S goes wrong shows here first."""
     rxn_all = np.asarray(rxn_all, int)
     sign = sign_answer(len(s_true), sub_to_all)
     mass = mass_balance_answer(len(s_true), sub_to_all, rxn_all, n_rxn)
+    aligned = {name: gauge_align(s, s_true, rxn_all, n_rxn)[0]
+               for name, s in (("learned", s_learned), ("sign", sign), ("mass", mass))}
 
-    def gauged(s: np.ndarray) -> float:
-        return r2_identity(s_true, gauge_align(s, s_true, rxn_all, n_rxn)[0])
+    def skill_on(edges: np.ndarray) -> tuple[float, float, float]:
+        """(R2_gauged, the better data-free one, skill) over the given edges."""
+        r2 = r2_identity(s_true[edges], aligned["learned"][edges])
+        base = max(r2_identity(s_true[edges], aligned["sign"][edges]), r2_identity(s_true[edges], aligned["mass"][edges]))
+        return r2, base, (r2 - base) / (1.0 - base) if math.isfinite(r2) and base < 1.0 else float("nan")
 
-    r2_g = gauged(s_learned)
-    base_g = max(gauged(sign), gauged(mass))
-    skill = (r2_g - base_g) / (1.0 - base_g) if math.isfinite(r2_g) and base_g < 1.0 else float("nan")
+    r2_g, base_g, skill = skill_on(np.ones(len(s_true), bool))
     exact_raw = lambda s: float((np.round(s) == s_true).mean())  # noqa: E731
     exact = lambda s: float((integer_decode(s, sub_to_all, rxn_all, n_rxn) == s_true).mean())  # noqa: E731
     m = {"stoichiometry_skill": skill,
@@ -200,6 +209,12 @@ def stoichiometry_metrics(s_learned: np.ndarray, s_true: np.ndarray, rxn_all: np
          "stoichiometry_exact_frac_raw_baseline": max(exact_raw(sign), exact_raw(mass)),
          "stoichiometry_sign_acc": float((np.sign(s_learned) == np.sign(s_true)).mean()),
          "stoichiometry_R2_rounded": r2_fit(s_true, np.round(s_learned))}
+    if true_log_k is not None:
+        third = np.zeros(n_rxn, int)  # 0 slow, 1 middle, 2 fast: by rank of the true k
+        order = np.argsort(np.asarray(true_log_k, float), kind="stable")
+        third[order[n_rxn // 3: 2 * n_rxn // 3]], third[order[2 * n_rxn // 3:]] = 1, 2
+        for i, name in enumerate(K_TERCILES):
+            m[f"stoichiometry_skill_{name}"] = skill_on(third[rxn_all] == i)[2]
     notes = ["stoichiometry: the support and the substrate/product roles are inputs, so answers that look at no "
              "data already score: the sign-only answer (-1 substrate, +1 product; sign accuracy 1) has "
              f"stoichiometry_R2_sign_baseline {m['stoichiometry_R2_sign_baseline']:.3f}, the mass-balance guess "
@@ -216,6 +231,9 @@ def stoichiometry_metrics(s_learned: np.ndarray, s_true: np.ndarray, rxn_all: np
              "(the column's scale is a gauge, so plain rounding scores the gauge); the better data-free answer "
              f"decoded the same way scores {m['stoichiometry_exact_frac_baseline']:.3f}. stoichiometry_exact_frac_raw: "
              f"plain rounding (data-free {m['stoichiometry_exact_frac_raw_baseline']:.3f})"]
+    if true_log_k is not None:
+        notes.append("stoichiometry_skill_slow / _mid / _fast: the skill on the edges of the slowest, middle and "
+                     "fastest third of the reactions by true k (diagnostics: a slow column gets little data gradient)")
     return m, notes
 
 
@@ -358,7 +376,8 @@ def compute_metrics(learned: Learned, truth: dict, data: TrainingData, heldout_c
 
     if learned.s_all is not None:
         s_l, s_t = _np(learned.s_all), _np(truth["s_all"])
-        sm, sn = stoichiometry_metrics(s_l, s_t, _np(data.rxn_all).astype(int), _np(data.sub_to_all).astype(int), data.n_rxn)
+        sm, sn = stoichiometry_metrics(s_l, s_t, _np(data.rxn_all).astype(int), _np(data.sub_to_all).astype(int), data.n_rxn,
+                                       _np(truth["log_k"]))
         m.update(sm)
         notes += sn
         pd["S"] = (s_t, s_l, sm["stoichiometry_skill"], sm["stoichiometry_R2_sign_baseline"])
