@@ -396,19 +396,27 @@ def test_sub_penalties_one_node_matches_the_reference_terms(coeffs):
         assert bool((grid[:, :-1] > grid[:, 1:]).any())
 
 
+def _twins_with_mlps(cls, gm: dict, data, freeze: bool, **sizes):
+    """Fast and reference twins whose MLPs (attribute name -> layer sizes) are replaced by equal fresh stacks."""
+    from regimes.metabolism.model import mlp
+
+    fast, ref = _twins(cls, gm, data, freeze)
+    torch.manual_seed(3)
+    for name, layers in sizes.items():
+        setattr(fast, name, mlp(layers).double())
+        setattr(ref, name, copy.deepcopy(getattr(fast, name)))
+    assert fast.fast_ok() and not ref.fast_ok()
+    return fast, ref
+
+
 @pytest.mark.parametrize("sub, node", [([2, 8, 1], [3, 8, 1]), ([2, 8, 8, 8, 1], [3, 1]), ([2, 1], [3, 8, 8, 8, 1])])
 def test_kinetics_other_mlp_depths_match(sub, node):
     """MLPs of other depths (a code edit such as rate_constants' mlp-sub-capacity-half, or an LLM's): the fast
     path's generic layers (layer 0 by the caller, the output bias of MLP_node riding on S v) still give the
     reference's losses and gradients, through c too."""
-    from regimes.metabolism.model import mlp
-
     data = _data(TINY_CYCLES, True, "cpu")
-    fast, ref = _twins(KineticsModel, {"model": "kinetics", "mlp_sub_form": "c_softplus"}, data, True)
-    torch.manual_seed(3)
-    fast.mlp_sub, fast.mlp_node = mlp(sub).double(), mlp(node).double()
-    ref.mlp_sub, ref.mlp_node = copy.deepcopy(fast.mlp_sub), copy.deepcopy(fast.mlp_node)
-    assert fast.fast_ok() and not ref.fast_ok()
+    fast, ref = _twins_with_mlps(KineticsModel, {"model": "kinetics", "mlp_sub_form": "c_softplus"}, data, True,
+                                 mlp_sub=sub, mlp_node=node)
     c, y = _batch(data)
     sub_c = torch.linspace(0.0, 9.0, 7, dtype=torch.float64)
     sub_s = torch.ones(7, dtype=torch.float64)
@@ -423,14 +431,9 @@ def test_kinetics_other_mlp_depths_match(sub, node):
 
 @pytest.mark.parametrize("msg, rate", [([2, 8, 8, 4], [4, 8, 8, 1]), ([2, 8, 4], [4, 1])])
 def test_stoichiometry_other_mlp_depths_match(msg, rate):
-    from regimes.metabolism.model import mlp
-
     data = _data(TINY_RANDOM, False, "cpu")
-    fast, ref = _twins(StoichiometryModel, {"model": "stoichiometry", "init_S": "balanced"}, data, False)
-    torch.manual_seed(3)
-    fast.msg_mlp, fast.rate_mlp = mlp(msg).double(), mlp(rate).double()
-    ref.msg_mlp, ref.rate_mlp = copy.deepcopy(fast.msg_mlp), copy.deepcopy(fast.rate_mlp)
-    assert fast.fast_ok() and not ref.fast_ok()
+    fast, ref = _twins_with_mlps(StoichiometryModel, {"model": "stoichiometry", "init_S": "balanced"}, data, False,
+                                 msg_mlp=msg, rate_mlp=rate)
     c, y = _batch(data)
     _compare(fast, ref, lambda m: ((m(c) - y) ** 2).mean(), **F64)
     _compare(fast, ref, _recurrent(c, dt=1.0), **F64)
