@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -244,8 +245,27 @@ def unpack_dir(data: bytes, dest: Path) -> None:
         tar.extractall(dest, filter="data")
 
 
+def restore_sigint() -> bool:
+    """Make SIGINT raise KeyboardInterrupt in this process again when it was ignored; True if it was.
+
+    Ray's gentle cancel (`ray.cancel(force=False)`) is `_thread.interrupt_main()` in the worker, which
+    does nothing while the Python-level SIGINT handler is SIG_IGN or SIG_DFL. A worker inherits SIG_IGN
+    whenever the process that started Ray had it (`nohup agent run --executor ray &`, `ray start` from a
+    non-interactive shell: ignored dispositions survive fork and exec, and Python then installs no
+    handler). Such a worker cannot be interrupted, so a cancelled training would run to its timeout.
+    Called at the top of the task, in the worker's main thread (signal.signal works only there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL, None):
+        return False  # Python's default handler, or one Ray installed: it raises already
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return True
+
+
 def _ray_task(spec_json: str, code_tar: bytes, config_bytes: bytes, progress_queue=None) -> tuple[str, bytes]:
     """Body of the Ray task: unpack code, run the training, pack the outputs."""
+    restore_sigint()  # before the training starts: a cancel must reach run_training as KeyboardInterrupt
     spec = RunSpec.model_validate_json(spec_json)
     work = Path(tempfile.mkdtemp(prefix=f"gnn-agent-slot{spec.slot:02d}-"))
     try:

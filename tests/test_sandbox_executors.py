@@ -1,7 +1,10 @@
 """Executors: two slots on different commits run at once, each its own code; Ray gives the same records."""
 
 import json
+import signal
+import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -104,10 +107,44 @@ def test_ray_missing_gives_install_hint(monkeypatch):
 
 @pytest.fixture(scope="module")
 def ray_instance():
+    """A local Ray whose raylet and workers inherit SIGINT ignored, as under `nohup agent run ... &` (a
+    background job of a non-interactive shell): the cancel tests below must pass there too (they failed
+    with 'timeout' when Ray's interrupt could not reach the task)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        signal.signal(signal.SIGINT, old)
     yield ray
     ray.shutdown()
+
+
+def test_restore_sigint_lets_rays_interrupt_through():
+    """Ray's gentle cancel is _thread.interrupt_main(): a no-op while SIGINT is ignored; restore_sigint
+    (called by the Ray task) makes it raise KeyboardInterrupt again."""
+    code = textwrap.dedent("""
+        import _thread, signal, time
+        from sandbox.executors import restore_sigint
+
+        def interrupted():
+            try:
+                _thread.interrupt_main()
+                for _ in range(100):
+                    time.sleep(0.001)  # bytecode runs: a pending interrupt raises here
+            except KeyboardInterrupt:
+                return True
+            return False
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignored = interrupted()
+        restored = restore_sigint()
+        print(ignored, restored, interrupted(), restore_sigint())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent.parent, check=True).stdout.split()
+    # ignored: no interrupt; restored once (a second call leaves the default handler alone)
+    assert out == ["False", "True", "True", "False"]
 
 
 def test_ray_executor_matches_local(tmp_path, ray_instance):
