@@ -171,7 +171,8 @@ def test_phase2_freezes_reactions_and_its_keys_act():
     assert hist["steps"] == ipe // 4  # homeostasis_time_step 4
     base = (model, hist)
     for extra in ({"homeostasis_time_step": 2}, {"learning_rate_node_homeostasis": 1e-1},
-                  {"learning_rate_embedding_homeostasis": 1e-1}, {"noise_recurrent_level": 0.05}):
+                  {"learning_rate_embedding_homeostasis": 1e-1}, {"noise_recurrent_level": 0.05},
+                  {"lr_schedule_homeostasis": "cosine"}):
         m, h, _ = _phase2(**extra)
         assert _differs(base, (m, h)), extra
 

@@ -226,7 +226,10 @@ def own_range_grid(conc: torch.Tensor, n: int) -> torch.Tensor:
     run-0 concentrations. MLP_node's slopes are fitted here: a metabolite's homeostasis is seen only where
     its concentration goes (the median metabolite's 99 % quantile is about a third of the pooled grid's top),
     and a line over the pooled grid would mostly measure extrapolation."""
-    q = torch.quantile(conc.detach().float(), torch.tensor(GRID_QUANTILES), dim=0)  # (2, n_met)
+    c = conc.detach().float()
+    if c.numel() > 4_000_000:  # torch.quantile's input limit; strided frames have the same quantiles
+        c = c[:: c.numel() // 4_000_000 + 1]
+    q = torch.quantile(c, torch.tensor(GRID_QUANTILES), dim=0)  # (2, n_met)
     lo, hi = q[0], torch.maximum(q[1], q[0] + 1e-6)
     return lo[:, None] + (hi - lo)[:, None] * torch.linspace(0.0, 1.0, n)[None, :]
 
