@@ -6,7 +6,7 @@
 Each training runs as the runner drives it (docs/contracts.md §2b), unconfined: stage the
 inputs, the training entry and the evaluation entry as two subprocesses, one thread each,
 one training at a time. For homeostasis the phase-1 checkpoint is the regime's own (trained
-once per dataset with the rate_constants default of the same profile, then cached; its
+once per dataset with phase1.default_phase1_config, then cached; its
 figures are printed first). Prints one line per seed (the regime's headline metrics, wall
 time, steps/s) and the mean / spread (max - min) over the seeds.
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.regime == "homeostasis":
         t0 = time.perf_counter()
         path, m1 = ensure_phase1_checkpoint(base["simulation"], default_phase1_config(args.profile), log=lambda *a: None)
-        print(f"phase 1 ({args.profile} rate_constants default, {time.perf_counter() - t0:.0f}s incl. cache): "
+        print(f"phase 1 (homeostasis default phase 1, {time.perf_counter() - t0:.0f}s incl. cache): "
               + "  ".join(f"{k}={_fmt(m1.get(k))}" for k in METRICS["rate_constants"]))
         base["training"]["phase1_checkpoint"] = str(path)
     names = METRICS[args.regime]

@@ -306,17 +306,16 @@ def phase1_refusal(figures: dict) -> str | None:
 
 
 def phase1_config(config: dict, profile: Profile) -> dict:
-    """The rate_constants regime's default config of phase1_profile(`profile`) (quick at both profiles: see
-    regimes/metabolism/phase1.py), on this run's simulation, S frozen."""
+    """Homeostasis's default phase 1 at `profile` (regimes/metabolism/phase1.py default_phase1_config: the
+    quick rate_constants recipe without its k prior), on this run's simulation, S frozen."""
     import copy
 
-    from regimes.metabolism.phase1 import phase1_profile
+    from regimes.metabolism.phase1 import default_phase1_config
 
-    phase1 = copy.deepcopy(RATE_CONSTANTS.default_config(None, phase1_profile(profile)))
-    if isinstance(config.get("simulation"), dict):
-        phase1["simulation"] = copy.deepcopy(config["simulation"])
-    phase1.setdefault("training", {})["freeze_stoichiometry"] = True
-    return phase1
+    sim = config.get("simulation")
+    if not isinstance(sim, dict):  # a config without one trains on the regime's default dataset
+        sim = RATE_CONSTANTS.default_config(None, profile)["simulation"]
+    return {"simulation": copy.deepcopy(sim), **copy.deepcopy(default_phase1_config(profile))}
 
 
 def run_profile(run_dir: Path, config: dict, regime: Regime) -> Profile:

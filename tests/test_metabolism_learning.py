@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from _metabolism_tiny import read_metrics, stage_train_evaluate
-from regimes.metabolism.phase1 import CONFIG_DIR
+from regimes.metabolism.phase1 import CONFIG_DIR, default_phase1_config
 from regimes.runtime import DATA_SECRET_ENV
 
 #: a fixed data secret, so these figures are reproducible (a fresh cache root draws a new dataset);
@@ -52,7 +52,7 @@ def _reduced(raw: dict, **training) -> dict:
     """The default recipe at reduced scale: a third of the network and of the steps."""
     cfg = copy.deepcopy(raw)
     cfg["simulation"].update(n_metabolites=40, n_reactions=102)
-    cfg["training"].update(data_augmentation_loop=100, **training)
+    cfg["training"].update(data_augmentation_loop=cfg["training"]["data_augmentation_loop"] // 3, **training)
     cfg.pop("claude", None)
     return cfg
 
@@ -82,27 +82,29 @@ def test_default_recipe_at_reduced_scale_recovers_k(tmp_path, monkeypatch):
     assert s["rate_constants_R2_identifiable"] < m["rate_constants_R2_identifiable"] - 0.3
 
 
-#: homeostasis at reduced scale, default phase 2 on the default phase 1, measured with SECRET: phase 1
-#: identifiable 1.0000, test_R2_short 0.993; phase 2 (cosine lr, slopes on each metabolite's own range) slope
-#: ratios 1.12 / 0.97, MLP_node_function_R2 0.930, embedding accuracy 0.875 (quick size, seed 42: 1.07 / 0.96,
-#: 0.97, 1.0). The bounds keep a margin around that; the constant-lr default of the previous session read
-#: 1.41 / 0.99 on the pooled grid here, and the phase-1 default before it 0.10 / 0.08
-REDUCED_HOMEO = {"ratio_lo": 0.8, "ratio_hi": 1.3, "node_fn": 0.8, "emb": 0.85}
+#: homeostasis at reduced scale, default phase 2 on the default phase 1 (without the k prior, a third of its
+#: 900), measured with SECRET: phase 1 identifiable 1.0000, test_R2_short 1.000; phase 2 slope ratios
+#: 1.17 / 0.96, MLP_node_function_R2 0.948, embedding accuracy 0.85 (the rate_constants default as phase 1
+#: read 1.12 / 0.97, 0.930, 0.875 here; at quick size, seed 42, the default now reads 1.00 / 0.99, 0.995,
+#: 0.99). At a third of the steps the k-prior-free phase 1 has not converged its split yet (at quick size it
+#: has). The bounds keep a margin around that (the fast path's float32 kernels differ by CPU vendor); the
+#: constant-lr default of an earlier session read 1.41 / 0.99 on the pooled grid here, and the phase-1
+#: default before it 0.10 / 0.08
+REDUCED_HOMEO = {"ratio_lo": 0.8, "ratio_hi": 1.3, "node_fn": 0.8, "emb": 0.8}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_homeostasis_default_recovers_at_reduced_scale(tmp_path, monkeypatch):
-    """Locks the quick homeostasis goal at reduced scale (40 metabolites, 102 reactions): the rate_constants
-    default as phase 1 (a third of its steps), then the homeostasis default (slot 0: 4-step rollout) on it,
-    as prepare() and the runner do: every type's slope ratio in 0.8-1.2, MLP_node_function_R2 >= 0.8 and
+    """Locks the quick homeostasis goal at reduced scale (40 metabolites, 102 reactions): homeostasis's
+    default phase 1 (phase1.default_phase1_config, a third of its steps), then the homeostasis default
+    (slot 0: 4-step rollout) on it, as prepare() and the runner do: every type's slope ratio in 0.8-1.2, MLP_node_function_R2 >= 0.8 and
     embedding accuracy >= 0.9, with no type label anywhere in training (at this scale type 0's ratio runs
     a little high and the embeddings a little low: see REDUCED_HOMEO)."""
     monkeypatch.setenv("GNN_AGENT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(DATA_SECRET_ENV, SECRET)
-    raw = yaml.safe_load((CONFIG_DIR / "rate_constants_quick.yaml").read_text())
-    p1 = _reduced(raw)
-    p1["training"]["freeze_stoichiometry"] = True
+    sim = yaml.safe_load((CONFIG_DIR / "rate_constants_quick.yaml").read_text())["simulation"]
+    p1 = _reduced({"simulation": sim, **default_phase1_config("quick")})  # what prepare() trains
     assert stage_train_evaluate(tmp_path, p1, "phase1")[:2] == (0, 0)
     m1 = read_metrics(tmp_path / "phase1")
     h = yaml.safe_load((CONFIG_DIR / "homeostasis_quick.yaml").read_text())

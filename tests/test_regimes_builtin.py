@@ -191,11 +191,14 @@ def test_homeostasis_prepare_trains_phase1_with_rate_constants_config(tmp_path, 
     override = h.prepare(tmp_path, cfg, "cpu", logged.append)
     assert override == {"training.phase1_checkpoint": str(tmp_path / "phase1" / "model.pt")}
     sim_cfg, p1, device = calls[0]
-    # at the full profile too, phase 1 is the quick rate_constants default (regimes/metabolism/phase1.py
-    # phase1_profile: the full one's MLP_node drifts and k bends with it)
+    # at the full profile too, phase 1 is the quick rate_constants recipe (regimes/metabolism/phase1.py
+    # phase1_profile: the full one's MLP_node drifts and k bends with it), without its k prior and 3x longer
+    # (phase1.HOMEOSTASIS_PHASE1: the prior decides the k / MLP_node split)
     rc = get_regime("rate_constants").default_config(None, "quick")
     assert sim_cfg == cfg["simulation"] and device == "cpu"
-    assert p1["training"] == {**rc["training"], "freeze_stoichiometry": True}
+    assert rc["training"]["coeff_k_prior"] > 0  # the regime whose recipe it is keeps its prior
+    assert p1["training"] == {**rc["training"], "freeze_stoichiometry": True, "coeff_k_prior": 0.0,
+                              "data_augmentation_loop": 3 * rc["training"]["data_augmentation_loop"]}
     assert p1["graph_model"] == rc["graph_model"]
     assert any("rate_constants_R2=0.8712" in line and "test_R2_short=0.9000" in line for line in logged)
     # the run header shows the phase-1 figures
