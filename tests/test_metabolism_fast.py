@@ -312,12 +312,13 @@ def test_step_log_fetches_in_chunks_and_reports_divergence_at_its_step(monkeypat
 
 def test_shipped_reference_source_is_the_one_fast_py_mirrors():
     """fast.REFERENCE_SOURCE names the shipped code: else every model silently trains on the slow path."""
-    from regimes.metabolism.fast import REFERENCE_SOURCE
+    from regimes.metabolism.fast import REFERENCE_SOURCE, train_source_sha
     from regimes.metabolism.model import reference_source_sha
 
     now = {cls.__name__: reference_source_sha(cls) for cls in (StoichiometryModel, KineticsModel)}
+    now["train"] = train_source_sha()  # the train.py loss code fast.ExplicitStep mirrors
     assert now == REFERENCE_SOURCE, (
-        "a method fast.py mirrors changed: make fast.py compute the same maths (the twin tests here check it), "
+        "a method or train.py function fast.py mirrors changed: make fast.py compute the same maths (the twin tests here check it), "
         f"then set fast.REFERENCE_SOURCE = {now}")
 
 
@@ -440,3 +441,169 @@ def test_stoichiometry_other_mlp_depths_match(msg, rate):
     c, y = _batch(data)
     _compare(fast, ref, lambda m: ((m(c) - y) ** 2).mean(), **F64)
     _compare(fast, ref, _recurrent(c, dt=1.0), **F64)
+
+
+# ----- fast.ExplicitStep: train_phase1's step without the autograd engine -----
+
+def _autograd_phase1_loss(m, t, c, y, coeff_L1, sub_inputs, k_center, s_prior, ynorm2):
+    """train_phase1's loss, line for line (derivative regression), on the autograd path."""
+    from regimes.metabolism.train import S_shape_prior, sub_penalties
+
+    if sub_inputs is not None:
+        d, f = m.forward_and_sub(c, sub_inputs.c, sub_inputs.s)
+    else:
+        d, f = m(c), None
+    pred_loss = ((d - y) ** 2).mean() / ynorm2
+    regul = pred_loss.new_zeros(())
+    if m.kind == "stoichiometry" and not m.freeze_S:
+        s = m.sto_all
+        if coeff_L1:
+            regul = regul + coeff_L1 * s.abs().mean()
+        if t.coeff_S_L2:
+            regul = regul + t.coeff_S_L2 * (s ** 2).mean()
+        if t.coeff_S_integer:
+            regul = regul + t.coeff_S_integer * torch.sin(torch.pi * s).pow(2).mean()
+        if t.coeff_mass_conservation:
+            col = s.new_zeros(m.n_rxn).index_add_(0, m.rxn_all, s)
+            regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
+        if t.coeff_S_prior:
+            regul = regul + t.coeff_S_prior * S_shape_prior(s, s_prior, m.rxn_all, m.n_rxn)
+    if sub_inputs is not None:
+        regul = regul + sub_penalties(m, t, sub_inputs, k_center, f=f)
+    if t.coeff_k_center:
+        regul = regul + t.coeff_k_center * (m.log_k.mean() - k_center) ** 2
+    return pred_loss, regul
+
+
+def _check_explicit(fast, ref, tcfg: dict, data, coeff_L1=0.0, zero_column=False):
+    from regimes.metabolism.config import TrainingConfig
+    from regimes.metabolism.fast import ExplicitStep
+    from regimes.metabolism.model import data_free_S
+    from regimes.metabolism.train import SubPenaltyInputs
+
+    t = TrainingConfig.model_validate({"freeze_stoichiometry": fast.freeze_S, **tcfg})
+    if zero_column:  # a column of S at 0: S_shape_prior's clamp (no gradient through it there)
+        for m in (fast, ref):
+            with torch.no_grad():
+                m.sto_all[m.rxn_all == 0] = 0.0
+    sub = None
+    if fast.kind == "kinetics" and any(tcfg.get(k) for k in ("coeff_MLP_sub_diff", "coeff_MLP_sub_norm",
+                                                              "coeff_MLP_sub_zero", "coeff_k_prior")):
+        sub = SubPenaltyInputs(fast, data)
+        sub.c, sub.s = sub.c.double(), sub.s.double()
+    s_prior = data_free_S("balanced", data).double() if t.coeff_S_prior else None
+    c, y = _batch(data)
+    ynorm2, k_center = 0.37, -1.3
+    step = ExplicitStep(fast, None, t, ynorm2, k_center, sub, s_prior)
+    pl, rg, grads = step.grads(c, y, coeff_L1)
+    pl_ref, rg_ref = _autograd_phase1_loss(ref, t, c, y, coeff_L1, sub, k_center, s_prior, ynorm2)
+    torch.testing.assert_close(pl, pl_ref.detach(), **F64)
+    torch.testing.assert_close(rg, rg_ref.detach(), **F64)
+    ref_params = dict(ref.named_parameters())
+    names = {id(p): n for n, p in fast.named_parameters()}
+    trained = [n for n, p in ref.named_parameters() if p.requires_grad]
+    want = dict(zip(trained, torch.autograd.grad(pl_ref + rg_ref, [ref_params[n] for n in trained], allow_unused=True)))
+    got = {names[id(p)]: g for p, g in grads if id(p) in names}
+    assert set(got) == set(want)
+    for n in want:
+        assert (got[n] is None) == (want[n] is None), n
+        if want[n] is not None:
+            torch.testing.assert_close(got[n], want[n], **F64, msg=lambda msg: f"{n}: {msg}")
+
+
+_KIN_TERMS = [{}, dict(coeff_MLP_sub_diff=3.0, coeff_k_prior=2e-4),
+              dict(coeff_MLP_sub_diff=1.0, coeff_MLP_sub_norm=0.5, coeff_MLP_sub_zero=0.7, coeff_k_prior=0.3,
+                   coeff_k_center=1.0)]
+
+
+@pytest.mark.parametrize("terms", _KIN_TERMS)
+@pytest.mark.parametrize("use_node, form", [(True, "c_softplus"), (False, "softplus"), (True, "softplus")])
+def test_explicit_step_kinetics_matches_autograd(terms, use_node, form):
+    data = _data(TINY_CYCLES, True, "cpu")
+    fast, ref = _twins(KineticsModel, {"model": "kinetics", "use_mlp_node": use_node, "mlp_sub_form": form}, data, True)
+    _check_explicit(fast, ref, terms, data)
+
+
+_STO_TERMS = [({}, 0.0, False), (dict(coeff_mass_conservation=1.0), 0.0, False),
+              (dict(coeff_mass_conservation=1.0, coeff_S_prior=0.003), 0.0, False),
+              (dict(coeff_S_L2=0.2, coeff_S_integer=0.1, coeff_mass_conservation=0.5, coeff_S_prior=0.5,
+                    coeff_k_center=2.0), 0.3, False),
+              (dict(coeff_S_prior=0.5, coeff_S_L1=0.1), 0.1, True)]
+
+
+@pytest.mark.parametrize("terms, coeff_L1, zero_column", _STO_TERMS)
+@pytest.mark.parametrize("variant", ["tied", "untied"])
+def test_explicit_step_stoichiometry_matches_autograd(terms, coeff_L1, zero_column, variant):
+    data = _data(TINY_RANDOM, False, "cpu")
+    fast, ref = _twins(StoichiometryModel, {"model": "stoichiometry", "variant": variant, "init_S": "balanced"},
+                       data, False)
+    _check_explicit(fast, ref, terms, data, coeff_L1, zero_column)
+
+
+def test_explicit_step_stoichiometry_frozen_S_matches_autograd():
+    data = _data(TINY_RANDOM, True, "cpu")
+    fast, ref = _twins(StoichiometryModel, {"model": "stoichiometry"}, data, True)
+    _check_explicit(fast, ref, dict(coeff_k_center=1.0), data)
+
+
+@pytest.mark.parametrize("which", ["kinetics", "stoichiometry"])
+def test_train_phase1_explicit_step_trains_as_the_autograd_step(which, monkeypatch):
+    """train_phase1 with fast.ExplicitStep (the default where it covers the config) and with the autograd step:
+    the same loss and regulariser histories and the same final parameters, within float32 rounding."""
+    from regimes.metabolism import train
+    from regimes.metabolism.config import parse_config
+    from regimes.metabolism.model import build_model
+    from regimes.runtime import ProgressWriter
+    from tests._metabolism_tiny import kinetics_cfg, stoich_cfg
+
+    if which == "kinetics":
+        cfg = parse_config(kinetics_cfg(coeff_MLP_sub_diff=3.0, coeff_k_prior=2e-4, lr_schedule="cosine"))
+        data = _data(TINY_CYCLES, True, "cpu")
+    else:
+        cfg = parse_config(stoich_cfg("untied", coeff_mass_conservation=1.0, coeff_S_prior=0.003, coeff_S_L1=0.01,
+                                      first_coeff_L1=0.1, n_epochs=2, n_epochs_init=1))
+        data = _data(TINY_RANDOM, False, "cpu")
+    calls = []
+    real_step = train.ExplicitStep.step
+    monkeypatch.setattr(train.ExplicitStep, "step", lambda self, *a: calls.append(1) or real_step(self, *a))
+    runs = []
+    for explicit in (True, False):
+        if not explicit:
+            monkeypatch.setattr(train, "explicit_step_unavailable", lambda *a: "off for the test")
+        torch.manual_seed(cfg.training.seed)
+        model = build_model(cfg.graph_model, data, cfg.training.freeze_stoichiometry)
+        hist = train.train_phase1(model, data, cfg, ProgressWriter(None, 0))
+        runs.append((hist, {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (h1, p1), (h2, p2) = runs
+    assert len(calls) == h1["steps"] == h2["steps"] > 0  # the first run took the explicit step every step
+    torch.testing.assert_close(h1["loss"], h2["loss"], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(h1["regul"], h2["regul"], rtol=1e-4, atol=1e-8)
+    for n in p1:
+        torch.testing.assert_close(p1[n], p2[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+def test_explicit_step_only_where_covered(monkeypatch):
+    """An edited train.py loss (its source differs from the shipped one), recurrent training, compile, a
+    non-fast model, coeff_MLP_node_L1: train_phase1 keeps the autograd step."""
+    from types import SimpleNamespace
+
+    import regimes.metabolism.fast as fast
+    from regimes.metabolism.config import parse_config
+    from regimes.metabolism.train import make_optimizer, param_groups
+    from tests._metabolism_tiny import kinetics_cfg
+
+    cfg = parse_config(kinetics_cfg(coeff_MLP_sub_diff=3.0))
+    data = _data(TINY_CYCLES, True, "cpu")
+    m = KineticsModel(cfg.graph_model, data, True)
+    opt = make_optimizer(m, param_groups(m, cfg))
+    t = cfg.training
+    assert fast.explicit_step_unavailable(m, opt, t, False) is None
+    assert "compile" in fast.explicit_step_unavailable(m, opt, t, True)
+    assert "recurrent" in fast.explicit_step_unavailable(m, opt, SimpleNamespace(**{**dict(t), "recurrent_training": True}), False)
+    assert "L1" in fast.explicit_step_unavailable(m, opt, SimpleNamespace(**{**dict(t), "coeff_MLP_node_L1": 0.1}), False)
+    assert "FlatAdam" in fast.explicit_step_unavailable(m, torch.optim.Adam(m.parameters()), t, False)
+    monkeypatch.setitem(fast.REFERENCE_SOURCE, "train", "0" * 64)  # as after an edit of train_phase1
+    assert "edited" in fast.explicit_step_unavailable(m, opt, t, False)
+    monkeypatch.undo()
+    m.fast = False
+    assert "reference" in fast.explicit_step_unavailable(m, opt, t, False)

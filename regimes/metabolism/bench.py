@@ -45,7 +45,7 @@ def _data(sim: dict, freeze: bool, device: str):
 def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = False) -> Callable[[], float]:
     """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it.
     `reference`: the model's reference code path and torch's Adam (model.fast = False), for A/B runs."""
-    from regimes.metabolism.fast import compile_model, step_begin
+    from regimes.metabolism.fast import ExplicitStep, compile_model, explicit_step_unavailable, step_begin
     from regimes.metabolism.model import KineticsModel, build_model
     from regimes.metabolism.train import BatchIndices, SubPenaltyInputs, make_optimizer, param_groups, sub_penalties
 
@@ -64,11 +64,16 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
 
     compiled, _restore = compile_model(model, t.compile)
     batches = BatchIndices(torch.arange(data.n_frames, device=device), B, gen, device)  # as train_phase1
+    explicit = None if explicit_step_unavailable(model, opt, t, compiled) else ExplicitStep(
+        model, opt, t, ynorm2, data.log_k_center, sub_inputs if sub_terms else None)  # as train_phase1
 
     def step() -> torch.Tensor:
         step_begin(compiled, t.compile)
         idx = batches.next()
         c = conc0[idx]
+        if explicit is not None:
+            pred_loss, regul = explicit.step(c, deriv0[idx])
+            return pred_loss + regul
         if sub_terms:
             d, f = model.forward_and_sub(c, sub_inputs.c, sub_inputs.s)
             loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2 + sub_penalties(model, t, sub_inputs, data.log_k_center, f=f)

@@ -40,6 +40,7 @@ LN10 = math.log(10.0)
 #: the reference code as edited. Changing the maths here and in model.py together? Update these from
 #: `model.reference_source_sha(cls)` (tests/test_metabolism_fast.py prints the new values).
 REFERENCE_SOURCE = {
+    "train": "6987257350306ec89cad06f3b962d2712161ec2cc4c7b92de8100167045dcdb4",
     "StoichiometryModel": "37bb200f504b01cbdfbc23278295f57d89d59639ff50303150f538f644895248",
     "KineticsModel": "96544f7eda0bf65a52d2223fb0a28e4dcc51fd13bb63b391ec28553bcca5a5e0",
 }
@@ -95,25 +96,67 @@ def mlp_params(seq: nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def mlp_tail_forward(z0: torch.Tensor, params, final_tanh: bool = False,
+def _probe_onednn() -> bool:
+    """Whether oneDNN's fused linear (torch.ops.mkldnn._linear_pointwise, what inductor's CPU backend lowers
+    linear + activation to) is there and computes x W^T + b and tanh(x W^T + b) (a private op: checked once)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, W, b = (torch.randn(s, generator=g) for s in ((7, 5), (3, 5), (3,)))
+        lin = torch.ops.mkldnn._linear_pointwise(x, W, b, "none", [], "")
+        act = torch.ops.mkldnn._linear_pointwise(x.t().contiguous().t(), W, b, "tanh", [], "")
+        want = torch.addmm(b, x, W.t())
+        return bool(torch.allclose(lin, want, rtol=1e-5, atol=1e-6)
+                    and torch.allclose(act, torch.tanh(want), rtol=1e-5, atol=1e-6))
+    except Exception:  # no such op in this torch build, or it refuses these arguments
+        return False
+
+
+#: oneDNN's linear for float32 on CPU (see `linear`)
+ONEDNN = _probe_onednn()
+_linear_pointwise = torch.ops.mkldnn._linear_pointwise if ONEDNN else None
+
+
+def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, act: str = "none") -> torch.Tensor:
+    """act(x W^T + b), act "none" or "tanh"; x and W may be transposed views (the backward's g W is
+    linear(g, W.t())). float32 on CPU goes to oneDNN's linear with the tanh fused: MKL's sgemm runs its AVX2
+    path on this AMD CPU, oneDNN its AVX-512 one (measured, one thread: 835 x 64 -> 64 47 vs 79 us, with the
+    tanh 62 vs 104; 4200 x 2 -> 64 + tanh 113 vs 302 us; the products equal MKL's bit for bit on these
+    shapes, the tanh within 1 ulp). Elsewhere (float64, CUDA, under torch.compile): addmm and `tanh_`.
+    Not for one-output layers (MKL's gemv is 3x cheaper there) nor for g^T h weight gradients (no gain)."""
+    if ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" and not _compiling():
+        return _linear_pointwise(x, W, b, act, [], "")
+    z = torch.mm(x, W.t()) if b is None else torch.addmm(b, x, W.t())
+    return tanh_(z) if act == "tanh" else z
+
+
+def mlp_tail_forward(h0: torch.Tensor, params, final_tanh: bool = False,
                      last_input: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The rest of Linear (Tanh Linear)* after layer 0, whose output z0 (N, H0) the caller computed (each caller
-    has a cheaper form of that layer for its input). Returns (out, [tanh outputs, one per hidden layer]).
+    """The rest of Linear (Tanh Linear)* after layer 0, whose output h0 (N, H0) the caller computed (each caller
+    has a cheaper form of that layer for its input), its tanh applied when layer 0 is hidden (more layers, or
+    final_tanh: `hidden_act`). Returns (out, [tanh outputs, one per hidden layer]).
     final_tanh: a tanh after the last layer too (`out` is then the last tanh output, also listed).
     last_input (only with >= 2 layers): the last layer adds its product to this tensor (N, out) INSTEAD of
     its bias, which the caller folded in elsewhere (one addmm less)."""
     n = len(params) // 2
-    hs: list[torch.Tensor] = []
-    h = z0
+    hs: list[torch.Tensor] = [h0] if (n > 1 or final_tanh) else []
+    h = h0
     for i in range(1, n):
-        h = tanh_(h)
-        hs.append(h)
         W, b = params[2 * i], params[2 * i + 1]
-        h = torch.addmm(last_input if (i == n - 1 and last_input is not None) else b, h, W.t())
-    if final_tanh:
-        h = tanh_(h)
-        hs.append(h)
+        if i < n - 1 or final_tanh:  # a hidden layer: its tanh fused into the product
+            h = linear(h, W, b, "tanh")
+            hs.append(h)
+        elif W.shape[0] == 1 or last_input is not None:  # the output layer
+            h = torch.addmm(b if last_input is None else last_input, h, W.t())
+        else:
+            h = linear(h, W, b)
     return h, hs
+
+
+def hidden_act(params, final_tanh: bool = False) -> str:
+    """The activation after layer 0 of an `mlp()` with these params (for `linear` / `mlp_tail_forward`)."""
+    return "tanh" if (len(params) > 2 or final_tanh) else "none"
 
 
 def mlp_tail_backward(g: torch.Tensor, hs: list[torch.Tensor], params, need: list[bool], final_tanh: bool = False
@@ -134,7 +177,7 @@ def mlp_tail_backward(g: torch.Tensor, hs: list[torch.Tensor], params, need: lis
         if not any(need[: 2 * i]):
             return grads, None
         W = params[2 * i]
-        g = _tanh_backward(g * W if W.shape[0] == 1 else torch.mm(g, W), inp)  # a one-output layer: outer product
+        g = _tanh_backward(g * W if W.shape[0] == 1 else linear(g, W.t()), inp)  # a one-output layer: outer product
     return grads, g
 
 
@@ -205,7 +248,7 @@ class KineticsFn(torch.autograd.Function):
         B, M = c.shape
         L = _kin_layout(m, B, extra_c, extra_s, c)
         x2 = torch.take(torch.cat((c.reshape(-1), L.tail)), L.gidx)  # (2, N): the MLP_sub input, transposed
-        u2, hs = mlp_tail_forward(torch.addmm(sub[1], x2.t(), sub[0].t()), sub)  # (N, 1)
+        u2, hs = mlp_tail_forward(linear(x2.t(), sub[0], sub[1], hidden_act(sub)), sub)  # (N, 1)
         u = u2.view(-1)
         sp = F.softplus(u)
         f = sp * x2[0] if m.c_times_sub else sp  # mlp_sub_form c_softplus: f = c softplus(u)
@@ -225,7 +268,7 @@ class KineticsFn(torch.autograd.Function):
             z0 = torch.addcmul(A, c.unsqueeze(-1), w_c).view(B * M, -1)
             if n_layers >= 2:  # the last layer adds onto S v, whose mm carries that layer's bias
                 d = torch.addmm(Wn[-1], v, m.S_frozen_T)
-                out, hsn = mlp_tail_forward(z0, Wn, last_input=d.view(B * M, 1))
+                out, hsn = mlp_tail_forward(tanh_(z0), Wn, last_input=d.view(B * M, 1))
                 d = out.view(B, M).clone() if _compiling() else out.view(B, M)  # (no view outputs under compile)
             else:
                 d = torch.mm(v, m.S_frozen_T)
@@ -337,7 +380,7 @@ class StoichiometryFn(torch.autograd.Function):
         x2 = torch.take(torch.cat((c.reshape(-1), mag)), gidx)  # (2, B E): the msg_mlp input, transposed
         # every msg_mlp layer but the last, per edge; the sum over substrate edges; then the last layer
         # (sum_e (Wl h_e + bl) = Wl sum_e h_e + n_sub bl: that layer on B x n_rxn rows instead of B x E_sub)
-        s0, hs = mlp_tail_forward(torch.addmm(msg[1], x2.t(), msg[0].t()), msg[:-2], final_tanh=True)
+        s0, hs = mlp_tail_forward(linear(x2.t(), msg[0], msg[1], "tanh"), msg[:-2], final_tanh=True)
         H = s0.shape[1]
         A3 = (torch.index_add if _compiling() else torch.Tensor.index_add_)(
             s0.new_zeros(B, R, H), 1, m.rxn_sub, s0.view(B, E, H))
@@ -347,9 +390,9 @@ class StoichiometryFn(torch.autograd.Function):
         if _compiling():  # (no saved views under compile)
             h = torch.addmm(nb.repeat(B, 1), A, Wl.t())
         else:
-            h = torch.mm(A, Wl.t())
+            h = linear(A, Wl)
             h.view(B, R, -1).add_(nb)
-        u2, hr = mlp_tail_forward(torch.addmm(rate[1], h, rate[0].t()), rate)  # (B R, 1)
+        u2, hr = mlp_tail_forward(linear(h, rate[0], rate[1], hidden_act(rate)), rate)  # (B R, 1)
         u = u2.view(B, R)
         k = torch.pow(10.0, log_k)
         sp = F.softplus(u)
@@ -401,14 +444,14 @@ class StoichiometryFn(torch.autograd.Function):
             grate[1] = gz0r.sum(0)
         gmsg: list = [None] * n_msg
         if need_h:
-            g_h = torch.mm(gz0r, rate[0])  # (B R, msg_dim)
+            g_h = linear(gz0r, rate[0].t())  # (B R, msg_dim)
             Wl = msg[-2]
             if need_msg[-2]:  # h = Wl A + n_sub bl
                 gmsg[-2] = torch.mm(g_h.t(), A)
             if need_msg[-1]:
                 gmsg[-1] = torch.mv(g_h.view(B, R, -1).sum(0).t(), m.n_sub_f)
             if need_x or any(need_msg[:-2]):
-                g_s0 = torch.mm(g_h, Wl).view(B, R, -1).index_select(1, m.rxn_sub).reshape(B * E, -1)
+                g_s0 = linear(g_h, Wl.t()).view(B, R, -1).index_select(1, m.rxn_sub).reshape(B * E, -1)
                 need_first = [need_msg[0] or need_msg[1] or need_x] + need_msg[1:-2]
                 gfirst, gz0 = mlp_tail_backward(g_s0, hs, msg[:-2], need_first, final_tanh=True)
                 gmsg[2:-2] = gfirst[2:]
@@ -601,6 +644,188 @@ class FlatAdam:
                                eps=float(g["eps"]), amsgrad=False, maximize=False)
         return None
 
+
+
+# ----- explicit training step (no autograd engine) -----
+
+class _Ctx:
+    """The parts of autograd's ctx that this file's Functions use, for calling their forward and backward
+    directly (ExplicitStep): saved tensors, needs_input_grad, and whatever attributes forward sets."""
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        self.saved_tensors = tensors
+
+
+def _s_regul(s: torch.Tensor, t, coeff_L1: float, s_prior: torch.Tensor | None, rxn_all: torch.Tensor, n_rxn: int
+             ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """train_phase1's learned-S regularisers (coeff_L1, coeff_S_L2, coeff_S_integer, coeff_mass_conservation,
+    coeff_S_prior with train.S_shape_prior) at s = sto_all: (their sum, its gradient in s), each term added in
+    train_phase1's order; (None, None) when every coefficient is 0. Gradients by hand (tests check them)."""
+    n = s.numel()
+    val, grad = None, None
+
+    def add(v, g):
+        nonlocal val, grad
+        val = v if val is None else val + v
+        grad = g if grad is None else grad.add_(g)
+
+    if coeff_L1:  # |s|' = sgn(s) (0 at 0, as torch's abs backward)
+        add(coeff_L1 * s.abs().mean(), torch.sgn(s).mul_(coeff_L1 / n))
+    if t.coeff_S_L2:
+        add(t.coeff_S_L2 * (s ** 2).mean(), s * (2.0 * t.coeff_S_L2 / n))
+    if t.coeff_S_integer:  # (sin^2 pi s)' = 2 pi sin(pi s) cos(pi s)
+        ps = math.pi * s
+        sn = torch.sin(ps)
+        add(t.coeff_S_integer * sn.pow(2).mean(), sn.mul_(torch.cos(ps)).mul_(2.0 * math.pi * t.coeff_S_integer / n))
+    if t.coeff_mass_conservation:  # mean_j col_j^2, col_j = sum of column j's entries
+        col = s.new_zeros(n_rxn).index_add_(0, rxn_all, s)
+        add(t.coeff_mass_conservation * (col ** 2).mean(),
+            col.mul(2.0 * t.coeff_mass_conservation / n_rxn).index_select(0, rxn_all))
+    if t.coeff_S_prior:  # mean_j (1 - cos_j), cos_j = <s, p>_j / sqrt(max(<s, s>_j <p, p>_j, 1e-24))
+        def col_sum(x):
+            return x.new_zeros(n_rxn).index_add_(0, rxn_all, x)
+        st, ss, tt = col_sum(s * s_prior), col_sum(s * s), col_sum(s_prior * s_prior)
+        q = ss * tt
+        den = q.clamp_min(1e-24).sqrt()
+        cos = st / den
+        # d cos_j / d s_e = p_e / den_j - st_j [q_j >= 1e-24] tt_j s_e / den_j^3 (the clamp passes no gradient below)
+        a = den.reciprocal()
+        b = torch.where(q >= 1e-24, st * tt / (den * den * den), torch.zeros_like(q))
+        c = -t.coeff_S_prior / n_rxn
+        g = s_prior * (a * c).index_select(0, rxn_all) - s * (b * c).index_select(0, rxn_all)
+        add(t.coeff_S_prior * (1.0 - cos).mean(), g)
+    return val, grad
+
+
+#: the train.py functions whose loss ExplicitStep reproduces (their source is checked like model.MIRRORED's)
+TRAIN_MIRRORED = ("train_phase1", "sub_penalties", "S_shape_prior")
+
+
+def train_source_sha() -> str | None:
+    """sha256 of the train.py functions ExplicitStep mirrors (None: source not readable)."""
+    import hashlib
+    import inspect
+
+    from regimes.metabolism import train
+
+    try:
+        text = "".join(inspect.getsource(getattr(train, n)) for n in TRAIN_MIRRORED)
+    except (OSError, TypeError, AttributeError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def explicit_step_unavailable(model: nn.Module, opt, t, compiled: bool) -> str | None:
+    """Why train_phase1 cannot use ExplicitStep for this model and config (None: it can)."""
+    if not (getattr(model, "fast", False) and model.fast_ok()):
+        return "the model is on the reference path"
+    if not isinstance(opt, FlatAdam):
+        return "the optimiser is not FlatAdam"
+    if compiled:
+        return "training.compile is on"
+    if t.recurrent_training:
+        return "recurrent training"
+    if model.kind == "kinetics" and t.coeff_MLP_node_L1 and model.use_node:
+        return "coeff_MLP_node_L1"
+    if "forward" in model.__dict__ or "forward_and_sub" in model.__dict__:
+        return "the model's forward is replaced"
+    if train_source_sha() != REFERENCE_SOURCE.get("train"):
+        return "train.py's loss code is edited"
+    inputs = {id(p) for p in ExplicitStep.inputs(model)}
+    if any(id(p) not in inputs for g in opt.param_groups for p in g["params"]):
+        return "the optimiser trains a parameter the model's forward does not take"
+    return None
+
+
+class ExplicitStep:
+    """One train_phase1 step of derivative regression -- forward, loss, gradients, Adam -- without the autograd
+    engine: the Functions above called directly (their forward with a `_Ctx`, the loss's gradient at dc/dt by
+    hand, their backward), the regularisers' gradients by hand, then FlatAdam. The same maths and numbers as
+    the autograd step within float rounding (tests/test_metabolism_fast.py: losses and gradients in float64,
+    and whole trainings). Why: the engine's own work (graph nodes of the loss and regularisers, AccumulateGrad,
+    the backward call) was ~170 us of a ~1.3 ms kinetics step. Use only where `explicit_step_unavailable` is
+    None (train_phase1 checks it: anything not covered, an edited train.py or model.py included, trains on the
+    autograd path as before).
+
+    step(c, y, coeff_L1) -> (pred_loss, regul), 0-dim tensors; `grads` returns the gradients instead of
+    stepping (for the tests)."""
+
+    def __init__(self, model: nn.Module, opt: FlatAdam, t, ynorm2: float, k_center: float, sub_inputs=None,
+                 s_prior: torch.Tensor | None = None):
+        self.m, self.opt, self.t = model, opt, t
+        self.ynorm2, self.k_center = float(ynorm2), float(k_center)
+        self.kinetic = model.kind == "kinetics"
+        self.sub = sub_inputs  # train.SubPenaltyInputs, or None (no MLP_sub penalties)
+        self.s_prior = s_prior
+        self.coeffs = None if sub_inputs is None else (
+            float(t.coeff_MLP_sub_diff), float(t.coeff_MLP_sub_norm), float(t.coeff_MLP_sub_zero), float(t.coeff_k_prior))
+        if self.kinetic and sub_inputs is None:
+            self.sub_c = self.sub_s = model.log_k.new_zeros(0)
+
+    @staticmethod
+    def inputs(m) -> list[torch.Tensor]:
+        """The model tensors its Function takes after the constants, in order (parameters or buffers)."""
+        if m.kind == "kinetics":
+            return [m.log_k, *mlp_params(m.mlp_sub), *([*mlp_params(m.mlp_node), m.a] if m.use_node else [])]
+        return [m.log_k, m.sto_all, *([] if m.freeze_S else [m.sto_sub] if m.sto_sub is not None else []),
+                *mlp_params(m.msg_mlp), *mlp_params(m.rate_mlp)]
+
+    @torch.no_grad()
+    def grads(self, c: torch.Tensor, y: torch.Tensor, coeff_L1: float = 0.0):
+        """(pred_loss, regul, [(tensor, its gradient or None)]) for the batch c, targets y (dc/dt)."""
+        m, t = self.m, self.t
+        ctx = _Ctx()
+        if self.kinetic:
+            ins = [m.log_k, *mlp_params(m.mlp_sub), *([*mlp_params(m.mlp_node), m.a] if m.use_node else [])]
+            ctx.needs_input_grad = (False,) * 5 + tuple(p.requires_grad for p in ins)
+            sub_c, sub_s = (self.sub.c, self.sub.s) if self.sub is not None else (self.sub_c, self.sub_s)
+            d, fx = KineticsFn.forward(ctx, m, m.use_node, c, sub_c, sub_s, *ins)
+        else:
+            sto_sub = None if m.freeze_S else m.sto_sub
+            mlps = [*mlp_params(m.msg_mlp), *mlp_params(m.rate_mlp)]
+            ins = [m.log_k, m.sto_all, *([] if sto_sub is None else [sto_sub]), *mlps]
+            ctx.needs_input_grad = (False, False, m.log_k.requires_grad, m.sto_all.requires_grad,
+                                    sto_sub is not None and sto_sub.requires_grad, *(p.requires_grad for p in mlps))
+            d = StoichiometryFn.forward(ctx, m, c, m.log_k, m.sto_all, sto_sub, *mlps)
+        r = d - y
+        pred_loss = (r ** 2).mean() / self.ynorm2
+        g_d = r.mul_(2.0 / (r.numel() * self.ynorm2))  # d pred_loss / d d (r is not needed after this)
+        regul = pred_loss.new_zeros(())
+        g_logk = g_sto = g_fx = None
+        if not self.kinetic and not m.freeze_S:
+            val, g_sto = _s_regul(m.sto_all, t, coeff_L1, self.s_prior, m.rxn_all, m.n_rxn)
+            if val is not None:
+                regul = regul + val
+        if self.kinetic and self.sub is not None:
+            pctx = _Ctx()
+            pen = SubPenaltyFn.forward(pctx, fx, m.log_k, m.n_sub_f.to(fx.dtype), self.sub.n_s, self.sub.n_c,
+                                       *self.coeffs, self.k_center)
+            regul = regul + pen
+            g_fx, g_logk = SubPenaltyFn.backward(pctx, 1.0)[:2]
+        if t.coeff_k_center:  # coeff (mean log k - centre)^2
+            e = m.log_k.mean() - self.k_center
+            regul = regul + t.coeff_k_center * e ** 2
+            g = (e * (2.0 * t.coeff_k_center / m.log_k.numel())).expand(m.log_k.shape)
+            g_logk = g if g_logk is None else g_logk + g
+        if self.kinetic:
+            out = KineticsFn.backward(ctx, g_d, g_fx)[5:]
+        else:
+            gs = StoichiometryFn.backward(ctx, g_d)
+            out = [gs[2], gs[3], *([] if sto_sub is None else [gs[4]]), *gs[5:]]
+        out = list(out)
+        if g_logk is not None:
+            out[0] = g_logk if out[0] is None else out[0] + g_logk
+        if g_sto is not None:
+            out[1] = g_sto if out[1] is None else out[1] + g_sto
+        return pred_loss, regul, list(zip(ins, out))
+
+    def step(self, c: torch.Tensor, y: torch.Tensor, coeff_L1: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        pred_loss, regul, grads = self.grads(c, y, coeff_L1)
+        for p, g in grads:
+            if p.requires_grad:
+                p.grad = g
+        self.opt.step()
+        return pred_loss, regul
 
 
 # ----- torch.compile (training.compile) -----

@@ -293,14 +293,20 @@ MIRRORED = {
 }
 
 
-@functools.lru_cache(maxsize=None)
 def reference_source_sha(cls: type) -> str | None:
-    """sha256 of the source of the methods of `cls` that fast.py mirrors (None: source not readable)."""
+    """sha256 of the source of the methods of `cls` that fast.py mirrors (None: source not readable). Cached
+    per tuple of the method objects themselves, not per class: a method replaced at run time (a patch of the
+    class) is hashed anew, so fast.py's explicit step, which calls no model method, cannot skip it."""
     names = MIRRORED.get(cls.__name__)
     if names is None:
         return None
+    return _source_sha((mlp, *(getattr(cls, n, None) for n in names)))
+
+
+@functools.lru_cache(maxsize=64)
+def _source_sha(fns: tuple) -> str | None:
     try:
-        text = inspect.getsource(mlp) + "".join(inspect.getsource(getattr(cls, n)) for n in names)
+        text = "".join(inspect.getsource(f) for f in fns)
     except (OSError, TypeError):
         return None
     return hashlib.sha256(text.encode()).hexdigest()

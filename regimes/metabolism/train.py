@@ -35,7 +35,7 @@ import torch
 from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
-from regimes.metabolism.fast import FlatAdam, SubPenaltyFn, compile_model, step_begin
+from regimes.metabolism.fast import ExplicitStep, FlatAdam, SubPenaltyFn, compile_model, explicit_step_unavailable, step_begin
 from regimes.metabolism.model import KineticsModel, build_model, data_free_S, fast_path_line, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
@@ -271,6 +271,9 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     log = StepLog(losses, reguls, progress)
     compiled, restore = compile_model(model, t.compile)
     batches = BatchIndices(starts, B, gen, dev, per_step=t.recurrent_training and t.noise_recurrent_level > 0)
+    # the step below without the autograd engine (fast.ExplicitStep, same numbers), where it covers this config
+    explicit = None if explicit_step_unavailable(model, opt, t, compiled) else ExplicitStep(
+        model, opt, t, ynorm2, k_center, sub_inputs if sub_terms else None, s_prior if learned_S and t.coeff_S_prior else None)
     step = 0
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
@@ -281,6 +284,11 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
                     g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             idx = batches.next()  # starts[randint(0, len(starts), (B,), generator=gen)], drawn in blocks
             c = conc0[idx]
+            if explicit is not None:
+                pred_loss, regul = explicit.step(c, deriv0[idx], coeff_L1)
+                step += 1
+                log.add(pred_loss, regul, step)
+                continue
             f_sub_rows = None
             if t.recurrent_training:
                 x = c
