@@ -45,10 +45,11 @@ def _data(sim: dict, freeze: bool, device: str):
 def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = False) -> Callable[[], float]:
     """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it.
     `reference`: the model's reference code path and torch's Adam (model.fast = False), for A/B runs."""
-    from regimes.metabolism.fast import ExplicitStep, compile_model, explicit_step_unavailable, step_begin
+    from regimes.metabolism.fast import ExplicitStep, compile_model, explicit_step_unavailable, step_begin, tune_malloc
     from regimes.metabolism.model import KineticsModel, build_model
     from regimes.metabolism.train import BatchIndices, SubPenaltyInputs, make_optimizer, param_groups, sub_penalties
 
+    tune_malloc()  # as train.run does
     t = cfg.training
     data = data if data is not None else _data(cfg.simulation.model_dump(), t.freeze_stoichiometry, device)
     torch.manual_seed(t.seed)
@@ -115,7 +116,9 @@ def _kinetics(device: str, reference: bool = False):
 def _phase2(T: int):
     """One phase-2 gradient step: a T-step rollout at batch 8 through the frozen reactions."""
     def setup(device: str, reference: bool = False):
+        from regimes.metabolism.fast import tune_malloc
         from regimes.metabolism.model import build_model
+        tune_malloc()  # as train.run does
         cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, homeostasis_training=True)
         data = _data(SIM_CYCLES, True, device)
         torch.manual_seed(0)

@@ -35,7 +35,8 @@ import torch
 from regimes import runtime
 from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
-from regimes.metabolism.fast import ExplicitStep, FlatAdam, SubPenaltyFn, compile_model, explicit_step_unavailable, step_begin
+from regimes.metabolism.fast import (ExplicitStep, FlatAdam, SubPenaltyFn, compile_model, explicit_step_unavailable, step_begin,
+                                    tune_malloc)
 from regimes.metabolism.model import KineticsModel, build_model, data_free_S, fast_path_line, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
@@ -455,6 +456,7 @@ def predictions(model: torch.nn.Module, data: TrainingData, queries: dict, hist:
 
 def run(cfg: Config, inputs_dir: Path, out: Path, device: str = "cpu", log=print) -> dict:
     """Train from the staged inputs and write model.pt and predictions.pt into `out`; returns the predictions."""
+    tune_malloc()  # no page faults per step from glibc returning the step's tensors to the kernel (fast.py)
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.training
     data, queries, manifest = load_staged(inputs_dir)
