@@ -632,3 +632,73 @@ def test_tune_malloc_keeps_a_step_s_tensors_off_fresh_pages():
     for _ in range(50):
         step()
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 50  # untuned: ~260 per iteration
+
+
+def _f32_against_f64(fast64, ref64, loss_fn, data, rtol=2e-4, atol=1e-6):
+    """The fast path in float32 (oneDNN's fused linear on CPU, where ONEDNN) against the float64 reference."""
+    fast32 = copy.deepcopy(fast64).float()
+    assert fast32.fast_ok()
+    l32, l64 = loss_fn(fast32, torch.float32), loss_fn(ref64, torch.float64)
+    torch.testing.assert_close(l32.double(), l64, rtol=rtol, atol=atol)
+    names = [n for n, p in fast32.named_parameters() if p.requires_grad]
+    for name, g32, g64 in zip(names, _grads(fast32, l32), _grads(ref64, l64)):
+        scale = g64.abs().max().clamp_min(1e-12)  # float32 rounding relative to the gradient's size
+        torch.testing.assert_close(g32.double() / scale, g64 / scale, rtol=0, atol=atol * 100,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("use_node, form", [(True, "c_softplus"), (False, "softplus")])
+def test_kinetics_float32_onednn_path_matches_float64_reference(use_node, form):
+    import regimes.metabolism.fast as fast
+
+    data = _data(TINY_CYCLES, True, "cpu")
+    f64, r64 = _twins(KineticsModel, {"model": "kinetics", "use_mlp_node": use_node, "mlp_sub_form": form}, data, True)
+    c, y = _batch(data)
+    sub_c = torch.linspace(0.0, 9.0, 7, dtype=torch.float64)
+    sub_s = torch.ones(7, dtype=torch.float64)
+
+    def loss(m, dt):
+        d, f = m.forward_and_sub(c.to(dt), sub_c.to(dt), sub_s.to(dt))
+        return ((d - y.to(dt)) ** 2).mean() + (f ** 2).mean()
+
+    _f32_against_f64(f64, r64, loss, data)
+    _f32_against_f64(f64, r64, lambda m, dt: _recurrent(c.to(dt))(m), data)
+    if fast.ONEDNN:  # the float32 layers above went through oneDNN; float64 never does
+        x, W, b = torch.randn(50, 16), torch.randn(8, 16), torch.randn(8)
+        torch.testing.assert_close(fast.linear(x, W, b, "tanh"), torch.tanh(torch.addmm(b, x, W.t())), rtol=0, atol=1e-6)
+        torch.testing.assert_close(fast.linear(x.t().contiguous().t(), W.t().contiguous().t()),
+                                   x @ W.t(), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant, freeze", [("tied", False), ("untied", False), ("tied", True)])
+def test_stoichiometry_float32_onednn_path_matches_float64_reference(variant, freeze):
+    data = _data(TINY_RANDOM, freeze, "cpu")
+    f64, r64 = _twins(StoichiometryModel, {"model": "stoichiometry", "variant": variant, "init_S": "balanced"},
+                      data, freeze)
+    c, y = _batch(data)
+    _f32_against_f64(f64, r64, lambda m, dt: ((m(c.to(dt)) - y.to(dt)) ** 2).mean(), data)
+    _f32_against_f64(f64, r64, lambda m, dt: _recurrent(c.to(dt), dt=1.0)(m), data)
+
+
+def test_explicit_step_float32_matches_float64_autograd():
+    """ExplicitStep in float32 (the training dtype, oneDNN layers) against the float64 autograd step."""
+    from regimes.metabolism.config import TrainingConfig
+    from regimes.metabolism.fast import ExplicitStep
+
+    data = _data(TINY_RANDOM, False, "cpu")
+    f64, r64 = _twins(StoichiometryModel, {"model": "stoichiometry", "variant": "untied", "init_S": "balanced"},
+                      data, False)
+    f32 = copy.deepcopy(f64).float()
+    t = TrainingConfig.model_validate({"coeff_mass_conservation": 1.0})
+    c, y = _batch(data)
+    pl, rg, grads = ExplicitStep(f32, None, t, 0.5, -1.0).grads(c.float(), y.float())
+    pl_ref, rg_ref = _autograd_phase1_loss(r64, t, c, y, 0.0, None, -1.0, None, 0.5)
+    torch.testing.assert_close(pl.double(), pl_ref.detach(), rtol=1e-4, atol=1e-7)
+    names = {id(p): n for n, p in f32.named_parameters()}
+    got = {names[id(p)]: g for p, g in grads}
+    ref_params = dict(r64.named_parameters())
+    want = dict(zip(got, torch.autograd.grad(pl_ref + rg_ref, [ref_params[n] for n in got])))
+    assert set(got) == set(ref_params)
+    for n, w in want.items():
+        scale = w.abs().max().clamp_min(1e-12)
+        torch.testing.assert_close(got[n].double() / scale, w / scale, rtol=0, atol=1e-4, msg=lambda m: f"{n}: {m}")
