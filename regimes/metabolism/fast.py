@@ -377,10 +377,10 @@ class StoichiometryFn(torch.autograd.Function):
                 sto_all.new_zeros(R * M), (m.lin_all_T,), sto_all)
             S_T = S_flat.view(R, M)
         gidx = _sto_gidx(m, B, c.device)
-        x2 = torch.take(torch.cat((c.reshape(-1), mag)), gidx)  # (2, B E): the msg_mlp input, transposed
+        x = torch.take(torch.cat((c.reshape(-1), mag)), gidx)  # (B E, 2): the msg_mlp input
         # every msg_mlp layer but the last, per edge; the sum over substrate edges; then the last layer
         # (sum_e (Wl h_e + bl) = Wl sum_e h_e + n_sub bl: that layer on B x n_rxn rows instead of B x E_sub)
-        s0, hs = mlp_tail_forward(linear(x2.t(), msg[0], msg[1], "tanh"), msg[:-2], final_tanh=True)
+        s0, hs = mlp_tail_forward(linear(x, msg[0], msg[1], "tanh"), msg[:-2], final_tanh=True)
         H = s0.shape[1]
         A3 = (torch.index_add if _compiling() else torch.Tensor.index_add_)(
             s0.new_zeros(B, R, H), 1, m.rxn_sub, s0.view(B, E, H))
@@ -400,7 +400,7 @@ class StoichiometryFn(torch.autograd.Function):
         d = torch.mm(v, S_T)
         ctx.m, ctx.n_msg, ctx.n_hs, ctx.tied = m, n_msg, len(hs), sto_sub is None
         # only tensors that are not views are saved (torch.compile's tracing of a Function requires it)
-        ctx.save_for_backward(c, x2, A3, h, u2, k, v, S_flat if not m.freeze_S else sto_all, sto_all,
+        ctx.save_for_backward(c, x, A3, h, u2, k, v, S_flat if not m.freeze_S else sto_all, sto_all,
                               *([] if sto_sub is None else [sto_sub]), *hs, *hr, *params)
         return d
 
@@ -409,7 +409,7 @@ class StoichiometryFn(torch.autograd.Function):
         m, n_msg, n_hs = ctx.m, ctx.n_msg, ctx.n_hs
         need = ctx.needs_input_grad  # (m, c, log_k, sto_all, sto_sub, *params)
         saved = ctx.saved_tensors
-        c, x2, A3, h, u2, k, v, S_flat, sto_all = saved[:9]
+        c, x, A3, h, u2, k, v, S_flat, sto_all = saved[:9]
         i = 9
         sto_sub = None
         if not ctx.tied:
@@ -455,8 +455,8 @@ class StoichiometryFn(torch.autograd.Function):
                 need_first = [need_msg[0] or need_msg[1] or need_x] + need_msg[1:-2]
                 gfirst, gz0 = mlp_tail_backward(g_s0, hs, msg[:-2], need_first, final_tanh=True)
                 gmsg[2:-2] = gfirst[2:]
-                if need_msg[0]:  # x2 is the input transposed (2, B E): the thin product in its fast orientation
-                    gmsg[0] = torch.mm(x2, gz0).t().contiguous()
+                if need_msg[0]:  # the thin product in its fast orientation (gz0^T x is 8x slower)
+                    gmsg[0] = torch.mm(x.t(), gz0).t().contiguous()
                 # the batch sum per edge serves |s|'s gradient and layer 0's bias: one pass over B E x H, not two
                 g_e = gz0.view(B, E, -1).sum(0) if (need_mag or need_msg[1]) else None
                 if need_msg[1]:
@@ -481,17 +481,18 @@ class StoichiometryFn(torch.autograd.Function):
 
 
 def _sto_gidx(m, B: int, dev) -> torch.Tensor:
-    """Gather index of the msg_mlp input from [c.reshape(-1) (B M), |s| (E)]: row 0 c[b, met_sub[e]], row 1
-    |s_e|, over (b, e); cached on the model per batch size."""
+    """Gather index (B E, 2) of the msg_mlp input from [c.reshape(-1) (B M), |s| (E)]: row (b, e) is
+    (c[b, met_sub[e]], |s_e|); cached on the model per batch size. Row-major (B E, 2), not (2, B E)
+    transposed: oneDNN's linear takes it 20 % faster (4200 rows: 90 vs 113 us with the tanh)."""
     def build() -> torch.Tensor:
         M, E = m.n_met, m.met_sub.numel()
         rows = (torch.arange(B, device=dev).view(B, 1) * M + m.met_sub.view(1, E)).reshape(-1)
-        return torch.cat((rows, B * M + torch.arange(E, device=dev).repeat(B))).view(2, B * E)
+        return torch.stack((rows, B * M + torch.arange(E, device=dev).repeat(B)), 1)
 
     if _compiling():  # traced into the graph: no side effects on the model inside a compiled Function
         return build()
     cache = m.__dict__.setdefault("_fast_layouts", {})
-    key = ("sto", B, dev, m.met_sub.data_ptr())
+    key = ("sto_rows", B, dev, m.met_sub.data_ptr())
     g = cache.get(key)
     if g is None:
         g = cache[key] = build()
