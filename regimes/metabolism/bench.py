@@ -118,6 +118,7 @@ def _phase2(T: int):
     def setup(device: str, reference: bool = False):
         from regimes.metabolism.fast import tune_malloc
         from regimes.metabolism.model import build_model
+        from regimes.metabolism.train import make_optimizer
         tune_malloc()  # as train.run does
         cfg = _cfg(SIM_CYCLES, "kinetics", freeze_stoichiometry=True, homeostasis_training=True)
         data = _data(SIM_CYCLES, True, device)
@@ -129,7 +130,7 @@ def _phase2(T: int):
         params = list(model.mlp_node.parameters()) + [model.a]
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=1e-2)
+        opt = make_optimizer(model, [{"params": params, "lr": 1e-2}])  # FlatAdam on the fast path, as train_phase2
         gen = torch.Generator().manual_seed(1)
         conc0, dt = data.conc, data.delta_t
 

@@ -11,6 +11,17 @@ input is one cat + one gather, each reaction's substrate product one gather + on
 first layer runs its embedding part once per metabolite, the phase-1 MLP_sub penalties are one node
 (`SubPenaltyFn`), and `FlatAdam` is one fused call per parameter group.
 
+On this machine (AMD EPYC, Zen 5; MKL dispatches AMD CPUs to its generic code) three more levers,
+measured on one thread (regimes/metabolism/README.md "Speed" has the step figures):
+- `tanh_` is 2 sigmoid(2z) - 1 on CPU (MKL's VML tanh: 120 us on 800 x 64 floats, this form 24 us), and
+  `linear` sends float32 CPU layers to oneDNN's linear with the tanh fused (AVX-512; MKL's sgemm runs
+  its AVX2 path here): the 64-wide layers ~40 % faster;
+- `ExplicitStep`: train_phase1's derivative-regression step (forward, loss, regularisers, backward,
+  FlatAdam) with these Functions called directly, no autograd engine; guarded like the models (train.py's
+  source hash, `explicit_step_unavailable`), else the autograd step runs;
+- `tune_malloc`: glibc's adaptive thresholds returned the stoichiometry step's ~1 MB tensors to the
+  kernel every step (~590 page faults, ~1.2 ms of kernel time per step).
+
 What stays exactly the reference's maths (checked by tests/test_metabolism_fast.py, losses and
 gradients on a fixed batch, float tolerance):
 - kinetics (S frozen): MLP_sub once per distinct (metabolite, |s|) pair per batch row (f = softplus(u),
