@@ -65,14 +65,35 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor_id from /proc/cpuinfo ("AuthenticAMD", "GenuineIntel"; "" where not readable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+#: MKL (torch's CPU BLAS and VML) runs its generic code on AMD CPUs. Two kernel choices follow from the CPU's
+#: vendor -- a fixed rule, the same on every run on one machine (never a timing race):
+#: - `tanh_` on CPU: 2 sigmoid(2 z) - 1 on AMD (this AMD EPYC, Zen 5: MKL's VML tanh 120 us on 800 x 64
+#:   floats, the sigmoid form 24 us; sigmoid is ATen's own AVX-512 kernel), torch.tanh elsewhere (the
+#:   earlier machine, an AVX-512 Intel: tanh 17 us, sigmoid 23 us, so plain tanh was ~30 % faster);
+#: - `linear`: oneDNN's fused linear on AMD for float32 (its AVX-512 kernels; MKL's sgemm runs its AVX2 path
+#:   here), MKL's addmm elsewhere (measured at ~75 % of AVX-512 peak on the Intel machine).
+AMD_CPU = cpu_vendor() == "AuthenticAMD"
+SIGMOID_TANH = AMD_CPU
+
+
 def tanh_(z: torch.Tensor) -> torch.Tensor:
-    """tanh in place (out of place under torch.compile), on CPU as 2 sigmoid(2 z) - 1: the same function,
-    ~1 ulp apart (2e-7 absolute in float32, 3e-16 in float64). Why: torch's CPU tanh goes to MKL's VML, which
-    on this AMD EPYC (Zen 5) machine runs a slow generic path: 120 us on 800 x 64 floats against 24 us for
-    this form (sigmoid is ATen's own AVX-512 kernel; measured, one thread). tanh was a third of the kinetics
-    step and of the stoichiometry step. On an Intel CPU (VML's fast path, the earlier machine: tanh 17 us,
-    sigmoid 23 us) this costs a few us per layer; on CUDA torch.tanh is one kernel launch instead of four."""
-    if z.device.type != "cpu":
+    """tanh in place (out of place under torch.compile); on CPU with SIGMOID_TANH (AMD CPUs) as
+    2 sigmoid(2 z) - 1: the same function, within ~1 ulp (2e-7 absolute in float32, 3e-16 in float64), ~5x
+    faster there (see SIGMOID_TANH). tanh was a third of the kinetics and the stoichiometry step on AMD. On
+    CUDA always torch.tanh (one kernel launch instead of four)."""
+    if not (SIGMOID_TANH and z.device.type == "cpu"):
         return torch.tanh(z) if _compiling() else z.tanh_()
     if _compiling():
         return torch.sigmoid(z * 2.0) * 2.0 - 1.0
@@ -124,17 +145,19 @@ def _probe_onednn() -> bool:
         return False
 
 
-#: oneDNN's linear for float32 on CPU (see `linear`)
-ONEDNN = _probe_onednn()
-_linear_pointwise = torch.ops.mkldnn._linear_pointwise if ONEDNN else None
+#: oneDNN's fused linear works in this torch build; it is used (ONEDNN) for float32 on AMD CPUs (see AMD_CPU)
+ONEDNN_WORKS = _probe_onednn()
+ONEDNN = AMD_CPU and ONEDNN_WORKS
+_linear_pointwise = torch.ops.mkldnn._linear_pointwise if ONEDNN_WORKS else None
 
 
 def linear(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None = None, act: str = "none") -> torch.Tensor:
     """act(x W^T + b), act "none" or "tanh"; x and W may be transposed views (the backward's g W is
-    linear(g, W.t())). float32 on CPU goes to oneDNN's linear with the tanh fused: MKL's sgemm runs its AVX2
-    path on this AMD CPU, oneDNN its AVX-512 one (measured, one thread: 835 x 64 -> 64 47 vs 79 us, with the
-    tanh 62 vs 104; 4200 x 2 -> 64 + tanh 113 vs 302 us; the products equal MKL's bit for bit on these
-    shapes, the tanh within 1 ulp). Elsewhere (float64, CUDA, under torch.compile): addmm and `tanh_`.
+    linear(g, W.t())). With ONEDNN (AMD CPUs) float32 on CPU goes to oneDNN's linear with the tanh fused: MKL's
+    sgemm runs its AVX2 path on this AMD CPU, oneDNN its AVX-512 one (measured, one thread: 835 x 64 -> 64 47
+    vs 79 us, with the tanh 62 vs 104; 4200 x 2 -> 64 + tanh 90 vs 142 us; the products equal MKL's bit for
+    bit on these shapes, the tanh within 1 ulp). Elsewhere (float64, CUDA, under torch.compile, Intel CPUs):
+    addmm and `tanh_`.
     Not for one-output layers (MKL's gemv is 3x cheaper there) nor for g^T h weight gradients (no gain)."""
     if ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" and not _compiling():
         return _linear_pointwise(x, W, b, act, [], "")
