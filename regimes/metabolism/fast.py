@@ -11,11 +11,12 @@ input is one cat + one gather, each reaction's substrate product one gather + on
 first layer runs its embedding part once per metabolite, the phase-1 MLP_sub penalties are one node
 (`SubPenaltyFn`), and `FlatAdam` is one fused call per parameter group.
 
-On this machine (AMD EPYC, Zen 5; MKL dispatches AMD CPUs to its generic code) three more levers,
-measured on one thread (regimes/metabolism/README.md "Speed" has the step figures):
-- `tanh_` is 2 sigmoid(2z) - 1 on CPU (MKL's VML tanh: 120 us on 800 x 64 floats, this form 24 us), and
-  `linear` sends float32 CPU layers to oneDNN's linear with the tanh fused (AVX-512; MKL's sgemm runs
-  its AVX2 path here): the 64-wide layers ~40 % faster;
+Three more levers, measured on one thread on an AMD EPYC (Zen 5; regimes/metabolism/README.md "Speed"
+has the step figures):
+- on AMD CPUs only (`AMD_CPU`: MKL runs its generic code there), `tanh_` is 2 sigmoid(2z) - 1 on CPU
+  (MKL's VML tanh: 120 us on 800 x 64 floats, this form 24 us) and `linear` sends float32 CPU layers to
+  oneDNN's linear with the tanh fused (AVX-512; MKL's sgemm runs its AVX2 path there): the 64-wide
+  layers ~40 % faster; elsewhere torch.tanh and MKL, as measured faster on an Intel machine;
 - `ExplicitStep`: train_phase1's derivative-regression step (forward, loss, regularisers, backward,
   FlatAdam) with these Functions called directly, no autograd engine; guarded like the models (train.py's
   source hash, `explicit_step_unavailable`), else the autograd step runs;
