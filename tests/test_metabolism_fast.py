@@ -344,11 +344,12 @@ def test_step_log_fetches_in_chunks_and_reports_divergence_at_its_step(monkeypat
 
 def test_shipped_reference_source_is_the_one_fast_py_mirrors():
     """fast.REFERENCE_SOURCE names the shipped code: else every model silently trains on the slow path."""
-    from regimes.metabolism.fast import REFERENCE_SOURCE, train_source_sha
+    from regimes.metabolism.fast import REFERENCE_SOURCE, source_sha
     from regimes.metabolism.model import reference_source_sha
+    from regimes.metabolism.train import LOSS_CODE
 
     now = {cls.__name__: reference_source_sha(cls) for cls in (StoichiometryModel, KineticsModel)}
-    now["train"] = train_source_sha()  # the train.py loss code fast.ExplicitStep mirrors
+    now["train"] = source_sha(LOSS_CODE)  # the train.py loss code fast.ExplicitStep mirrors
     assert now == REFERENCE_SOURCE, (
         "a method or train.py function fast.py mirrors changed: make fast.py compute the same maths (the twin tests here "
         "check it; for train_phase1 / sub_penalties / S_shape_prior that is fast.ExplicitStep, the same loss and every "
@@ -626,7 +627,8 @@ def test_explicit_step_only_where_covered(monkeypatch):
 
     import regimes.metabolism.fast as fast
     from regimes.metabolism.config import parse_config
-    from regimes.metabolism.train import make_optimizer, param_groups
+    from regimes.metabolism import train
+    from regimes.metabolism.train import LOSS_CODE, make_optimizer, param_groups
     from tests._metabolism_tiny import kinetics_cfg
 
     cfg = parse_config(kinetics_cfg(coeff_MLP_sub_diff=3.0))
@@ -634,16 +636,21 @@ def test_explicit_step_only_where_covered(monkeypatch):
     m = KineticsModel(cfg.graph_model, data, True)
     opt = make_optimizer(m, param_groups(m, cfg))
     t = cfg.training
-    assert fast.explicit_step_unavailable(m, opt, t, False) is None
-    assert "compile" in fast.explicit_step_unavailable(m, opt, t, True)
-    assert "recurrent" in fast.explicit_step_unavailable(m, opt, SimpleNamespace(**{**dict(t), "recurrent_training": True}), False)
-    assert "L1" in fast.explicit_step_unavailable(m, opt, SimpleNamespace(**{**dict(t), "coeff_MLP_node_L1": 0.1}), False)
-    assert "FlatAdam" in fast.explicit_step_unavailable(m, torch.optim.Adam(m.parameters()), t, False)
+    u = fast.explicit_step_unavailable
+    assert u(m, opt, t, False, LOSS_CODE) is None
+    assert "compile" in u(m, opt, t, True, LOSS_CODE)
+    assert "recurrent" in u(m, opt, SimpleNamespace(**{**dict(t), "recurrent_training": True}), False, LOSS_CODE)
+    assert "L1" in u(m, opt, SimpleNamespace(**{**dict(t), "coeff_MLP_node_L1": 0.1}), False, LOSS_CODE)
+    assert "FlatAdam" in u(m, torch.optim.Adam(m.parameters()), t, False, LOSS_CODE)
+
+    def sub_penalties(model, t, inp, k_center, f=None):  # an agent's edit of the penalties
+        return 2.0 * train.sub_penalties(model, t, inp, k_center, f)
+    assert "edited" in u(m, opt, t, False, (LOSS_CODE[0], sub_penalties, LOSS_CODE[2]))
     monkeypatch.setitem(fast.REFERENCE_SOURCE, "train", "0" * 64)  # as after an edit of train_phase1
-    assert "edited" in fast.explicit_step_unavailable(m, opt, t, False)
+    assert "edited" in u(m, opt, t, False, LOSS_CODE)
     monkeypatch.undo()
     m.fast = False
-    assert "reference" in fast.explicit_step_unavailable(m, opt, t, False)
+    assert "reference" in u(m, opt, t, False, LOSS_CODE)
 
 
 def test_tune_malloc_keeps_a_step_s_tensors_off_fresh_pages():

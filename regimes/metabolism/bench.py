@@ -47,7 +47,8 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
     `reference`: the model's reference code path and torch's Adam (model.fast = False), for A/B runs."""
     from regimes.metabolism.fast import ExplicitStep, compile_model, explicit_step_unavailable, step_begin, tune_malloc
     from regimes.metabolism.model import KineticsModel, build_model
-    from regimes.metabolism.train import BatchIndices, SubPenaltyInputs, make_optimizer, param_groups, sub_penalties
+    from regimes.metabolism.train import (LOSS_CODE, BatchIndices, SubPenaltyInputs, make_optimizer, param_groups,
+                                          sub_penalties)
 
     tune_malloc()  # as train.run does
     t = cfg.training
@@ -65,7 +66,7 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
 
     compiled, _restore = compile_model(model, t.compile)
     batches = BatchIndices(torch.arange(data.n_frames, device=device), B, gen, device)  # as train_phase1
-    explicit = None if explicit_step_unavailable(model, opt, t, compiled) else ExplicitStep(
+    explicit = None if explicit_step_unavailable(model, opt, t, compiled, LOSS_CODE) else ExplicitStep(
         model, opt, t, ynorm2, data.log_k_center, sub_inputs if sub_terms else None)  # as train_phase1
 
     def step() -> torch.Tensor:

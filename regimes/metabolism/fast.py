@@ -52,7 +52,7 @@ LN10 = math.log(10.0)
 #: the reference code as edited. Changing the maths here and in model.py together? Update these from
 #: `model.reference_source_sha(cls)` (tests/test_metabolism_fast.py prints the new values).
 REFERENCE_SOURCE = {
-    "train": "6987257350306ec89cad06f3b962d2712161ec2cc4c7b92de8100167045dcdb4",
+    "train": "798a636657db2738db3c04427ca343a9d5f38a824578b6e55b5e645647aefed4",
     "StoichiometryModel": "37bb200f504b01cbdfbc23278295f57d89d59639ff50303150f538f644895248",
     "KineticsModel": "96544f7eda0bf65a52d2223fb0a28e4dcc51fd13bb63b391ec28553bcca5a5e0",
 }
@@ -756,26 +756,22 @@ def _s_regul(s: torch.Tensor, t, coeff_L1: float, s_prior: torch.Tensor | None, 
     return val, grad
 
 
-#: the train.py functions whose loss ExplicitStep reproduces (their source is checked like model.MIRRORED's)
-TRAIN_MIRRORED = ("train_phase1", "sub_penalties", "S_shape_prior")
-
-
-def train_source_sha() -> str | None:
-    """sha256 of the train.py functions ExplicitStep mirrors (None: source not readable)."""
+def source_sha(fns: tuple) -> str | None:
+    """sha256 of the source of these functions (None: source not readable); for train.LOSS_CODE, the train.py
+    functions whose loss ExplicitStep reproduces (checked like model.MIRRORED's methods)."""
     import hashlib
     import inspect
 
-    from regimes.metabolism import train
-
     try:
-        text = "".join(inspect.getsource(getattr(train, n)) for n in TRAIN_MIRRORED)
-    except (OSError, TypeError, AttributeError):
+        text = "".join(inspect.getsource(f) for f in fns)
+    except (OSError, TypeError):
         return None
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def explicit_step_unavailable(model: nn.Module, opt, t, compiled: bool) -> str | None:
-    """Why train_phase1 cannot use ExplicitStep for this model and config (None: it can)."""
+def explicit_step_unavailable(model: nn.Module, opt, t, compiled: bool, loss_code: tuple) -> str | None:
+    """Why train_phase1 cannot use ExplicitStep for this model and config (None: it can). loss_code:
+    train.LOSS_CODE, the functions whose loss it reproduces (passed in: fast.py does not import train.py)."""
     if not (getattr(model, "fast", False) and model.fast_ok()):
         return "the model is on the reference path"
     if not isinstance(opt, FlatAdam):
@@ -788,7 +784,7 @@ def explicit_step_unavailable(model: nn.Module, opt, t, compiled: bool) -> str |
         return "coeff_MLP_node_L1"
     if "forward" in model.__dict__ or "forward_and_sub" in model.__dict__:
         return "the model's forward is replaced"
-    if train_source_sha() != REFERENCE_SOURCE.get("train"):
+    if source_sha(tuple(loss_code)) != REFERENCE_SOURCE.get("train"):
         return "train.py's loss code is edited"
     inputs = {id(p) for p in ExplicitStep.inputs(model)}
     if any(id(p) not in inputs for g in opt.param_groups for p in g["params"]):

@@ -273,7 +273,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     compiled, restore = compile_model(model, t.compile)
     batches = BatchIndices(starts, B, gen, dev, per_step=t.recurrent_training and t.noise_recurrent_level > 0)
     # the step below without the autograd engine (fast.ExplicitStep, same numbers), where it covers this config
-    explicit = None if explicit_step_unavailable(model, opt, t, compiled) else ExplicitStep(
+    explicit = None if explicit_step_unavailable(model, opt, t, compiled, LOSS_CODE) else ExplicitStep(
         model, opt, t, ynorm2, k_center, sub_inputs if sub_terms else None, s_prior if learned_S and t.coeff_S_prior else None)
     step = 0
     for epoch in range(t.n_epochs):
@@ -335,6 +335,11 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     if t.k_least_squares:  # the exact k for the learned MLP_sub / MLP_node (see least_squares_k)
         least_squares_k(model, data)
     return {"loss": losses.values(), "regul": reguls.values(), "steps": step}
+
+
+#: the functions whose loss fast.ExplicitStep reproduces: an edit to any of them (its source hash differs from
+#: fast.REFERENCE_SOURCE["train"]) keeps train_phase1 on the autograd step
+LOSS_CODE = (train_phase1, sub_penalties, S_shape_prior)
 
 
 def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
