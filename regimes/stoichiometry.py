@@ -23,10 +23,7 @@ _STEP = """            loss = pred_loss + regul
             opt.step()
 """
 _PRED = "                pred_loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2\n"
-_MASS = """                if t.coeff_mass_conservation:
-                    col = s.new_zeros(model.n_rxn).index_add_(0, model.rxn_all, s)
-                    regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
-"""
+_REGUL = "            regul = phase1_regularisers(model, t, c, coeff_L1, k_center, s_prior, sub_inputs, f_sub_rows)\n"
 
 
 def _cs(name: str, file: str, old: str, new: str, hypothesis: str, description: str) -> CodeStrategy:
@@ -51,9 +48,9 @@ CODE_STRATEGIES = [
         "soft-thresholding after each step zeroes coefficients exactly, which the gradient L1 under Adam does not; "
         "wrong entries of the support should vanish and the sparsity pattern improve",
         "priority 2: L1 by soft-thresholding on sto_all"),
-    _cs("integer-rounding-loss", TRAIN, _MASS,
-        _MASS + "                if epoch >= t.n_epochs_init:  # rounding loss: pull coefficients to the nearest integer\n"
-                "                    regul = regul + 0.1 * (s - torch.round(s)).pow(2).mean()\n",
+    _cs("integer-rounding-loss", TRAIN, _REGUL,
+        _REGUL + "            if learned_S and epoch >= t.n_epochs_init:  # rounding loss: pull S to the nearest integer\n"
+                 "                regul = regul + 0.1 * (model.sto_all - torch.round(model.sto_all)).pow(2).mean()\n",
         "once the structure phase is over, a penalty on the distance to the nearest integer should snap S onto "
         "{-2,-1,0,1,2} and break the continuous scale ambiguity between S and the rates",
         "priority 3: integer rounding loss ((sto_all - round(sto_all))^2)"),

@@ -352,7 +352,7 @@ def test_shipped_reference_source_is_the_one_fast_py_mirrors():
     now["train"] = source_sha(LOSS_CODE)  # the train.py loss code fast.ExplicitStep mirrors
     assert now == REFERENCE_SOURCE, (
         "a method or train.py function fast.py mirrors changed: make fast.py compute the same maths (the twin tests here "
-        "check it; for train_phase1 / sub_penalties / S_shape_prior that is fast.ExplicitStep, the same loss and every "
+        "check it; for train_phase1 / phase1_regularisers / sub_penalties / S_shape_prior that is fast.ExplicitStep, the same loss and every "
         f"regulariser's gradient, with a twin test of any new term), then set fast.REFERENCE_SOURCE = {now}")
 
 
@@ -482,32 +482,15 @@ def test_stoichiometry_other_mlp_depths_match(msg, rate):
 # ----- fast.ExplicitStep: train_phase1's step without the autograd engine -----
 
 def _autograd_phase1_loss(m, t, c, y, coeff_L1, sub_inputs, k_center, s_prior, ynorm2):
-    """train_phase1's loss, line for line (derivative regression), on the autograd path."""
-    from regimes.metabolism.train import S_shape_prior, sub_penalties
+    """train_phase1's loss (derivative regression) on the autograd path, with train_phase1's own regularisers."""
+    from regimes.metabolism.train import phase1_regularisers
 
     if sub_inputs is not None:
         d, f = m.forward_and_sub(c, sub_inputs.c, sub_inputs.s)
     else:
         d, f = m(c), None
     pred_loss = ((d - y) ** 2).mean() / ynorm2
-    regul = pred_loss.new_zeros(())
-    if m.kind == "stoichiometry" and not m.freeze_S:
-        s = m.sto_all
-        if coeff_L1:
-            regul = regul + coeff_L1 * s.abs().mean()
-        if t.coeff_S_L2:
-            regul = regul + t.coeff_S_L2 * (s ** 2).mean()
-        if t.coeff_S_integer:
-            regul = regul + t.coeff_S_integer * torch.sin(torch.pi * s).pow(2).mean()
-        if t.coeff_mass_conservation:
-            col = s.new_zeros(m.n_rxn).index_add_(0, m.rxn_all, s)
-            regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
-        if t.coeff_S_prior:
-            regul = regul + t.coeff_S_prior * S_shape_prior(s, s_prior, m.rxn_all, m.n_rxn)
-    if sub_inputs is not None:
-        regul = regul + sub_penalties(m, t, sub_inputs, k_center, f=f)
-    if t.coeff_k_center:
-        regul = regul + t.coeff_k_center * (m.log_k.mean() - k_center) ** 2
+    regul = phase1_regularisers(m, t, c, coeff_L1, k_center, s_prior if t.coeff_S_prior else None, sub_inputs, f)
     return pred_loss, regul
 
 

@@ -242,6 +242,36 @@ def least_squares_k(model: KineticsModel, data: TrainingData, ridge: float = 1e-
     return int(bad.sum())
 
 
+def phase1_regularisers(model: torch.nn.Module, t, c: torch.Tensor, coeff_L1: float, k_center: float,
+                        s_prior: torch.Tensor | None = None, sub_inputs: "SubPenaltyInputs | None" = None,
+                        f_sub_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The regularisers of train_phase1's loss for the batch c: each term whose coefficient is non-zero
+    (SCIENCE.md, the phase-1 loss). sub_inputs: MLP_sub's penalty grid (None: no MLP_sub term);
+    f_sub_rows: MLP_sub on that grid when the forward pass already computed it."""
+    regul = c.new_zeros(())
+    if not model.freeze_S:
+        s = model.sto_all
+        if coeff_L1:
+            regul = regul + coeff_L1 * s.abs().mean()
+        if t.coeff_S_L2:
+            regul = regul + t.coeff_S_L2 * (s ** 2).mean()
+        if t.coeff_S_integer:
+            regul = regul + t.coeff_S_integer * torch.sin(math.pi * s).pow(2).mean()
+        if t.coeff_mass_conservation:
+            col = s.new_zeros(model.n_rxn).index_add_(0, model.rxn_all, s)
+            regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
+        if t.coeff_S_prior:
+            regul = regul + t.coeff_S_prior * S_shape_prior(s, s_prior, model.rxn_all, model.n_rxn)
+    if isinstance(model, KineticsModel):
+        if sub_inputs is not None:
+            regul = regul + sub_penalties(model, t, sub_inputs, k_center, f=f_sub_rows)
+        if t.coeff_MLP_node_L1 and model.use_node:
+            regul = regul + t.coeff_MLP_node_L1 * model.node(c).abs().mean()
+    if t.coeff_k_center:
+        regul = regul + t.coeff_k_center * (model.log_k.mean() - k_center) ** 2
+    return regul
+
+
 def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 1: fit dc/dt (or a `time_step` recurrent rollout) of run 0.
 
@@ -258,23 +288,22 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     kinetic = isinstance(model, KineticsModel)
     learned_S = not model.freeze_S
     sub_terms = kinetic and bool(t.coeff_MLP_sub_diff or t.coeff_MLP_sub_norm or t.coeff_MLP_sub_zero or t.coeff_k_prior)
-    if sub_terms:
-        sub_inputs = SubPenaltyInputs(model, data)
+    sub_inputs = SubPenaltyInputs(model, data) if sub_terms else None
     total_steps = max(1, t.n_epochs * ipe)
     for g in opt.param_groups:
         g["lr_base"] = g["lr"]
     k_center = data.log_k_center
     # frames whose rollout window stays inside one trajectory segment (all frames for derivative regression)
     starts = data.window_starts(T if t.recurrent_training else 0).to(dev)
-    if learned_S and t.coeff_S_prior:  # the shape prior's target: the balanced data-free answer
-        s_prior = data_free_S("balanced", data.to("cpu")).to(dev)
+    # the shape prior's target: the balanced data-free answer
+    s_prior = data_free_S("balanced", data.to("cpu")).to(dev) if learned_S and t.coeff_S_prior else None
     losses, reguls = History(t.n_epochs * ipe), History(t.n_epochs * ipe)
     log = StepLog(losses, reguls, progress)
     compiled, restore = compile_model(model, t.compile)
     batches = BatchIndices(starts, B, gen, dev, per_step=t.recurrent_training and t.noise_recurrent_level > 0)
     # the step below without the autograd engine (fast.ExplicitStep, same numbers), where it covers this config
     explicit = None if explicit_step_unavailable(model, opt, t, compiled, LOSS_CODE) else ExplicitStep(
-        model, opt, t, ynorm2, k_center, sub_inputs if sub_terms else None, s_prior if learned_S and t.coeff_S_prior else None)
+        model, opt, t, ynorm2, k_center, sub_inputs, s_prior)
     step = 0
     for epoch in range(t.n_epochs):
         coeff_L1 = t.first_coeff_L1 if epoch < t.n_epochs_init else t.coeff_S_L1
@@ -303,27 +332,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
                 pred_loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2
             else:
                 pred_loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2
-            regul = pred_loss.new_zeros(())
-            if learned_S:
-                s = model.sto_all
-                if coeff_L1:
-                    regul = regul + coeff_L1 * s.abs().mean()
-                if t.coeff_S_L2:
-                    regul = regul + t.coeff_S_L2 * (s ** 2).mean()
-                if t.coeff_S_integer:
-                    regul = regul + t.coeff_S_integer * torch.sin(math.pi * s).pow(2).mean()
-                if t.coeff_mass_conservation:
-                    col = s.new_zeros(model.n_rxn).index_add_(0, model.rxn_all, s)
-                    regul = regul + t.coeff_mass_conservation * (col ** 2).mean()
-                if t.coeff_S_prior:
-                    regul = regul + t.coeff_S_prior * S_shape_prior(s, s_prior, model.rxn_all, model.n_rxn)
-            if kinetic:
-                if sub_terms:
-                    regul = regul + sub_penalties(model, t, sub_inputs, k_center, f=f_sub_rows)
-                if t.coeff_MLP_node_L1 and model.use_node:
-                    regul = regul + t.coeff_MLP_node_L1 * model.node(c).abs().mean()
-            if t.coeff_k_center:
-                regul = regul + t.coeff_k_center * (model.log_k.mean() - k_center) ** 2
+            regul = phase1_regularisers(model, t, c, coeff_L1, k_center, s_prior, sub_inputs, f_sub_rows)
             loss = pred_loss + regul
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -339,7 +348,7 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
 
 #: the functions whose loss fast.ExplicitStep reproduces: an edit to any of them (its source hash differs from
 #: fast.REFERENCE_SOURCE["train"]) keeps train_phase1 on the autograd step
-LOSS_CODE = (train_phase1, sub_penalties, S_shape_prior)
+LOSS_CODE = (train_phase1, phase1_regularisers, sub_penalties, S_shape_prior)
 
 
 def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
