@@ -132,14 +132,21 @@ def gauge_align(s_learned: np.ndarray, s_true: np.ndarray, rxn: np.ndarray, n_rx
     return s_learned * alpha[rxn], alpha
 
 
-def integer_decode(s_learned: np.ndarray, sub_to_all: np.ndarray, rxn_all: np.ndarray, n_rxn: int) -> np.ndarray:
+def integer_decode(s_learned: np.ndarray, sub_to_all: np.ndarray, rxn_all: np.ndarray, n_rxn: int,
+                   scale_ref: np.ndarray | None = None) -> np.ndarray:
     """Each column of the learned S replaced by the valid integer column nearest in direction, with no truth:
     the roles fix the signs, every magnitude is 1 or 2 and the column sums to zero (the seed's facts). A
     direction is all a column's scale gauge leaves identifiable (column x alpha with rate / alpha is the same
     dynamics), so plain rounding would score the gauge, not S. Valid columns of one direction (e.g. (-1, 1)
     and (-2, 2)) are told apart by the learned column's own length, the nearest one wins: the only place
     the scale is used. A zero column decodes to the smallest valid one; a column whose roles no valid
-    column fits (a substrate with a net product coefficient, as in the `cycles` network) is rounded."""
+    column fits (a substrate with a net product coefficient, as in the `cycles` network) is rounded.
+
+    scale_ref (the true S, for the score): among the valid columns of the decoded direction, the one nearest
+    to scale_ref's column wins instead, i.e. the truth breaks only the tie the gauge leaves. In `random`
+    networks about 40 % of the columns (29 % of the edges) have n_sub = n_prod and all magnitudes equal,
+    so (-1, 1) and (-2, 2), or (-1, -1, 1, 1) and (-2, -2, 2, 2), are the same dynamics (`untied`: exactly;
+    `tied`: up to msg_mlp's input scale); without scale_ref those edges would score the column's length."""
     s_learned = np.asarray(s_learned, float)
     is_sub = np.zeros(len(s_learned), bool)
     is_sub[np.asarray(sub_to_all, int)] = True
@@ -169,7 +176,8 @@ def integer_decode(s_learned: np.ndarray, sub_to_all: np.ndarray, rxn_all: np.nd
         unit = cols / np.linalg.norm(cols, axis=1, keepdims=True)
         best = unit[int(np.argmax(unit @ x))]
         same = np.flatnonzero(unit @ best > 1.0 - 1e-9)  # the candidates along the best direction
-        out[e] = cols[same[int(np.argmin(np.linalg.norm(cols[same] - x, axis=1)))]]
+        target = x if scale_ref is None else scale_ref[e]
+        out[e] = cols[same[int(np.argmin(np.linalg.norm(cols[same] - target, axis=1)))]]
     return out
 
 
@@ -196,7 +204,8 @@ def stoichiometry_metrics(s_learned: np.ndarray, s_true: np.ndarray, rxn_all: np
 
     r2_g, base_g, skill = skill_on(np.ones(len(s_true), bool))
     exact_raw = lambda s: float((np.round(s) == s_true).mean())  # noqa: E731
-    exact = lambda s: float((integer_decode(s, sub_to_all, rxn_all, n_rxn) == s_true).mean())  # noqa: E731
+    # decoded by direction; the truth only picks among the columns of one direction (the scale gauge)
+    exact = lambda s: float((integer_decode(s, sub_to_all, rxn_all, n_rxn, scale_ref=s_true) == s_true).mean())  # noqa: E731
     m = {"stoichiometry_skill": skill,
          "stoichiometry_R2": r2_fit(s_true, s_learned),
          "stoichiometry_R2_sign_baseline": r2_fit(s_true, sign),
