@@ -409,3 +409,62 @@ def test_batch_indices_in_blocks_are_the_per_step_draws():
         want = starts[torch.randint(0, len(starts), (8,), generator=g_ref)]
         assert torch.equal(blocks.next(), want) and torch.equal(one.next(), want)
     assert one.block == 1
+
+
+def test_S_least_squares_recovers_the_S_of_exact_derivatives():
+    """least_squares_S: with derivatives made by the model's own rates and a chosen S, a near-zero ridge returns
+    that S from a wrong start; a huge ridge keeps the trained S; any ridge does not worsen the full-batch fit."""
+    import dataclasses
+
+    cfg = parse_config(stoich_cfg("untied"))
+    data, _ = load_or_generate(cfg.simulation)
+    import types
+
+    torch.manual_seed(0)
+    model = build_model(cfg.graph_model, data, False)
+    model.fast = False
+    gen = torch.Generator().manual_seed(1)
+    # rates that differ between reactions (a fresh rate MLP's, or a rank-2 trajectory's, are near-collinear)
+    w = torch.randn(data.n_met, data.n_rxn, generator=gen) * 0.3
+    model.rates = types.MethodType(lambda self, c: torch.exp((c - c.mean()) @ w), model)
+    s_true = torch.randint(1, 3, (len(data.met_all),), generator=gen).float() * torch.where(
+        torch.zeros(len(data.met_all), dtype=torch.bool).index_fill_(0, data.sub_to_all, True), -1.0, 1.0)
+    with torch.no_grad():
+        model.sto_all.copy_(s_true)
+        conc = torch.rand(data.conc.shape, generator=gen) * 5.0  # independent frames: the rates are not collinear
+        deriv = model.rates(conc) @ model.S_T()
+        exact = dataclasses.replace(data, conc=conc, deriv=deriv)
+        start = s_true + 0.5 * torch.randn(len(s_true), generator=gen)
+
+    def fit() -> float:
+        with torch.no_grad():
+            return float(((model.rates(exact.conc) @ model.S_T() - deriv) ** 2).mean())
+
+    with torch.no_grad():
+        model.sto_all.copy_(start)
+    before = fit()
+    train.least_squares_S(model, exact, 1e-9)
+    assert torch.allclose(model.sto_all.detach(), s_true, atol=1e-3), (model.sto_all - s_true).abs().max()
+    with torch.no_grad():
+        model.sto_all.copy_(start)
+    train.least_squares_S(model, exact, 1e8)
+    assert torch.allclose(model.sto_all.detach(), start, atol=1e-4)
+    with torch.no_grad():
+        model.sto_all.copy_(start)
+    train.least_squares_S(model, exact, 0.01)
+    assert fit() < before
+    assert not torch.allclose(model.sto_all.detach(), start, atol=1e-3)
+
+
+def test_S_least_squares_acts_in_phase1_and_is_rejected_where_it_cannot_act():
+    free, _ = _phase1(stoich_cfg("untied"))
+    solved, _ = _phase1(stoich_cfg("untied", S_least_squares=0.01))
+    # the same steps (the solve runs after them): only sto_all differs
+    assert torch.equal(free.sto_sub.detach(), solved.sto_sub.detach())
+    assert torch.equal(free.log_k.detach(), solved.log_k.detach())
+    assert not torch.allclose(free.sto_all.detach(), solved.sto_all.detach(), atol=1e-4)
+    for cfg in (stoich_cfg("tied", S_least_squares=0.01), kinetics_cfg(S_least_squares=0.01)):
+        with pytest.raises(ValueError, match="training.S_least_squares: "):
+            parse_config(cfg)
+    with pytest.raises(ValueError):
+        parse_config(stoich_cfg("untied", S_least_squares=-1.0))

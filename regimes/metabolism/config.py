@@ -157,6 +157,10 @@ class TrainingConfig(_Strict):
     #: alone). The data outweigh it on active reactions; it keeps the columns the data barely see (the
     #: slowest reactions) at the data-free answer instead of letting them absorb other reactions' misfit
     coeff_S_prior: float = Field(0.0, ge=0)
+    #: after the phase-1 steps, set S to the least-squares solution of the derivative fit with the rates fixed
+    #: (per metabolite row, ridge S_least_squares * mean(diag) towards the trained S; 0: off). Adam with
+    #: batch 8 leaves S short of it where the data gradient is weak (train.least_squares_S). Untied only
+    S_least_squares: float = Field(0.0, ge=0)
     n_epochs_init: int = Field(0, ge=0)
     first_coeff_L1: float = Field(0.0, ge=0)
     coeff_MLP_sub_diff: float = Field(0.0, ge=0)
@@ -245,7 +249,8 @@ _KINETICS_ONLY = {"learning_rate_sub": None, "learning_rate_node": None, "learni
                   "coeff_k_prior": 0.0, "coeff_MLP_sub_zero": 0.0, "homeostasis_training": False,
                   "k_least_squares": False}
 _LEARNED_S_ONLY = {"learning_rate_S_start": 0.0, "coeff_S_L1": 0.0, "coeff_S_L2": 0.0, "coeff_S_integer": 0.0,
-                   "coeff_mass_conservation": 0.0, "coeff_S_prior": 0.0, "n_epochs_init": 0, "first_coeff_L1": 0.0}
+                   "coeff_mass_conservation": 0.0, "coeff_S_prior": 0.0, "n_epochs_init": 0, "first_coeff_L1": 0.0,
+                   "S_least_squares": 0.0}
 _NODE_ONLY = {"learning_rate_node": None, "learning_rate_embedding": None, "coeff_MLP_node_L1": 0.0,
               "homeostasis_training": False}
 
@@ -279,6 +284,9 @@ class Config(_Strict):
                       "lr_schedule_homeostasis"):
                 if k in t.model_fields_set and getattr(t, k) != TrainingConfig.model_fields[k].default:
                     inert.setdefault(k, "only acts with homeostasis_training: true")
+        if t.S_least_squares and (g.model != "stoichiometry" or g.variant != "untied"):
+            inert.setdefault("S_least_squares", "only acts on graph_model.model: stoichiometry, variant: untied "
+                             "(where the rates do not depend on sto_all)")
         if t.homeostasis_training and not t.freeze_stoichiometry:
             inert.setdefault("homeostasis_training", "phase 2 needs freeze_stoichiometry: true")
         if t.skip_phase1:

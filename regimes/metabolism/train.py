@@ -37,7 +37,7 @@ from regimes.metabolism.config import Config, ConfigError, load_config
 from regimes.metabolism.data import STAGED_PHASE1, TrainingData, check_phase1_checkpoint, load_staged, query_grid
 from regimes.metabolism.fast import (ExplicitStep, FlatAdam, SubPenaltyFn, compile_model, explicit_step_unavailable, step_begin,
                                     tune_malloc)
-from regimes.metabolism.model import KineticsModel, build_model, data_free_S, fast_path_line, rollout
+from regimes.metabolism.model import KineticsModel, build_model, data_free_S, fast_path_line, padded_layout, rollout
 from regimes.runtime import ProgressWriter, check_finite
 
 #: parameters phase 2 must leave bit-identical to the phase-1 checkpoint (the evaluation checks them)
@@ -242,6 +242,40 @@ def least_squares_k(model: KineticsModel, data: TrainingData, ridge: float = 1e-
     return int(bad.sum())
 
 
+def least_squares_S(model: torch.nn.Module, data: TrainingData, ridge: float, chunk: int = 512) -> None:
+    """training.S_least_squares: set the learned S to the least-squares solution of the derivative fit with
+    the rates fixed (dc/dt = S v is linear in S: per metabolite i, the row S[i, :] on its support solves
+    (V_i^T V_i + r I) s = V_i^T D[:, i] + r s_trained, V_i the rates over run 0 of the reactions that touch
+    i, r = ridge * mean(diag(V_i^T V_i))). The ridge towards the trained S decides what the data leave open
+    (slow reactions, near-collinear rates): without it the slow third's rows take the residual's noise
+    (prompts/regimes/stoichiometry.md). Untied only: there the rates do not depend on sto_all."""
+    n_rxn, n_met, e_all = model.n_rxn, model.n_met, len(model.met_all)
+    dev = model.sto_all.device
+    G = torch.zeros(n_rxn, n_rxn, dtype=torch.float64, device=dev)
+    B = torch.zeros(n_rxn, n_met, dtype=torch.float64, device=dev)
+    with torch.no_grad():
+        for i0 in range(0, data.n_frames, chunk):
+            v = model.rates(data.conc[i0:i0 + chunk]).double()
+            G += v.T @ v
+            B += v.T @ data.deriv[i0:i0 + chunk].double()
+        lay = padded_layout(model.met_all.cpu(), n_met, e_all).to(dev)  # (n_met, W): each metabolite's edges
+        real = lay < e_all
+        edge = lay.clamp_max(e_all - 1)
+        r = model.rxn_all[edge]  # (n_met, W)
+        g = G[r.unsqueeze(2), r.unsqueeze(1)]  # (n_met, W, W)
+        mask = real.unsqueeze(2) & real.unsqueeze(1)
+        g = torch.where(mask, g, 0.0)
+        diag = torch.diagonal(g, dim1=1, dim2=2)
+        scale = ridge * diag.sum(1) / real.sum(1).clamp_min(1)  # per metabolite
+        s0 = torch.where(real, model.sto_all.double()[edge], 0.0)
+        b = torch.where(real, B[r, torch.arange(n_met, device=dev).unsqueeze(1)], 0.0) + scale.unsqueeze(1) * s0
+        eye = torch.eye(g.shape[1], dtype=g.dtype, device=dev)
+        pad_eye = torch.where(real, 0.0, 1.0).unsqueeze(2) * eye  # padding rows: s = 0
+        sol = torch.linalg.solve(g + scale.view(-1, 1, 1) * eye * real.unsqueeze(2) + pad_eye
+                                 + 1e-12 * diag.amax(1).clamp_min(1e-30).view(-1, 1, 1) * eye, b)
+        model.sto_all[lay[real]] = sol[real].to(model.sto_all.dtype)
+
+
 def phase1_regularisers(model: torch.nn.Module, t, c: torch.Tensor, coeff_L1: float, k_center: float,
                         s_prior: torch.Tensor | None = None, sub_inputs: "SubPenaltyInputs | None" = None,
                         f_sub_rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -343,6 +377,8 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
     restore()
     if t.k_least_squares:  # the exact k for the learned MLP_sub / MLP_node (see least_squares_k)
         least_squares_k(model, data)
+    if t.S_least_squares:  # the exact S for the learned rates, ridge towards the trained S (see least_squares_S)
+        least_squares_S(model, data, t.S_least_squares)
     return {"loss": losses.values(), "regul": reguls.values(), "steps": step}
 
 
