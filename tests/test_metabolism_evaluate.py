@@ -446,3 +446,28 @@ def test_phase1_checkpoint_scored_by_trusted_code_as_the_evaluation_scores_it(tm
         with pytest.raises(ConfigError) as e:
             evaluate_phase1_checkpoint(path, sim)
         assert len(str(e.value).splitlines()) == 1 and "training.phase1_checkpoint" in str(e.value) and why in str(e.value)
+
+
+def test_cluster_metrics_split_types_and_scale():
+    """What the homeostasis embedding default was chosen against (prompts/regimes/homeostasis.md "Defaults"):
+    a type split into two pure islands counts the unmatched island as wrong (the seed's target is 2 clusters);
+    two types on curves closer than eps read as one cluster (DBSCAN's eps is absolute), and a type-blind
+    embedding scores at chance."""
+    from regimes.metabolism.evaluate import cluster_metrics
+
+    rng = np.random.default_rng(0)
+    types = np.repeat([0, 1], 50)
+    line = np.linspace(0.0, 0.3, 50)[:, None] * np.array([[0.0, 1.0]])
+    two = np.concatenate([line, line + [0.5, 0.0]])
+    m, _ = cluster_metrics(two, types, eps=0.1, min_samples=5)
+    assert m["embedding_cluster_acc"] == 1.0 and m["embedding_n_clusters"] == 2
+    split = two.copy()
+    split[50:75] += [0.0, 1.0]  # type 1's first half moved away: pure but a third cluster
+    m, _ = cluster_metrics(split, types, eps=0.1, min_samples=5)
+    assert m["embedding_n_clusters"] == 3 and m["embedding_cluster_acc"] == 0.75
+    close = np.concatenate([line, line + [0.06, 0.0]])  # perfectly separated, but the gap is under eps
+    m, _ = cluster_metrics(close, types, eps=0.1, min_samples=5)
+    assert m["embedding_n_clusters"] == 1 and m["embedding_cluster_acc"] == 0.5
+    blind = rng.normal(0, 0.3, (100, 2))  # positions that ignore the type
+    m, _ = cluster_metrics(blind, types, eps=0.1, min_samples=5)
+    assert abs(m["embedding_cluster_acc"] - m["embedding_cluster_acc_chance"]) < 0.1
