@@ -46,9 +46,9 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
     """One phase-1 gradient step (loss + the configured regularisers), as train_phase1 does it.
     `reference`: the model's reference code path and torch's Adam (model.fast = False), for A/B runs."""
     from regimes.metabolism.fast import ExplicitStep, compile_model, explicit_step_unavailable, step_begin, tune_malloc
-    from regimes.metabolism.model import KineticsModel, build_model
+    from regimes.metabolism.model import KineticsModel, build_model, data_free_S
     from regimes.metabolism.train import (LOSS_CODE, BatchIndices, SubPenaltyInputs, make_optimizer, param_groups,
-                                          sub_penalties)
+                                          phase1_regularisers)
 
     tune_malloc()  # as train.run does
     t = cfg.training
@@ -61,28 +61,25 @@ def make_step(cfg: Config, device: str = "cpu", data=None, reference: bool = Fal
     conc0, deriv0, ynorm2, B = data.conc, data.deriv, data.ynorm ** 2, t.batch_size
     kin = isinstance(model, KineticsModel)
     sub_terms = kin and bool(t.coeff_MLP_sub_diff or t.coeff_MLP_sub_norm or t.coeff_MLP_sub_zero or t.coeff_k_prior)
-    if sub_terms:
-        sub_inputs = SubPenaltyInputs(model, data)
+    sub_inputs = SubPenaltyInputs(model, data) if sub_terms else None
+    s_prior = data_free_S("balanced", data.to("cpu")).to(device) if not model.freeze_S and t.coeff_S_prior else None
+    coeff_L1 = t.first_coeff_L1 if t.n_epochs_init > 0 else t.coeff_S_L1  # train_phase1's first epoch
 
     compiled, _restore = compile_model(model, t.compile)
     batches = BatchIndices(torch.arange(data.n_frames, device=device), B, gen, device)  # as train_phase1
     explicit = None if explicit_step_unavailable(model, opt, t, compiled, LOSS_CODE) else ExplicitStep(
-        model, opt, t, ynorm2, data.log_k_center, sub_inputs if sub_terms else None)  # as train_phase1
+        model, opt, t, ynorm2, data.log_k_center, sub_inputs, s_prior)  # as train_phase1
 
     def step() -> torch.Tensor:
         step_begin(compiled, t.compile)
         idx = batches.next()
         c = conc0[idx]
         if explicit is not None:
-            pred_loss, regul = explicit.step(c, deriv0[idx])
+            pred_loss, regul = explicit.step(c, deriv0[idx], coeff_L1)
             return pred_loss + regul
-        if sub_terms:
-            d, f = model.forward_and_sub(c, sub_inputs.c, sub_inputs.s)
-            loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2 + sub_penalties(model, t, sub_inputs, data.log_k_center, f=f)
-        else:
-            loss = ((model(c) - deriv0[idx]) ** 2).mean() / ynorm2
-        if t.coeff_k_center:
-            loss = loss + t.coeff_k_center * (model.log_k.mean() - data.log_k_center) ** 2
+        d, f = model.forward_and_sub(c, sub_inputs.c, sub_inputs.s) if sub_terms else (model(c), None)
+        loss = ((d - deriv0[idx]) ** 2).mean() / ynorm2 + phase1_regularisers(
+            model, t, c, coeff_L1, data.log_k_center, s_prior, sub_inputs, f)  # train_phase1's own terms
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
