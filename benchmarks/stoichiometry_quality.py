@@ -11,7 +11,10 @@ The system a seed draws depends on the cache's data secret: set
 GNN_AGENT_DATA_SECRET (hex) to reproduce figures on another machine.
 
     python benchmarks/stoichiometry_quality.py [--profile quick|full] [--seeds 3] [--sim-seeds 42]
-        [--variants tied,untied] [--set training.KEY=VALUE ...] [--json OUT]
+        [--variants tied,untied] [--set training.KEY=VALUE ...] [--json OUT] [--keep DIR]
+
+--keep DIR keeps each training's directory (config, staged inputs, run/model.pt) under DIR, e.g. for
+benchmarks/stoichiometry_oracle.py --run DIR/<variant>_<sim seed>_<seed>.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config key (YAML value), e.g. training.coeff_S_prior=0.1")
     ap.add_argument("--json", help="write all rows here")
+    ap.add_argument("--keep", type=Path, help="keep every training's directory under this folder")
     args = ap.parse_args(argv)
     import yaml
 
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds {args.seeds!r}: no training seed (a bare N means seeds 0..N-1; for seed 0 alone: --seeds 0,)")
     torch.set_num_threads(1)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = args.keep or tmp_dir
         for variant in args.variants.split(","):
             per_seed = []
             for sim_seed in sim_seeds:
