@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"variation {np.median(err_var[idx]):.2e}")
         s_learned = model.sto_all.detach().double().numpy()
         line("the run's S", s_learned)
-        line("LS on the run's rates, ridge 1e-2 towards its S",
-             row_least_squares(v_learned, D, met_all, rxn_all, 1e-2, s_learned))
+        for ridge in (1e-2, *RIDGES[:-1]):  # 1e-2: training.S_least_squares's default
+            line(f"LS on the run's rates, ridge {ridge:g} towards its S",
+                 row_least_squares(v_learned, D, met_all, rxn_all, ridge, s_learned))
     return 0
 
 
