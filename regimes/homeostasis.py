@@ -36,14 +36,19 @@ PHASE1_KEYS = ["training.learning_rate_start", "training.learning_rate_k", "trai
 
 _ROLL = """            idx = torch.randint(0, data.n_frames - T, (B,), generator=gen).to(dev)
             x = conc0[idx]
+            w = weights(idx, T)
+            terms = []  # per supervised step s: weighted mean squared error / ((dt s)^2 ynorm^2)
             for _s in range(T):
                 x = (x + dt * model(x)).clamp_min(0.0)
                 if t.noise_recurrent_level > 0:
                     x = x + t.noise_recurrent_level * torch.randn(x.shape, generator=gen).to(dev)
-            loss = ((x - conc0[idx + T]) ** 2).mean() / ((dt * T) ** 2 * ynorm2)
+                if every_step or _s == T - 1:
+                    err = ((x - conc0[idx + _s + 1]) ** 2).mean(1)
+                    terms.append((err * w[:, _s]).mean() / ((dt * (_s + 1)) ** 2 * ynorm2))
+            loss = torch.stack(terms).mean()
 """
 _EULER = "            for _s in range(T):\n                x = (x + dt * model(x)).clamp_min(0.0)\n"
-_LOSS = "            loss = ((x - conc0[idx + T]) ** 2).mean() / ((dt * T) ** 2 * ynorm2)\n"
+_LOSS = "            loss = torch.stack(terms).mean()\n"
 _UPDATE = """            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -98,8 +103,8 @@ CODE_STRATEGIES = [
         _UPDATE.replace("            opt.step()\n",
                         "            # strategy 5: 10x learning rates at the start, decaying to the configured ones over 10%\n"
                         "            kick = 1.0 + 9.0 * max(0.0, 1.0 - step / max(1.0, 0.1 * t.n_epochs * steps_per_epoch))\n"
-                        "            opt.param_groups[0][\"lr\"] = t.learning_rate_node_homeostasis * kick\n"
-                        "            opt.param_groups[1][\"lr\"] = t.learning_rate_embedding_homeostasis * kick\n"
+                        "            for g in opt.param_groups:\n"
+                        "                g[\"lr\"] = g[\"lr_base\"] * kick\n"
                         "            opt.step()\n"),
         "MLP_node starts at zero output where gradients are tiny; a large initial learning rate kicks it out of "
         "that flat region, the decay then lets it settle",
@@ -357,6 +362,13 @@ REGIME = HomeostasisRegime(
         B.choice("batch_size", [4, 8, 16, 32], "frames per gradient step"),
         B.choice("lr_schedule_homeostasis", ["constant", "cosine"],
                  "phase-2 lr schedule (cosine: both lrs decay to 0 over the phase-2 steps, so the curves settle)"),
+        B.choice("homeostasis_loss", ["end_state", "every_step"],
+                 "phase-2 loss: the end state's error (the seed's) or the mean of every rollout step's error"),
+        B.choice("homeostasis_window_weights", ["uniform", "median_cap"],
+                 "per-window weights: uniform (the seed's) or median_cap (no window counts more than the median one; "
+                 "the chaotic windows dominate long rollouts otherwise)"),
+        B.choice("homeostasis_embedding_lr_scaling", ["constant", "rollout_length"],
+                 "the embeddings' lr as set, or times homeostasis_time_step / 4 (the same lr x updates in every slot)"),
     ],
     frozen=["simulation.*", "graph_model.*", "training.*", "training.freeze_stoichiometry",
             "training.skip_phase1", "training.homeostasis_training", "training.phase1_checkpoint",

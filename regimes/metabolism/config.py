@@ -205,6 +205,20 @@ class TrainingConfig(_Strict):
     #: steps)) over the phase-2 steps). At a constant 1e-2 the curves keep drifting with the batch noise:
     #: a long phase 2 ends wherever the last steps left it (prompts/regimes/homeostasis.md "Defaults")
     lr_schedule_homeostasis: Literal["constant", "cosine"] = "constant"
+    #: phase-2 loss: end_state (the seed's: the squared error of the state after the T-step rollout) or
+    #: every_step (the mean over the rollout's T steps of each step's squared error, each over (dt s)^2: the same
+    #: T-step free rollout, supervised at every step; equals end_state at T = 1). prompts/regimes/homeostasis.md
+    #: "Long rollouts": every_step adds the short horizons' clean gradients to the chaotic long one
+    homeostasis_loss: Literal["end_state", "every_step"] = "end_state"
+    #: phase-2 weight of each rollout window and step: uniform (the seed's) or median_cap (train.RolloutWeights:
+    #: each error over max(d, median d), d the frozen reactions' own rollout error there, so no window counts more
+    #: than the median one and no step more than step 1). At T = 32 the chaotic dynamics give 5 % of the windows
+    #: ~80 % of the end-state loss
+    homeostasis_window_weights: Literal["uniform", "median_cap"] = "uniform"
+    #: the embeddings' phase-2 lr: constant (learning_rate_embedding_homeostasis in every slot) or rollout_length
+    #: (times homeostasis_time_step / 4: a T-step slot runs T/4 times fewer updates than the 4-step one, and
+    #: lr x updates is how far Adam can move the embeddings; train.embedding_lr_homeostasis)
+    homeostasis_embedding_lr_scaling: Literal["constant", "rollout_length"] = "constant"
     #: model.pt of a phase-1 training (kinetics model, S frozen); needed when skip_phase1
     phase1_checkpoint: str | None = None
 
@@ -281,7 +295,8 @@ class Config(_Strict):
                     inert.setdefault(k, "has no effect with freeze_stoichiometry: true")
         if not t.homeostasis_training:
             for k in ("homeostasis_time_step", "learning_rate_node_homeostasis", "learning_rate_embedding_homeostasis",
-                      "lr_schedule_homeostasis"):
+                      "lr_schedule_homeostasis", "homeostasis_loss", "homeostasis_window_weights",
+                      "homeostasis_embedding_lr_scaling"):
                 if k in t.model_fields_set and getattr(t, k) != TrainingConfig.model_fields[k].default:
                     inert.setdefault(k, "only acts with homeostasis_training: true")
         if t.S_least_squares and (g.model != "stoichiometry" or g.variant != "untied"):

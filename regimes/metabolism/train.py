@@ -387,11 +387,67 @@ def train_phase1(model: torch.nn.Module, data: TrainingData, cfg: Config, progre
 LOSS_CODE = (train_phase1, phase1_regularisers, sub_penalties, S_shape_prior)
 
 
+#: the rollout length at which learning_rate_embedding_homeostasis is set (slot 0 of the regime)
+EMBEDDING_LR_REFERENCE_T = 4
+
+
+def embedding_lr_homeostasis(t) -> float:
+    """The embeddings' phase-2 lr: learning_rate_embedding_homeostasis, times T / EMBEDDING_LR_REFERENCE_T with
+    homeostasis_embedding_lr_scaling: rollout_length. Phase 2 runs iterations_per_epoch // T updates, and Adam
+    moves a parameter about lr per update, so at a fixed lr the embeddings travel T/4 times less in a T-step
+    slot than in the 4-step one; the scaling keeps lr x updates, the distance they can travel, the same."""
+    lr = t.learning_rate_embedding_homeostasis
+    if t.homeostasis_embedding_lr_scaling == "rollout_length":
+        lr = lr * t.homeostasis_time_step / EMBEDDING_LR_REFERENCE_T
+    return lr
+
+
+class RolloutWeights:
+    """training.homeostasis_window_weights: the weight of each rollout window (start frame i) at each rollout
+    step s, `weights(idx, T)` -> (B, T). uniform: 1 (the seed's loss). median_cap: s^2 d_1 / max(d[i, s], d_s),
+    d[i, s] the mean squared error, against run 0, of the frozen reactions' own rollout (MLP_node = 0) from
+    frame i after s steps (what the homeostasis term must explain there), d_s its median over the windows.
+    So each (window, step) term, err / ((dt s)^2 ynorm^2) in the loop, becomes err / max(d[i, s], d_s) up to one
+    constant: no window counts more than the median one, and no step more than step 1 (at T = 1 it is
+    min(1, d_1 / d[i, 1])). Why: the dynamics are chaotic (a perturbation grows ~75x over 32 steps, the median
+    error ~4x faster than s^2); at T = 32 the top 5 % of windows carry ~80 % of the end-state loss, so a batch
+    of 8 is dominated by whichever rare window it draws, and the late steps outweigh the early ones. Each
+    window's and step's error is still minimal at the true homeostasis term. Computed once per rollout length,
+    from run 0 and the frozen model only (prompts/regimes/homeostasis.md "Long rollouts")."""
+
+    def __init__(self, model: KineticsModel, conc: torch.Tensor, dt: float, mode: str):
+        self.model, self.conc, self.dt, self.mode = model, conc, dt, mode
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def table(self, T: int) -> torch.Tensor:
+        """(n_frames - T, T) weights of every window of length T."""
+        if T not in self._cache:
+            n = self.conc.shape[0] - T
+            if self.mode == "uniform":
+                self._cache[T] = self.conc.new_ones(n, T)
+            else:
+                with torch.no_grad():
+                    x, d = self.conc[:n], []
+                    for s in range(1, T + 1):
+                        x = (x + self.dt * self.model.reaction(x)).clamp_min(0.0)
+                        d.append(((x - self.conc[s:n + s]) ** 2).mean(1))
+                    d = torch.stack(d, 1).clamp_min(1e-30)
+                    med = d.median(0).values
+                    s2 = torch.arange(1, T + 1, dtype=d.dtype, device=d.device) ** 2
+                    self._cache[T] = s2 * med[0] / torch.maximum(d, med)
+        return self._cache[T]
+
+    def __call__(self, idx: torch.Tensor, T: int) -> torch.Tensor:
+        return self.table(T)[idx]
+
+
 def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 2 (homeostasis): freeze log_k, MLP_sub and S; train a fresh MLP_node
     (zero output) and embeddings with their own learning rates, by recurrent
     rollout of `homeostasis_time_step` Euler steps, for
-    `iterations_per_epoch // homeostasis_time_step` steps per epoch.
+    `iterations_per_epoch // homeostasis_time_step` steps per epoch. Loss: the mean squared error of the end
+    state (homeostasis_loss: end_state) or the mean over the T steps of each step's error (every_step), each
+    normalised by (dt s)^2 ynorm^2 and weighted per window (homeostasis_window_weights, RolloutWeights).
     Returns {"loss": (steps,) tensor, "steps": n}."""
     t = cfg.training
     dev = data.conc.device
@@ -412,10 +468,12 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
     step = 0
     # >>> editable: phase2_loop
     opt = make_optimizer(model, [{"params": node_params, "lr": t.learning_rate_node_homeostasis},
-                                 {"params": [model.a], "lr": t.learning_rate_embedding_homeostasis}])
+                                 {"params": [model.a], "lr": embedding_lr_homeostasis(t)}])
     for g in opt.param_groups:
         g["lr_base"] = g["lr"]
     total_steps = t.n_epochs * steps_per_epoch
+    weights = RolloutWeights(model, conc0, dt, t.homeostasis_window_weights)  # (B, steps) per window and step
+    every_step = t.homeostasis_loss == "every_step"
     for epoch in range(t.n_epochs):
         for _ in range(steps_per_epoch):
             if t.lr_schedule_homeostasis == "cosine":
@@ -423,11 +481,16 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
                     g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             idx = torch.randint(0, data.n_frames - T, (B,), generator=gen).to(dev)
             x = conc0[idx]
+            w = weights(idx, T)
+            terms = []  # per supervised step s: weighted mean squared error / ((dt s)^2 ynorm^2)
             for _s in range(T):
                 x = (x + dt * model(x)).clamp_min(0.0)
                 if t.noise_recurrent_level > 0:
                     x = x + t.noise_recurrent_level * torch.randn(x.shape, generator=gen).to(dev)
-            loss = ((x - conc0[idx + T]) ** 2).mean() / ((dt * T) ** 2 * ynorm2)
+                if every_step or _s == T - 1:
+                    err = ((x - conc0[idx + _s + 1]) ** 2).mean(1)
+                    terms.append((err * w[:, _s]).mean() / ((dt * (_s + 1)) ** 2 * ynorm2))
+            loss = torch.stack(terms).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
