@@ -34,7 +34,7 @@ PHASE1_KEYS = ["training.learning_rate_start", "training.learning_rate_k", "trai
 
 # ----- the seed's literature strategies, as exact edits inside the phase2_loop region -----
 
-_ROLL = """            idx = torch.randint(0, data.n_frames - T, (B,), generator=gen).to(dev)
+_ROLL = """            idx = starts[torch.randint(0, len(starts), (B,), generator=gen)].to(dev)
             x = conc0[idx]
             w = weights(idx, T)
             terms = []  # per supervised step s: weighted mean squared error / ((dt s)^2 ynorm^2)
@@ -362,11 +362,12 @@ REGIME = HomeostasisRegime(
         B.choice("batch_size", [4, 8, 16, 32], "frames per gradient step"),
         B.choice("lr_schedule_homeostasis", ["constant", "cosine"],
                  "phase-2 lr schedule (cosine: both lrs decay to 0 over the phase-2 steps, so the curves settle)"),
-        B.choice("homeostasis_loss", ["end_state", "every_step"],
-                 "phase-2 loss: the end state's error (the seed's) or the mean of every rollout step's error"),
-        B.choice("homeostasis_window_weights", ["uniform", "median_cap"],
-                 "per-window weights: uniform (the seed's) or median_cap (no window counts more than the median one; "
-                 "the chaotic windows dominate long rollouts otherwise)"),
+        B.choice("homeostasis_loss", ["end_state", "every_step", "auto"],
+                 "phase-2 loss: the end state's error (the seed's), the mean of every rollout step's error, or auto "
+                 "(end_state up to 4 steps, every_step beyond)"),
+        B.choice("homeostasis_window_weights", ["uniform", "median_cap", "auto"],
+                 "per-window weights: uniform (the seed's), median_cap (no window counts more than the median one; "
+                 "the chaotic windows dominate long rollouts otherwise), or auto (uniform up to 4 steps, median_cap beyond)"),
         B.choice("homeostasis_embedding_lr_scaling", ["constant", "rollout_length"],
                  "the embeddings' lr as set, or times homeostasis_time_step / 4 (the same lr x updates in every slot)"),
     ],

@@ -3,6 +3,8 @@ homeostasis_embedding_lr_scaling (tiny data)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -155,3 +157,40 @@ def test_keys_need_homeostasis_training(key, value):
         parse_config(kinetics_cfg(**{key: value}))
     with pytest.raises(ConfigError, match=f"training.{key}"):
         parse_config(kinetics_cfg(homeostasis_training=True, **{key: "bogus"}))
+
+
+def test_auto_is_the_seeds_loss_up_to_short_rollout_and_the_long_recipe_beyond():
+    t = parse_config(kinetics_cfg(homeostasis_training=True, homeostasis_loss="auto",
+                                  homeostasis_window_weights="auto")).training
+    for T, want in ((1, ("end_state", "uniform")), (train.SHORT_ROLLOUT, ("end_state", "uniform")),
+                    (train.SHORT_ROLLOUT + 1, ("every_step", "median_cap")), (32, ("every_step", "median_cap"))):
+        assert train.phase2_recipe(t.model_copy(update={"homeostasis_time_step": T})) == want
+    explicit = t.model_copy(update={"homeostasis_loss": "every_step", "homeostasis_window_weights": "uniform"})
+    assert train.phase2_recipe(explicit) == ("every_step", "uniform")  # a set value is never overridden
+    # and it acts as resolved: auto at T = 3 (<= SHORT_ROLLOUT) trains the seed's loop step for step
+    cfg, data, model = _setup(homeostasis_time_step=3)
+    ref = _seed_loop(model, data, cfg)
+    _, hist = _phase2(homeostasis_time_step=3, homeostasis_loss="auto", homeostasis_window_weights="auto")
+    assert hist["loss"].tolist() == pytest.approx(ref, rel=1e-6, abs=0)
+
+
+def test_phase2_windows_stay_inside_one_trajectory_segment(monkeypatch):
+    """With simulation.segment_frames the run restarts from a fresh state: no rollout window may cross it,
+    and the weights' median is over the windows phase 2 can draw."""
+    cfg, data, model = _setup(homeostasis_time_step=3)
+    seg = 10
+    data = dataclasses.replace(data, segment_frames=seg)
+    drawn = []
+    real = train.RolloutWeights.__call__
+
+    def spy(self, idx, T):
+        drawn.append(idx.clone())
+        return real(self, idx, T)
+
+    monkeypatch.setattr(train.RolloutWeights, "__call__", spy)
+    train.train_phase2(model, data, cfg, ProgressWriter(None, 0))
+    idx = torch.cat(drawn)
+    assert len(idx) > 0 and bool(((idx % seg) + 3 < seg).all())
+    w = train.RolloutWeights(model, data.conc, data.delta_t, "median_cap", seg).table(3)
+    inside = (torch.arange(len(w)) % seg) + 3 < seg
+    assert float(w[inside][:, 0].max()) == 1.0  # capped at the median of the drawable windows

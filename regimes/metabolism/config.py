@@ -208,13 +208,15 @@ class TrainingConfig(_Strict):
     #: phase-2 loss: end_state (the seed's: the squared error of the state after the T-step rollout) or
     #: every_step (the mean over the rollout's T steps of each step's squared error, each over (dt s)^2: the same
     #: T-step free rollout, supervised at every step; equals end_state at T = 1). prompts/regimes/homeostasis.md
-    #: "Long rollouts": every_step adds the short horizons' clean gradients to the chaotic long one
-    homeostasis_loss: Literal["end_state", "every_step"] = "end_state"
+    #: "Long rollouts": every_step adds the short horizons' clean gradients to the chaotic long one.
+    #: auto: end_state up to train.SHORT_ROLLOUT steps (the seed's loss where the rollout is not yet chaotic),
+    #: every_step beyond (train.phase2_recipe)
+    homeostasis_loss: Literal["end_state", "every_step", "auto"] = "end_state"
     #: phase-2 weight of each rollout window and step: uniform (the seed's) or median_cap (train.RolloutWeights:
     #: each error over max(d, median d), d the frozen reactions' own rollout error there, so no window counts more
     #: than the median one and no step more than step 1). At T = 32 the chaotic dynamics give 5 % of the windows
-    #: ~80 % of the end-state loss
-    homeostasis_window_weights: Literal["uniform", "median_cap"] = "uniform"
+    #: ~80 % of the end-state loss. auto: uniform up to train.SHORT_ROLLOUT steps, median_cap beyond
+    homeostasis_window_weights: Literal["uniform", "median_cap", "auto"] = "uniform"
     #: the embeddings' phase-2 lr: constant (learning_rate_embedding_homeostasis in every slot) or rollout_length
     #: (times homeostasis_time_step / 4: a T-step slot runs T/4 times fewer updates than the 4-step one, and
     #: lr x updates is how far Adam can move the embeddings; train.embedding_lr_homeostasis)

@@ -402,6 +402,24 @@ def embedding_lr_homeostasis(t) -> float:
     return lr
 
 
+#: rollouts of at most this many steps keep the seed's phase-2 loss under homeostasis_loss / _window_weights
+#: "auto": a perturbation grows 2.9x over 4 steps (75x over 32) and the top 5 % of the windows carry 10 % of the
+#: end-state loss (uniform); there the long-rollout recipe only reshuffles the embeddings (quick seeds 42 / 1:
+#: 0.99 / 0.98 -> 0.86 / 0.82), beyond it it is what makes the slot learn (prompts/regimes/homeostasis.md)
+SHORT_ROLLOUT = 4
+
+
+def phase2_recipe(t) -> tuple[str, str]:
+    """(homeostasis_loss, homeostasis_window_weights) as they act at homeostasis_time_step: "auto" resolved
+    to the seed's end_state / uniform up to SHORT_ROLLOUT steps and to every_step / median_cap beyond."""
+    short = t.homeostasis_time_step <= SHORT_ROLLOUT
+    loss = t.homeostasis_loss if t.homeostasis_loss != "auto" else ("end_state" if short else "every_step")
+    weights = t.homeostasis_window_weights
+    if weights == "auto":
+        weights = "uniform" if short else "median_cap"
+    return loss, weights
+
+
 class RolloutWeights:
     """training.homeostasis_window_weights: the weight of each rollout window (start frame i) at each rollout
     step s, `weights(idx, T)` -> (B, T). uniform: 1 (the seed's loss). median_cap: s^2 d_1 / max(d[i, s], d_s),
@@ -413,10 +431,12 @@ class RolloutWeights:
     error ~4x faster than s^2); at T = 32 the top 5 % of windows carry ~80 % of the end-state loss, so a batch
     of 8 is dominated by whichever rare window it draws, and the late steps outweigh the early ones. Each
     window's and step's error is still minimal at the true homeostasis term. Computed once per rollout length,
-    from run 0 and the frozen model only (prompts/regimes/homeostasis.md "Long rollouts")."""
+    from run 0 and the frozen model only (prompts/regimes/homeostasis.md "Long rollouts"). The median is over
+    the windows that stay in one trajectory segment (the only ones phase 2 draws)."""
 
-    def __init__(self, model: KineticsModel, conc: torch.Tensor, dt: float, mode: str):
+    def __init__(self, model: KineticsModel, conc: torch.Tensor, dt: float, mode: str, segment_frames: int | None = None):
         self.model, self.conc, self.dt, self.mode = model, conc, dt, mode
+        self.segment_frames = segment_frames or conc.shape[0]
         self._cache: dict[int, torch.Tensor] = {}
 
     def table(self, T: int) -> torch.Tensor:
@@ -432,7 +452,9 @@ class RolloutWeights:
                         x = (x + self.dt * self.model.reaction(x)).clamp_min(0.0)
                         d.append(((x - self.conc[s:n + s]) ** 2).mean(1))
                     d = torch.stack(d, 1).clamp_min(1e-30)
-                    med = d.median(0).values
+                    frame = torch.arange(n, device=d.device)
+                    inside = (frame % self.segment_frames) + T < self.segment_frames
+                    med = d[inside].median(0).values
                     s2 = torch.arange(1, T + 1, dtype=d.dtype, device=d.device) ** 2
                     self._cache[T] = s2 * med[0] / torch.maximum(d, med)
         return self._cache[T]
@@ -446,7 +468,8 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
     (zero output) and embeddings with their own learning rates, by recurrent
     rollout of `homeostasis_time_step` Euler steps, for
     `iterations_per_epoch // homeostasis_time_step` steps per epoch. Loss: the mean squared error of the end
-    state (homeostasis_loss: end_state) or the mean over the T steps of each step's error (every_step), each
+    state (homeostasis_loss: end_state) or the mean over the T steps of each step's error (every_step; auto: see
+    phase2_recipe), each
     normalised by (dt s)^2 ynorm^2 and weighted per window (homeostasis_window_weights, RolloutWeights).
     Returns {"loss": (steps,) tensor, "steps": n}."""
     t = cfg.training
@@ -472,14 +495,16 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
     for g in opt.param_groups:
         g["lr_base"] = g["lr"]
     total_steps = t.n_epochs * steps_per_epoch
-    weights = RolloutWeights(model, conc0, dt, t.homeostasis_window_weights)  # (B, steps) per window and step
-    every_step = t.homeostasis_loss == "every_step"
+    loss_mode, weight_mode = phase2_recipe(t)  # "auto" resolved at this T
+    weights = RolloutWeights(model, conc0, dt, weight_mode, data.segment_frames)  # (B, steps) per window and step
+    every_step = loss_mode == "every_step"
+    starts = data.window_starts(T)  # windows inside one trajectory segment (every frame < n_frames - T if one)
     for epoch in range(t.n_epochs):
         for _ in range(steps_per_epoch):
             if t.lr_schedule_homeostasis == "cosine":
                 for g in opt.param_groups:
                     g["lr"] = g["lr_base"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            idx = torch.randint(0, data.n_frames - T, (B,), generator=gen).to(dev)
+            idx = starts[torch.randint(0, len(starts), (B,), generator=gen)].to(dev)
             x = conc0[idx]
             w = weights(idx, T)
             terms = []  # per supervised step s: weighted mean squared error / ((dt s)^2 ynorm^2)
