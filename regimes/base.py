@@ -375,6 +375,12 @@ class Regime(BaseModel):
             diag = "healthy"
         return Degeneracy(gap=gap, diagnosis=diag)
 
+    def effective_config(self, config: dict) -> dict:
+        """The config as it trains: values spelled differently that train the same (an `auto` resolved, a
+        factor that is 1 in this slot) written one way, so a search can tell a repeat from a new experiment
+        (agent/policies/heuristic.py never trains the same effective config twice). Default: unchanged."""
+        return config
+
     def prepare(self, run_dir: Path, config: dict, device: str = "cpu", log=print) -> dict:
         """One-time step before the first batch; returns dotted-key overrides
         applied to every slot config (homeostasis: the phase-1 checkpoint path)."""

@@ -188,6 +188,24 @@ def ratio_class(ratio: float) -> Classification:
 class HomeostasisRegime(Regime):
     """Phase-2 homeostasis recovery."""
 
+    def effective_config(self, config: dict) -> dict:
+        """Phase 2's `auto` loss keys resolved at the slot's rollout length (train.phase2_recipe), and
+        homeostasis_embedding_lr_scaling rollout_length written as constant where it is x1 (T = 4): at T = 32
+        `auto -> median_cap` trains what the parent trained."""
+        from regimes.metabolism import train
+        from regimes.metabolism.config import TrainingConfig
+
+        t = dict(config.get("training") or {})
+        try:
+            tc = TrainingConfig.model_validate(t)
+        except ValueError:
+            return config  # an invalid config is the training's error to report, not a repeat
+        loss, weights = train.phase2_recipe(tc)
+        t["homeostasis_loss"], t["homeostasis_window_weights"] = loss, weights
+        if train.embedding_lr_homeostasis(tc) == tc.learning_rate_embedding_homeostasis:
+            t["homeostasis_embedding_lr_scaling"] = "constant"
+        return {**config, "training": t}
+
     def default_config(self, variant: str | None = None, profile: Profile = "quick") -> dict:
         """regimes/metabolism/configs/homeostasis_{quick,full}.yaml."""
         self.resolve_variant(variant)

@@ -539,7 +539,7 @@ class HeuristicPolicy(Policy):
             new = None
             for d in (d0, -d0):  # the other direction when the first repeats an experiment
                 cand = self._step_value(spec, old, rng, size, d, cap=self._cap(cfg, spec))
-                if cand != old and self._fingerprint(cfg, spec.key, cand) not in seen:
+                if cand != old and self._fingerprint(ctx.regime, cfg, spec.key, cand) not in seen:
                     new = cand
                     break
             if new is None:
@@ -556,20 +556,21 @@ class HeuristicPolicy(Policy):
                                        "strategy": strategy, "parent_rule": plan.parent_rule})
 
     @staticmethod
-    def _fingerprint(cfg: dict, key: str | None = None, value: Any = None) -> str:
+    def _fingerprint(regime: Regime, cfg: dict, key: str | None = None, value: Any = None) -> str:
+        """The effective config (Regime.effective_config) as text: two spellings of one experiment match."""
         if key is not None:
             cfg = copy.deepcopy(cfg)
             set_dotted(cfg, key, value)
-        return json.dumps(cfg, sort_keys=True, default=str)
+        return json.dumps(regime.effective_config(cfg), sort_keys=True, default=str)
 
     def _seen_configs(self, ctx: StepContext, tools, slot: int) -> set[str]:
         """Configs already trained or already planned by the other slots of this step:
         the heuristic never repeats an experiment with the same code."""
         plan = tools.plan(slot)
-        seen = {self._fingerprint(n.config) for n in ctx.nodes if n.commit == plan.commit}
+        seen = {self._fingerprint(ctx.regime, n.config) for n in ctx.nodes if n.commit == plan.commit}
         for s in ctx.slots:
             if s != slot and tools.plan(s).finished:
-                seen.add(self._fingerprint(tools.slot_config(s)))
+                seen.add(self._fingerprint(ctx.regime, tools.slot_config(s)))
         return seen
 
     @staticmethod
@@ -626,10 +627,10 @@ class HeuristicPolicy(Policy):
         cfg = tools.slot_config(slot)
         for other in (n for n in good if n.id != base.id and n.id not in self._chain(base, hist)):
             changes = self._diff_keys(cfg, other.config, cands)
-            merged = json.loads(self._fingerprint(cfg))
+            merged = json.loads(json.dumps(cfg, sort_keys=True, default=str))
             for k, v in changes.items():
                 set_dotted(merged, k, v)
-            if changes and self._fingerprint(merged) not in seen:
+            if changes and self._fingerprint(ctx.regime, merged) not in seen:
                 break  # a merge not tried yet
         else:
             return False
