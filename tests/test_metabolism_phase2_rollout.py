@@ -43,14 +43,7 @@ def _params(model) -> torch.Tensor:
 def _seed_loop(model, data, cfg) -> list[float]:
     """The seed's phase-2 loop as it was before the long-rollout keys (end-state loss, no weights)."""
     t = cfg.training
-    torch.manual_seed(t.seed + 2)
-    model.reset_node()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    node_params = list(model.mlp_node.parameters())
-    for p in node_params + [model.a]:
-        p.requires_grad_(True)
-    gen = torch.Generator().manual_seed(t.seed + 3)
+    node_params, gen = train.phase2_start(model, t)  # the start is shared; the loop below is the seed's own
     conc0, ynorm2, dt, B, T = data.conc, data.ynorm ** 2, data.delta_t, t.batch_size, t.homeostasis_time_step
     steps = max(1, iterations_per_epoch(data.n_frames, t.data_augmentation_loop, B) // T)
     opt = train.make_optimizer(model, [{"params": node_params, "lr": t.learning_rate_node_homeostasis},

@@ -463,6 +463,19 @@ class RolloutWeights:
         return self.table(T)[idx]
 
 
+def phase2_start(model: KineticsModel, t) -> tuple[list[torch.nn.Parameter], torch.Generator]:
+    """Phase 2's starting point: a fresh MLP_node (zero output), every parameter frozen but MLP_node's and the
+    embeddings'; returns MLP_node's parameters and the generator of the window draws (seeded from t.seed)."""
+    torch.manual_seed(t.seed + 2)
+    model.reset_node()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    node_params = list(model.mlp_node.parameters())
+    for p in node_params + [model.a]:
+        p.requires_grad_(True)
+    return node_params, torch.Generator().manual_seed(t.seed + 3)
+
+
 def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress: ProgressWriter) -> dict:
     """Phase 2 (homeostasis): freeze log_k, MLP_sub and S; train a fresh MLP_node
     (zero output) and embeddings with their own learning rates, by recurrent
@@ -474,14 +487,7 @@ def train_phase2(model: KineticsModel, data: TrainingData, cfg: Config, progress
     Returns {"loss": (steps,) tensor, "steps": n}."""
     t = cfg.training
     dev = data.conc.device
-    torch.manual_seed(t.seed + 2)
-    model.reset_node()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    node_params = list(model.mlp_node.parameters())
-    for p in node_params + [model.a]:
-        p.requires_grad_(True)
-    gen = torch.Generator().manual_seed(t.seed + 3)
+    node_params, gen = phase2_start(model, t)
     conc0 = data.conc  # run 0, (n_frames, n_met)
     ynorm2 = data.ynorm ** 2
     dt, B = data.delta_t, t.batch_size
