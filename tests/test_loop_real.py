@@ -35,7 +35,7 @@ def test_rate_constants_two_slots_two_batches(tmp_path):
     entries = re.findall(r"(?m)^## Iter (\d+): (converged|partial|failed)$", (d / "analysis.md").read_text())
     assert [int(i) for i, _ in entries] == [1, 2, 3, 4]
     text = (d / "analysis.md").read_text()
-    assert "Config: seed=" in text and "Metrics: rate_constants_R2=" in text
+    assert re.search(r"(?m)^Config: sim_seed=\d+, seed=\d+", text) and "Metrics: rate_constants_R2=" in text
     heads = [l for l in (d / "memory.md").read_text().splitlines() if l.startswith("#")]
     assert heads[-1] == "### Emerging Observations" and "### Best Configurations" in heads
     rej = [json.loads(l) for l in (d / "rejected.jsonl").read_text().splitlines()]
