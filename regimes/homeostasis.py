@@ -92,10 +92,10 @@ CODE_STRATEGIES = [
         "learned MLP_node curves agree (no labels used) should separate the two types",
         "Strategy 3: unsupervised auxiliary loss for embeddings (SimCLR, BYOL)"),
     _cs("4-rollout-curriculum", _ROLL,
-        _ROLL.replace("T", "Tc").replace("            idx = torch.randint",
+        _ROLL.replace("T", "Tc").replace("            idx = starts[",
                       "            # strategy 4: the full rollout in the first half of training, half of it afterwards\n"
                       "            Tc = T if step < (t.n_epochs * steps_per_epoch) // 2 else max(1, T // 2)\n"
-                      "            idx = torch.randint"),
+                      "            idx = starts["),
         "the longest rollout accumulates the most homeostatic drift to start learning from; shorter rollouts "
         "later refine the functions with cleaner gradients",
         "Strategy 4: curriculum on time steps (curriculum learning, scheduled sampling)"),
@@ -110,11 +110,12 @@ CODE_STRATEGIES = [
         "that flat region, the decay then lets it settle",
         "Strategy 5: higher learning rates with warmup/decay (Goyal et al. 2017)"),
     _cs("6-multi-scale-rollout", _ROLL,
-        _ROLL.replace("T", "Tb").replace("            idx = torch.randint",
+        _ROLL.replace("T", "Tb").replace("            idx = starts[torch.randint(0, len(starts), (B,), generator=gen)]",
                       "            # strategy 6: a rollout length drawn per batch from 4/16/32/64\n"
                       "            Tb = min((4, 16, 32, 64)[int(torch.randint(0, 4, (1,), generator=gen))], "
                       "data.n_frames - 1)\n"
-                      "            idx = torch.randint"),
+                      "            starts_b = data.window_starts(Tb)  # windows of this length inside one segment\n"
+                      "            idx = starts_b[torch.randint(0, len(starts_b), (B,), generator=gen)]"),
         "short rollouts give clean gradients of the local dynamics, long ones carry the homeostatic drift; "
         "mixing them captures both",
         "Strategy 6: multi-scale rollout (multi-scale training, stochastic depth)"),
